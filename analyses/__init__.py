@@ -1,0 +1,1 @@
+"""Torch-free analyses of ws recordings: collapse diagnostics, statistics across seeds, figures."""

@@ -1,0 +1,133 @@
+"""The one ``Gate`` module type: every sigmoid gate in ws is an instance, so probes find gates by type.
+
+A gate set holds ``n`` logits g and outputs σ(g). Kinds:
+
+- ``length``: one gate per prompt token, p̃_i = σ(g_i)·p_i (static logits, a parameter of shape ``(n,)``);
+- ``depth``: one gate per prompt-insertion layer (static logits ``(n,)``);
+- ``instance``: logits computed from each input by a linear map of its feature, ``(B, n)`` per batch.
+
+Interventions that act on the gate itself live here too: initialisation (``zero``, ``uniform``,
+``biased[:VALUE]``), the gradient-equilibrium rescale ∂L/∂g ← α·∂L/∂g with α = min(1/(σ(g)(1−σ(g)) + ε), cap),
+and freezing (``always-frozen``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recorders.errors import ConfigError
+
+EQUILIBRIUM_EPS = 1e-8
+EQUILIBRIUM_CAP = 10.0
+
+
+@dataclass(frozen=True)
+class GateInit:
+    """How gate logits start: ``zero`` (σ=0.5), ``uniform`` (U(-1, 1)), or ``biased`` at ``value`` (default 3)."""
+
+    kind: str = "zero"
+    value: float = 3.0
+
+    @classmethod
+    def parse(cls, text: str) -> GateInit:
+        """Parse ``zero``, ``uniform``, ``biased`` or ``biased:VALUE``."""
+        kind, _, value = text.partition(":")
+        if kind not in ("zero", "uniform", "biased") or (value and kind != "biased"):
+            raise ConfigError(f"gate init {text!r} is not valid; use zero, uniform, biased or biased:VALUE")
+        if not value:
+            return cls(kind)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"gate init {text!r}: {value!r} is not a number; use e.g. biased:3") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"gate init {text!r}: the bias must be finite")
+        return cls(kind, number)
+
+    def fill_(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            if self.kind == "zero":
+                return tensor.zero_()
+            if self.kind == "uniform":
+                return tensor.uniform_(-1.0, 1.0, generator=generator)
+            return tensor.fill_(self.value)
+
+
+def dsigmoid(logit: torch.Tensor) -> torch.Tensor:
+    """σ'(g) = e^{−|g|}/(1+e^{−|g|})², stable where float32 σ(g) rounds to 0 or 1."""
+    e = torch.exp(-logit.abs())
+    return e / (1.0 + e) ** 2
+
+
+def equilibrium_scale(logit: torch.Tensor, eps: float = EQUILIBRIUM_EPS, cap: float = EQUILIBRIUM_CAP) -> torch.Tensor:
+    """α = min(1/(σ(g)(1−σ(g)) + ε), cap), the gradient-equilibrium factor per gate."""
+    return torch.clamp(1.0 / (dsigmoid(logit) + eps), max=cap)
+
+
+class Gate(nn.Module):
+    """A set of ``n_gates`` sigmoid gates.
+
+    ``forward(features=None)`` returns gate values σ(g): shape ``(n_gates,)`` for ``length``/``depth`` gates,
+    ``(B, n_gates)`` for ``instance`` gates given ``features`` of shape ``(B, feature_dim)``.
+
+    With ``capture = True`` (set by probes) the last logits tensor is kept in ``last_logits`` with its gradient
+    retained after backward, so ∂L/∂g can be read for instance gates too. ``equilibrium = True`` rescales the
+    gradient flowing into the logits by :func:`equilibrium_scale`.
+    """
+
+    def __init__(self, n_gates: int, kind: str = "length", *, init: GateInit | str = "zero",
+                 feature_dim: int | None = None, prompt: str = "", generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if kind not in ("length", "depth", "instance"):
+            raise ConfigError(f"gate kind {kind!r} is not one of length, depth, instance")
+        init = GateInit.parse(init) if isinstance(init, str) else init
+        self.n_gates = n_gates
+        self.kind = kind
+        self.prompt = prompt
+        self.init = init
+        self.equilibrium = False
+        self.capture = False
+        self.last_logits: torch.Tensor | None = None
+        if kind == "instance":
+            if not feature_dim:
+                raise ConfigError("an instance gate needs feature_dim")
+            self.proj = nn.Linear(feature_dim, n_gates)
+            with torch.no_grad():
+                self.proj.weight.normal_(0.0, 0.02, generator=generator)
+                init.fill_(self.proj.bias, generator)
+            self.logits = None
+        else:
+            self.proj = None
+            self.logits = nn.Parameter(init.fill_(torch.empty(n_gates), generator))
+
+    def compute_logits(self, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits g: ``(n_gates,)`` for static gates, ``(B, n_gates)`` for instance gates."""
+        if self.proj is not None:
+            if features is None:
+                raise ValueError("instance gates need the input features")
+            return self.proj(features.to(self.proj.weight.dtype))
+        assert self.logits is not None
+        return self.logits.view_as(self.logits)  # a non-leaf view, so hooks and capture leave the parameter alone
+
+    def forward(self, features: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.compute_logits(features)
+        if logits.requires_grad:
+            if self.equilibrium:
+                scale = equilibrium_scale(logits.detach())
+                logits.register_hook(lambda grad: grad * scale)
+            if self.capture:
+                logits.retain_grad()
+        self.last_logits = logits if self.capture else None
+        return torch.sigmoid(logits)
+
+    def extra_repr(self) -> str:
+        return f"n_gates={self.n_gates}, kind={self.kind}, init={self.init.kind}"
+
+
+def find_gates(module: nn.Module) -> dict[str, Gate]:
+    """Every :class:`Gate` inside ``module`` by qualified name (``""`` if ``module`` itself is one)."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, Gate)}

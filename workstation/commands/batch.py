@@ -1,0 +1,10 @@
+"""`ws batch` (being built: see the issue that owns it)."""
+
+from __future__ import annotations
+
+from recorders.errors import WsError
+
+
+def batch() -> None:
+    """Not available yet in this build."""
+    raise WsError("`ws batch` is not available in this build yet")

@@ -1,0 +1,10 @@
+"""`ws record` (being built: see the issue that owns it)."""
+
+from __future__ import annotations
+
+from recorders.errors import WsError
+
+
+def record() -> None:
+    """Not available yet in this build."""
+    raise WsError("`ws record` is not available in this build yet")

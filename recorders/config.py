@@ -1,0 +1,250 @@
+"""The run configuration of ``ws record``: one typed dataclass, per-method presets, TOML files and ``--set``.
+
+Precedence, lowest first: the dataclass defaults, the method's preset (the reference hyperparameters), a
+TOML file (``--config``: flat ``key = value`` lines using the field names below), ``--set key=value``
+overrides in order, then the explicit command-line flags. Every key and value is checked before anything is
+built or written; a bad one raises :class:`~recorders.errors.ConfigError` with a one-line message (unknown
+keys list their near matches).
+
+Only :meth:`Config.validate` imports torch (to parse ``gate_init`` with :class:`~recorders.gates.GateInit`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from recorders.errors import ConfigError
+
+METHODS = ("coop", "cocoop", "maple", "bimaple", "adaptive-bimaple", "coop-gating", "cocoop-gating")
+GATED_METHODS = ("adaptive-bimaple", "coop-gating", "cocoop-gating")
+VARIANTS = ("standard", "param-matched", "always-frozen")
+ON_NAN = ("skip", "stop")
+
+
+@dataclass(frozen=True)
+class Config:
+    """All of one ``ws record`` run (learning rates per optimiser step; epochs over the train set)."""
+
+    # what to train, on what
+    method: str = "coop-gating"
+    dataset: str = "world"
+    data_root: str = ""  # "" = $WS_DATA or the default data directory
+    backbone: str = "builtin"  # "builtin" or a local Hugging Face CLIP checkpoint directory
+    shots: int = 16  # training images per base class
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # optimisation (SGD with momentum, cosine schedule after a constant warm-up)
+    epochs: int = 200
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # applies to every trainable parameter, as in the reference
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5  # constant lr during warm-up
+    # prompts
+    n_ctx: int = 4  # learnable context tokens (per layer for the MaPLe family)
+    ctx_init: str = "a photo of a"  # "" = random N(0, 0.02²); its first n_ctx tokens initialise the context
+    prompt_depth: int = 9  # MaPLe J: layers that receive prompts (clipped to the model's depth)
+    lambda_cyc: float = 1.0  # BiMaPLe cycle-consistency weight
+    lambda_sparse: float = 1e-3  # AdaptiveBiMaPLe L1 weight on gate values
+    lambda_smooth: float = 1e-3  # AdaptiveBiMaPLe weight on squared differences of adjacent depth gates
+    # interventions
+    gate_init: str = "zero"  # zero | uniform | biased[:VALUE]
+    gate_lr_scale: float = 1.0  # gate parameters train at lr × this
+    gate_weight_decay: float | None = None  # None = weight_decay (the reference decays gates too)
+    clip_grad: float = 0.0  # max global gradient norm; 0 = off
+    grad_equilibrium: bool = False  # ∂L/∂g ← min(1/(σ(1−σ)+1e-8), 10)·∂L/∂g
+    gate_entropy: float = 0.0  # λ·mean binary entropy of gate values added to the loss
+    variant: str = "standard"  # standard | param-matched | always-frozen
+    on_nan: str = "stop"  # skip | stop: what a non-finite loss or gradient does
+    # data and evaluation
+    views: int = 8  # augmented views per training image in the frozen-feature cache
+    eval_batch_size: int = 100
+    eval_at_start: bool = True  # evaluate before the first step (epoch 0)
+    num_workers: int = 0
+    # recording
+    out: str = ""  # "" = recordings/<method>-<dataset>-s<seed>-<time>.h5
+    flush_every: int = 256
+    tensor_stride: int = 50  # full gradients of large parameters every this many steps
+
+    def validate(self) -> Config:
+        """Check values and combinations; return ``self`` or raise :class:`ConfigError`."""
+        _choice("method", self.method, METHODS)
+        _choice("variant", self.variant, VARIANTS)
+        _choice("on_nan", self.on_nan, ON_NAN)
+        for name in ("shots", "epochs", "batch_size", "n_ctx", "prompt_depth", "views", "eval_batch_size",
+                     "flush_every", "tensor_stride"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} = {getattr(self, name)} must be at least 1")
+        for name in ("warmup_epochs", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} = {getattr(self, name)} must not be negative")
+        for name in ("lr", "warmup_lr", "momentum", "weight_decay", "lambda_cyc", "lambda_sparse",
+                     "lambda_smooth", "gate_lr_scale", "clip_grad", "gate_entropy"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or (value < 0 and name != "gate_entropy"):
+                raise ConfigError(f"{name} = {value} must be a finite, non-negative number")
+        if self.lr == 0 or self.gate_lr_scale == 0:
+            raise ConfigError("lr and gate_lr_scale must be positive")
+        gwd = self.gate_weight_decay
+        if gwd is not None and not (math.isfinite(gwd) and gwd >= 0):
+            raise ConfigError(f"gate_weight_decay = {gwd} must be a finite, non-negative number")
+        if self.seed < 0:
+            raise ConfigError(f"seed = {self.seed} must be >= 0 (0 is a valid seed)")
+        from recorders.gates import GateInit
+
+        GateInit.parse(self.gate_init)
+        if self.method not in GATED_METHODS:
+            used = [flag for flag, on in (
+                (f"--variant {self.variant}", self.variant != "standard"),
+                ("--gate-lr-scale", self.gate_lr_scale != 1.0),
+                ("--gate-init", self.gate_init != "zero"),
+                ("--gate-weight-decay", self.gate_weight_decay is not None),
+                ("--grad-equilibrium", self.grad_equilibrium),
+                ("--gate-entropy", self.gate_entropy != 0.0),
+            ) if on]
+            if used:
+                raise ConfigError(f"{used[0]} needs a gated method, but {self.method} has no gates; "
+                                  f"use one of {', '.join(GATED_METHODS)} or drop the flag")
+        optimiser_flags = self.grad_equilibrium or self.gate_lr_scale != 1 or gwd is not None
+        if self.variant == "param-matched" and (optimiser_flags or self.gate_entropy):
+            raise ConfigError("--variant param-matched removes the gates, so gate interventions do not "
+                              "apply; drop them or use --variant standard")
+        if self.variant == "always-frozen" and optimiser_flags:
+            raise ConfigError("--variant always-frozen does not train the gates, so gate optimiser "
+                              "interventions do not apply; drop them or use --variant standard")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_COOP = {"epochs": 200, "batch_size": 32, "lr": 0.002, "n_ctx": 4, "ctx_init": "a photo of a"}
+_COCOOP = {"epochs": 10, "batch_size": 1, "lr": 0.002, "n_ctx": 4, "ctx_init": "a photo of a"}
+_MAPLE = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "n_ctx": 2, "ctx_init": "a photo of a",
+          "prompt_depth": 9}
+
+#: Reference hyperparameters per method (CoOp, CoCoOp, MaPLe base-to-novel configs); gated forms share them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "coop": _COOP, "coop-gating": _COOP,
+    "cocoop": _COCOOP, "cocoop-gating": _COCOOP,
+    "maple": _MAPLE, "bimaple": _MAPLE, "adaptive-bimaple": _MAPLE,
+}
+
+#: Per-dataset adjustments the references make (ImageNet trains CoOp for 50 epochs) and the built-in world's
+#: short schedule, so the default run finishes in about a minute on a laptop CPU.
+DATASET_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("imagenet", "coop"): {"epochs": 50}, ("imagenet", "coop-gating"): {"epochs": 50},
+    ("world", "coop"): {"epochs": 20}, ("world", "coop-gating"): {"epochs": 20},
+    ("world", "cocoop"): {"epochs": 2}, ("world", "cocoop-gating"): {"epochs": 2},
+    ("world", "maple"): {"epochs": 3}, ("world", "bimaple"): {"epochs": 3},
+    ("world", "adaptive-bimaple"): {"epochs": 3},
+}
+
+FIELDS = {f.name: f for f in fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def suggest(key: str, choices: Iterable[str]) -> str:
+    """``"; did you mean a, b?"`` for near matches of ``key`` among ``choices`` (``""`` when none)."""
+    near = difflib.get_close_matches(key, list(choices), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(near)}?" if near else ""
+
+
+def _choice(name: str, value: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}{suggest(value, choices)} "
+                          f"(choose from {', '.join(choices)})")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check (TOML values) or parse (``--set`` strings) ``value`` for field ``key``."""
+    if key not in FIELDS:
+        raise ConfigError(f"unknown config key {key!r}{suggest(key, FIELDS)} (see `ws record --help`)")
+    hint = _HINTS[key]
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    kind = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        if optional and text.lower() in ("", "none", "null"):
+            return None
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(text)
+                return text.lower() in ("true", "1", "yes", "on")
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{key} = {value!r} is not a valid {kind.__name__}") from None
+    if optional and value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} = {value!r} must be a {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def parse_set(items: Iterable[str]) -> list[tuple[str, Any]]:
+    """Parse ``key=value`` strings (from repeated ``--set``) into checked ``(key, value)`` pairs."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not key=value; write e.g. --set lr=0.01")
+        key = key.strip().replace("-", "_")
+        out.append((key, _coerce(key, value)))
+    return out
+
+
+def load_toml(path: str | Path) -> list[tuple[str, Any]]:
+    """Read a flat TOML config file into checked ``(key, value)`` pairs."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found; check the --config path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config file ({exc}); check the --config path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc}); fix the file") from None
+    pairs = []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"{p}: config files are flat key = value lines, found a table [{key}]; "
+                              "move its keys to the top level")
+        pairs.append((key.replace("-", "_"), _coerce(key.replace("-", "_"), value)))
+    return pairs
+
+
+def build_config(overrides: Iterable[tuple[str, Any]] = (), *, config_file: str | Path | None = None,
+                 sets: Iterable[str] = ()) -> Config:
+    """The validated config: defaults < presets (method, dataset) < ``config_file`` < ``sets`` < overrides.
+
+    ``overrides`` are explicit command-line values (already typed; ``None`` values are ignored).
+    """
+    layers: list[tuple[str, Any]] = []
+    if config_file is not None:
+        layers += load_toml(config_file)
+    layers += parse_set(sets)
+    layers += [(k, _coerce(k, v)) for k, v in overrides if v is not None]
+    chosen = dict(layers)
+    method = chosen.get("method", Config.method)
+    dataset = chosen.get("dataset", Config.dataset)
+    _choice("method", method, METHODS)
+    preset = {**PRESETS[method], **DATASET_PRESETS.get((dataset, method), {})}
+    return replace(Config(), **{**preset, **chosen}).validate()
+
+
+def config_from_mapping(values: Mapping[str, Any]) -> Config:
+    """Rebuild a config stored in a recording (its ``config`` attribute)."""
+    return replace(Config(), **{k: _coerce(k, v) for k, v in values.items()}).validate()

@@ -3,7 +3,7 @@
 - :mod:`analyses.diagnostics`: ``diagnose(rec) -> RecordingDiagnostics`` (per gate set: ratio, phases,
   saturation, L_eff, distance from init, decay-only counterfactual, onset and verdict);
 - :mod:`analyses.grouping`: one metric value per run (``metric_names()``), runs grouped by a config key;
-- :mod:`analyses.stats`: ``compare(paths, by, metric, ...) -> ComparisonReport`` (the numbers of ``ws stats``);
+- :mod:`analyses.stats`: ``compare(paths, by, metric, ...) -> ComparisonReport`` (``ws stats``);
 - :mod:`analyses.figures`: matplotlib figures of ``ws plot``.
 
 Import the submodule you need: this package imports nothing eagerly, so ``ws inspect`` does not pay for scipy.

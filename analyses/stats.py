@@ -28,6 +28,7 @@ import csv
 import io
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -194,7 +195,8 @@ def compare_values(a: np.ndarray, b: np.ndarray, *, name_a: str = "a", name_b: s
     paired tests. Deterministic (seeded resampling)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     n, m = len(a), len(b)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # identical values: NaN statistics say it already
         welch = stats.ttest_ind(a, b, equal_var=False)
     splits = math.comb(n + m, n)
     exact = splits <= EXACT_LIMIT
@@ -214,7 +216,8 @@ def compare_values(a: np.ndarray, b: np.ndarray, *, name_a: str = "a", name_b: s
     if pairs is not None:
         pa, pb = np.asarray(pairs[0], np.float64), np.asarray(pairs[1], np.float64)
         row.paired, row.n_pairs = True, len(pa)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             rel = stats.ttest_rel(pa, pb)
         row.paired_t, row.paired_p = float(rel.statistic), float(rel.pvalue)
         if np.any(pa != pb):

@@ -1,10 +1,31 @@
-"""`ws view` (being built: see the issue that owns it)."""
+"""`ws view`: the Textual workstation (run view, compare, stats, live following)."""
 
 from __future__ import annotations
 
-from recorders.errors import WsError
+from pathlib import Path
+
+import typer
+
+from recorders.errors import ConfigError, RecordingError
+from recorders.recording_format import iter_recordings
 
 
-def view() -> None:
-    """Not available yet in this build."""
-    raise WsError("`ws view` is not available in this build yet")
+def view(
+    paths: list[Path] = typer.Argument(..., help="recordings (.h5) or directories holding them"),
+    compare: bool = typer.Option(False, "--compare", "-c", help="open 2–4 recordings side by side"),
+    sync: str = typer.Option("step", help="compare cursor sync: 'step' or 'fraction' of training"),
+    refresh: float = typer.Option(1.0, help="seconds between refreshes of running recordings"),
+) -> None:
+    """Replay recordings in the terminal: step through a run, compare variants, test across seeds."""
+    if sync not in ("step", "fraction"):
+        raise ConfigError(f"--sync {sync!r} is not valid; use step or fraction")
+    if refresh <= 0:
+        raise ConfigError("--refresh must be a positive number of seconds")
+    found = list(iter_recordings(paths))
+    if not found:
+        raise RecordingError(f"no .h5 recordings under {', '.join(map(str, paths))}; run `ws record` first")
+    if compare and not 2 <= len(found) <= 4:
+        raise ConfigError(f"--compare takes 2 to 4 recordings, got {len(found)}")
+    from workstation.app.app import WsApp
+
+    WsApp(found, compare=compare, sync=sync, live_interval=refresh).run()

@@ -1,0 +1,246 @@
+"""`ws view` driven by Textual's pilot: cursor, events, compare sync, stats, live following, bad files, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from synthetic import GATES, write_group, write_run
+from textual.widgets import DataTable
+
+from recorders.recording_format import (
+    EPOCH,
+    LR,
+    STEP,
+    GateSetSpec,
+    Layout,
+    RecordingWriter,
+    gate_path,
+    loss_path,
+)
+from workstation.app.app import WsApp
+from workstation.app.screens.compare import CompareScreen
+from workstation.app.screens.recordings import RecordingsScreen
+from workstation.app.screens.run import RunScreen
+from workstation.app.screens.stats import StatsScreen
+from workstation.app.widgets.gatebars import GateBars
+from workstation.app.widgets.plot import fmt
+from workstation.app.widgets.timeline import Timeline
+
+SIZE = (120, 40)
+
+
+async def settle(app: WsApp, pilot) -> None:  # noqa: ANN001 - textual's Pilot
+    """Let background loads finish and the screen repaint."""
+    for _ in range(3):
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+def file_gates(path: Path, row: int) -> tuple[np.ndarray, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return f[gate_path(GATES, "value")][row], f[gate_path(GATES, "dsigmoid")][row]
+
+
+async def test_cursor_keys_move_the_step_and_show_the_file_gates(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "run.h5", n_steps=600, n_gates=6, onset_step=300)
+    app = WsApp([path])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, RunScreen)
+        expected = 0
+        for key, delta in [("right", 1), ("l", 1), ("right", 1), ("L", 100), ("shift+right", 100), ("left", -1),
+                           ("h", -1), ("H", -100), ("shift+left", -100)]:
+            await pilot.press(key)
+            expected = min(max(expected + delta, 0), 599)
+            assert screen.row == expected, key
+        await pilot.press("L", "L", "L")
+        await pilot.pause()
+        bars = screen.query_one(GateBars)
+        assert screen.row == 301
+        value, dsig = file_gates(path, 301)
+        np.testing.assert_array_equal(bars.gates["value"], value)
+        np.testing.assert_array_equal(bars.gates["dsigmoid"], dsig)
+        line = "".join(s.text for s in bars.line_text(2, 60))
+        assert f"{value[2]:.3f}" in line and f"{dsig[2]:.2e}" in line
+        assert "step 301 " in str(screen.query_one(Timeline).status)
+        await pilot.press("end")
+        assert screen.row == 599
+        await pilot.press("home")
+        assert screen.row == 0
+
+
+async def test_events_jump_and_timeline_click(tmp_path: Path) -> None:
+    layout = Layout(gate_sets=(GateSetSpec("g", 2, "length"),))
+    path = tmp_path / "events.h5"
+    with RecordingWriter(path, layout, config={}, method="demo", seed=1, device="cpu") as w:
+        n = 400
+        w.append_block({STEP: np.arange(n) * 2, EPOCH: np.arange(n) // 100, LR: np.full(n, 0.1),
+                        loss_path("total"): np.linspace(2, 1, n), gate_path("g", "value"): np.full((n, 2), 0.5)})
+        for epoch in range(4):
+            w.add_event(epoch * 200 + 198, "epoch_end", f"epoch {epoch}")
+        w.add_event(501, "nonfinite", "loss is NaN")
+    app = WsApp([path])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, RunScreen)
+        await pilot.press("right_square_bracket")
+        assert screen.row == 99  # step 198
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        assert screen.row == 250  # step 500 (the last step <= 501)
+        await pilot.press("left_square_bracket")
+        assert screen.row == 199
+        timeline = screen.query_one(Timeline)
+        await pilot.click(Timeline, offset=(timeline.size.width // 2, 1))
+        assert screen.row == pytest.approx(200, abs=n // timeline.size.width + 1)
+
+
+async def test_compare_keeps_cursors_in_sync_by_step_and_fraction(tmp_path: Path) -> None:
+    short = write_run(tmp_path / "short.h5", n_steps=300, n_gates=4, seed=1)
+    long = write_run(tmp_path / "long.h5", n_steps=900, n_gates=4, seed=2)
+    app = WsApp([short, long], compare=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        await pilot.press("right", "right", "L")
+        assert screen.rows() == [102, 102]
+        bars = [screen.query_one(f"#gates-{i}", GateBars) for i in (0, 1)]
+        np.testing.assert_array_equal(bars[1].gates["value"], file_gates(long, 102)[0])
+        await pilot.press("f")
+        await settle(app, pilot)
+        expected = round(102 / 299 * 899)
+        assert screen.rows() == [102, expected]
+        np.testing.assert_array_equal(bars[1].gates["value"], file_gates(long, expected)[0])
+        np.testing.assert_array_equal(bars[0].gates["value"], file_gates(short, 102)[0])
+
+
+async def test_stats_screen_shows_the_numbers_of_analyses_compare(tmp_path: Path) -> None:
+    from analyses.stats import compare
+
+    paths = (write_group(tmp_path, "gated", [0, 1, 2], [0.70, 0.72, 0.71], n_steps=200)
+             + write_group(tmp_path, "plain", [0, 1, 2], [0.60, 0.62, 0.65], n_steps=200))
+    report = compare([tmp_path], "variant", "final_hm")
+    app = WsApp(paths)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.open_stats(paths)
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, StatsScreen)
+        groups = screen.query_one("#stats-groups", DataTable)
+        shown = {groups.get_row_at(i)[0]: groups.get_row_at(i) for i in range(groups.row_count)}
+        for name, hms in (("gated", [0.70, 0.72, 0.71]), ("plain", [0.60, 0.62, 0.65])):
+            g = report.groups[name]
+            assert g.mean == pytest.approx(np.mean(hms)) and g.std == pytest.approx(np.std(hms, ddof=1))
+            assert shown[name][4] == f"{fmt(g.mean)} ± {fmt(g.std)}"
+            assert shown[name][5] == f"[{fmt(g.ci_low)}, {fmt(g.ci_high)}]"
+        table = screen.query_one("#stats-table", DataTable)
+        (row,) = report.rows
+        cells = table.get_row_at(0)
+        assert cells[0] == "gated vs plain"
+        assert cells[2] == fmt(row.welch_p) and cells[7].startswith(fmt(row.p_adjusted))
+        warnings = str(screen.query_one("#stats-warnings").render())
+        assert "cannot give p < 0.05" in warnings  # the small-n warning: 3 vs 3 seeds
+
+
+async def test_a_growing_file_shows_new_steps(tmp_path: Path) -> None:
+    layout = Layout(gate_sets=(GateSetSpec("g", 3, "length"),))
+    path = tmp_path / "live.h5"
+    writer = RecordingWriter(path, layout, config={}, method="demo", seed=0, device="cpu", flush_every=10_000)
+
+    def append(start: int, stop: int) -> None:
+        for s in range(start, stop):
+            writer.append_step({STEP: s, EPOCH: 0, LR: 0.1, gate_path("g", "value"): np.full(3, s / 1000)})
+        writer.flush()
+
+    try:
+        append(0, 50)
+        app = WsApp([path], live_interval=0.05)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            screen = app.screen
+            assert isinstance(screen, RunScreen) and screen.n_rows == 50
+            await pilot.press("p")  # pin the cursor to the newest step
+            append(50, 130)
+            await pilot.pause(0.3)
+            await settle(app, pilot)
+            assert screen.n_rows == 130 and screen.row == 129
+            np.testing.assert_allclose(screen.query_one(GateBars).gates["value"], 0.129, rtol=1e-6)
+            assert "row 130/130" in str(screen.query_one(Timeline).status)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "not-ws"])
+async def test_bad_file_notifies_and_the_app_keeps_running(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "bad.h5"
+    if kind == "garbage":
+        path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # an HDF5 signature, then nothing
+    else:
+        with h5py.File(path, "w") as f:
+            f["x"] = np.arange(3)
+    good = write_run(tmp_path / "good.h5", n_steps=50)
+    app = WsApp([path, good])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert not app.open_run(path)
+        await pilot.pause()
+        messages = [n.message for n in app._notifications]
+        assert any(str(path) in m and n.severity == "error" for n, m in zip(app._notifications, messages,
+                                                                             strict=True))
+        assert isinstance(app.screen, RecordingsScreen) and app.is_running
+        assert app.open_run(good)  # and it still opens good files
+        await settle(app, pilot)
+        assert isinstance(app.screen, RunScreen)
+
+
+async def test_help_zoom_palette_and_svg_export(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "run.h5", n_steps=100)
+    app = WsApp([path], export_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        screen = app.screen
+        await pilot.press("tab")
+        await pilot.press("z")
+        assert screen.maximized is not None
+        await pilot.press("z")
+        assert screen.maximized is None
+        await pilot.press("f1")
+        assert type(app.screen).__name__ == "HelpScreen"
+        await pilot.press("escape")
+        assert app.screen is screen
+        names = [name for name, _, _ in app.ws_commands()]
+        assert {"open run.h5", "stats", "export SVG"} <= set(names)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        (svg,) = tmp_path.glob("*.svg")
+        assert "<svg" in svg.read_text()[:200]
+
+
+def test_view_imports_no_torch() -> None:
+    code = ("import sys, workstation.cli, workstation.app.app, workstation.app.screens.run, "
+            "workstation.app.screens.compare, workstation.app.screens.stats; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["view", "missing.h5"], "no such file or directory"),
+    (["view", "--compare", "{good}"], "--compare takes 2 to 4 recordings"),
+    (["view", "--sync", "nope", "{good}"], "--sync 'nope' is not valid"),
+])
+def test_cli_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    good = write_run(tmp_path / "good.h5", n_steps=20)
+    argv = [a.format(good=good) for a in args]
+    out = subprocess.run([sys.executable, "-m", "workstation", *argv], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 2
+    assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr

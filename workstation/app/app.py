@@ -1,0 +1,132 @@
+"""The ws viewer application: screens for recordings, one run, a comparison and statistics across seeds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from recorders.errors import WsError
+from workstation.app.data import RunData
+from workstation.app.screens.help import HelpScreen
+from workstation.app.screens.recordings import RecordingsScreen
+
+Command = tuple[str, str, Callable[[], object]]
+
+
+class WsCommands(Provider):
+    """ws's own commands in the ctrl+p palette: open, compare, stats, export."""
+
+    def _commands(self) -> Iterator[Command]:
+        app = self.app
+        assert isinstance(app, WsApp)
+        yield from app.ws_commands()
+
+    async def discover(self) -> Hits:
+        for name, help_text, callback in self._commands():
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, callback in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)
+
+
+class WsApp(App[None]):
+    """``ws view``: ``paths`` are recordings (already expanded from directories).
+
+    One path opens its run view, ``compare`` with 2–4 paths opens the compare view, otherwise the recordings
+    pane. ``live_interval`` is the seconds between refreshes of running recordings; ``export_dir`` is where SVG
+    and PNG exports go.
+    """
+
+    TITLE = "ws view"
+    CSS_PATH = "styles/app.tcss"
+    COMMANDS = App.COMMANDS | {WsCommands}
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("f1,question_mark", "help", "help"),
+        Binding("ctrl+s", "export_svg", "save SVG", show=False),
+        Binding("escape", "back", "back", show=False),
+    ]
+
+    def __init__(self, paths: list[Path], *, compare: bool = False, sync: str = "step",
+                 live_interval: float = 1.0, export_dir: Path | None = None) -> None:
+        super().__init__()
+        self.paths = paths
+        self.compare = compare
+        self.sync = sync
+        self.live_interval = live_interval
+        self.export_dir = export_dir or Path.cwd()
+
+    def on_mount(self) -> None:
+        self.push_screen(RecordingsScreen(self.paths))
+        if self.compare and 2 <= len(self.paths) <= 4:
+            self.open_compare(self.paths)
+        elif len(self.paths) == 1:
+            self.open_run(self.paths[0])
+
+    def _open(self, path: Path) -> RunData | None:
+        try:
+            return RunData.open(str(path))
+        except WsError as exc:
+            self.notify(str(exc), title="cannot open recording", severity="error", timeout=10)
+            return None
+
+    def open_run(self, path: Path) -> bool:
+        """Push the run view of ``path``; a file that cannot be read becomes an error notification."""
+        from workstation.app.screens.run import RunScreen
+
+        run = self._open(path)
+        if run is not None:
+            self.push_screen(RunScreen(run))
+        return run is not None
+
+    def open_compare(self, paths: list[Path]) -> bool:
+        """Push the compare view of 2–4 recordings."""
+        from workstation.app.screens.compare import CompareScreen
+
+        runs = [run for run in map(self._open, paths) if run is not None]
+        if len(runs) < 2:
+            self.notify("compare needs at least two readable recordings", severity="warning")
+            return False
+        self.push_screen(CompareScreen(runs[:4], sync=self.sync))
+        return True
+
+    def open_stats(self, paths: list[Path]) -> None:
+        """Push the statistics screen over ``paths``."""
+        from workstation.app.screens.stats import StatsScreen
+
+        self.push_screen(StatsScreen(paths))
+
+    def ws_commands(self) -> Iterator[Command]:
+        """The palette's commands for the current state."""
+        for path in self.paths:
+            yield f"open {path.name}", f"run view of {path}", partial(self.open_run, path)
+        if 2 <= len(self.paths) <= 4:
+            yield "compare all", "compare view of the recordings given", partial(self.open_compare, self.paths)
+        marked = getattr(self.screen, "marked", [])
+        if len(marked) >= 2:
+            yield "compare marked", "compare view of the marked recordings", partial(self.open_compare, marked)
+        yield "stats", "statistics across seeds (ws stats)", partial(self.open_stats, self.paths)
+        yield "export SVG", "save the screen as an SVG file", self.action_export_svg
+        if hasattr(self.screen, "export_png"):
+            yield "export PNG", "save the current plot as a PNG (analyses figures)", self.screen.export_png
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_back(self) -> None:
+        if len(self.screen_stack) > 2:
+            self.pop_screen()
+
+    def action_export_svg(self) -> None:
+        path = self.save_screenshot(path=str(self.export_dir))
+        self.notify(f"saved {path}", title="export SVG")

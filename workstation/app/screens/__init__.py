@@ -1,0 +1,1 @@
+"""Screens of the ws viewer: recordings, run, compare, stats, help."""

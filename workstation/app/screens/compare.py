@@ -1,0 +1,130 @@
+"""Compare 2–4 recordings side by side with one cursor, synced by step or by fraction of training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer
+
+from workstation.app.data import RunData, downsample, heatmap
+from workstation.app.screens.run import curves
+from workstation.app.screens.stepping import Pane, StepScreen
+from workstation.app.widgets.gatebars import GateBars
+from workstation.app.widgets.plot import PALETTE, Heatmap, Series, StepPlot, TimePlot
+from workstation.app.widgets.timeline import Timeline
+
+OVERLAY_ROWS = 1_000_000  # the overlay's x axis in fraction mode: fraction × this
+
+
+class CompareScreen(StepScreen):
+    """Columns of per-run panes (gradient norms, heatmap, gate bars) under one plot of every run's gate ratio.
+
+    The cursor moves the reference run (the first); each other run shows the row at the same step
+    (``sync="step"``) or the same fraction of its rows (``sync="fraction"``); f toggles.
+    """
+
+    BINDINGS = [Binding("f", "toggle_sync", "sync step/fraction")]
+
+    def __init__(self, runs: Sequence[RunData], *, sync: str = "step") -> None:
+        super().__init__(runs)
+        self.sync = sync
+
+    def compose(self) -> ComposeResult:
+        yield Pane("gate / prompt gradient ratio, every run (log)",
+                   TimePlot(self._overlay, log=True, id="overlay"), id="overlay-pane")
+        with Horizontal(id="compare-runs"):
+            for i, run in enumerate(self.runs):
+                gate_set = run.gate_sets[0] if run.gate_sets else ""
+                with Vertical(classes="run-column", id=f"run-{i}"):
+                    yield Pane(run.title, TimePlot(lambda w, h, run=run: curves(run, run.grad_paths, w),
+                                                          log=True, classes=f"run-{i}"), id=f"grads-{i}")
+                    yield Pane(f"{gate_set or 'no gates'} × step",
+                               Heatmap(lambda w, h, run=run, g=gate_set: self._heatmap(run, g, w, h),
+                                       classes=f"run-{i}"), id=f"heatmap-{i}")
+                    yield Pane("gates at cursor", GateBars(id=f"gates-{i}"), focusable=False)
+        yield Timeline(id="timeline")
+        yield Footer()
+
+    @staticmethod
+    def _heatmap(run: RunData, gate_set: str, width: int, height: int) -> tuple[int, np.ndarray | None]:
+        if not gate_set:
+            return run.n_rows, None
+        return run.n_rows, heatmap(run.rec, gate_set, width, 2 * height, n_rows=run.n_rows)
+
+    def on_mount(self) -> None:  # StepScreen.on_mount runs too
+        for i, run in enumerate(self.runs):
+            self.query_one(f"#grads-{i}", Pane).border_title = f"[{PALETTE[i]}]■ #{i + 1}[/] {run.title}"
+
+    # ------------------------------------------------------------ syncing
+    def rows(self, row: int | None = None) -> list[int]:
+        """Each run's row for reference row ``row`` (default: the cursor)."""
+        row = self.row if row is None else row
+        ref = self.runs[0]
+        out = [row]
+        for run in self.runs[1:]:
+            if self.sync == "step":
+                out.append(run.row_of_step(ref.step_at(row)))
+            else:
+                out.append(round(row / max(ref.n_rows - 1, 1) * max(run.n_rows - 1, 0)))
+        return out
+
+    def _x(self, run: RunData, rows: np.ndarray) -> np.ndarray:
+        """Overlay x of a run's rows: its steps (sync by step) or its fraction of training × OVERLAY_ROWS."""
+        if self.sync == "step":
+            return run.rec.steps(0, run.n_rows)[rows]
+        return rows * OVERLAY_ROWS // max(run.n_rows, 1)
+
+    def _overlay_rows(self) -> int:
+        if self.sync == "step":
+            return max(run.step_at(run.n_rows - 1) + 1 for run in self.runs)
+        return OVERLAY_ROWS
+
+    def _overlay(self, width: int, height: int) -> tuple[int, list[Series]]:
+        n_x = self._overlay_rows()
+        series = []
+        for i, (run, diagnostics) in enumerate(zip(self.runs, self.diagnostics, strict=True)):
+            if diagnostics is None or not diagnostics.gate_sets:
+                continue
+            gs = next(iter(diagnostics.gate_sets.values()))
+            x = self._x(run, run.rows_of_steps(gs.steps))
+            series.append(Series(f"#{i + 1}", downsample(gs.ratio, x, n_x, width), PALETTE[i]))
+        if not series:
+            raise ValueError("collapse diagnostics are still being computed")
+        return n_x, series
+
+    def on_diagnosed(self, index: int) -> None:
+        self.query_one("#overlay", TimePlot).reload()
+
+    def action_toggle_sync(self) -> None:
+        self.sync = "fraction" if self.sync == "step" else "step"
+        self.notify(f"cursors synced by {self.sync}", timeout=2)
+        self.query_one("#overlay", TimePlot).reload()
+        self.show_row(self.row)
+
+    # ------------------------------------------------------------ drawing
+    def status(self) -> str:
+        return f"{super().status()} · sync by {self.sync}"
+
+    def show_row(self, row: int) -> None:
+        if not self.is_mounted:
+            return
+        rows = self.rows(row)
+        for i, (run, run_row) in enumerate(zip(self.runs, rows, strict=True)):
+            for plot in self.query(f".run-{i}").results(StepPlot):
+                plot.cursor = run_row
+            if run.gate_sets and run.n_rows:
+                self.query_one(f"#gates-{i}", GateBars).show(run.gate_row(run.gate_sets[0], run_row))
+        overlay = self.query_one("#overlay", TimePlot)
+        overlay.cursor = int(self._x(self.runs[0], np.array([row]))[0]) if self.n_rows else 0
+        timeline = self.query_one(Timeline)
+        timeline.set_run(self.n_rows, self.markers)
+        timeline.cursor = row
+        timeline.status = self.status()
+
+    def reload(self) -> None:
+        for plot in self.query(StepPlot):
+            plot.reload()

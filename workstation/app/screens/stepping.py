@@ -1,0 +1,209 @@
+"""The step cursor shared by the run and compare screens: keys, playback, events, clicks and live following."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from textual import work
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.worker import get_current_worker
+
+from recorders.errors import WsError
+from workstation.app.data import Marker, RunData
+from workstation.app.widgets.plot import StepPlot
+
+SPEEDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # rows per playback tick
+TICK_SECONDS = 0.1
+
+
+class Pane(Vertical):
+    """A titled, focusable (tab) and maximisable (z, F10) box around one view of the run."""
+
+    ALLOW_MAXIMIZE = True
+
+    def __init__(self, title: str, *children: object, focusable: bool = True, id: str | None = None) -> None:
+        super().__init__(*children, id=id)  # type: ignore[arg-type]
+        self.border_title = title
+        self.can_focus = focusable
+
+
+class StepScreen(Screen[None]):
+    """A screen with a step cursor over the rows of a reference run (``runs[0]``).
+
+    Subclasses compose the widgets, and implement :meth:`show_row` (repaint for the cursor) and
+    :meth:`reload` (read again after the file grew).
+    """
+
+    BINDINGS = [
+        Binding("left,h", "step(-1)", "−1 step", priority=True),
+        Binding("right,l", "step(1)", "+1 step", priority=True),
+        Binding("H,shift+left", "step(-100)", "−100", priority=True),
+        Binding("L,shift+right", "step(100)", "+100", priority=True),
+        Binding("home", "jump(0)", "first", show=False, priority=True),
+        Binding("end", "jump(-1)", "last", show=False, priority=True),
+        Binding("space", "play", "play/pause", priority=True),
+        Binding("plus,equals_sign", "speed(1)", "faster", show=False),
+        Binding("minus", "speed(-1)", "slower", show=False),
+        Binding("left_square_bracket", "event(-1)", "◀ event", show=False),
+        Binding("right_square_bracket", "event(1)", "event ▶", show=False),
+        Binding("z,f10", "zoom", "full-screen"),
+        Binding("p", "pin", "pin newest", show=False),
+    ]
+
+    row: reactive[int] = reactive(0, init=False)
+    playing: reactive[bool] = reactive(False, init=False)
+    pinned: reactive[bool] = reactive(False, init=False)
+
+    def __init__(self, runs: Sequence[RunData]) -> None:
+        super().__init__()
+        self.runs = list(runs)
+        self.speed_index = 0
+        self._markers: list[Marker] = self.runs[0].markers()
+        self._player: Timer | None = None
+        self._live: Timer | None = None
+        self.diagnostics: list[Any] = [None] * len(self.runs)  # analyses.diagnostics.RecordingDiagnostics
+
+    @property
+    def n_rows(self) -> int:
+        return self.runs[0].n_rows
+
+    @property
+    def markers(self) -> list[Marker]:
+        return self._markers
+
+    # ------------------------------------------------------------ hooks
+    def show_row(self, row: int) -> None:
+        """Repaint everything that depends on the cursor."""
+
+    def reload(self) -> None:
+        """Re-read what depends on the number of rows (a live file grew)."""
+
+    def on_diagnosed(self, index: int) -> None:
+        """``self.diagnostics[index]`` has arrived."""
+
+    def status(self) -> str:
+        """The timeline's status line."""
+        run, row = self.runs[0], self.row
+        play = f"▶ {SPEEDS[self.speed_index] / TICK_SECONDS:g} steps/s" if self.playing else "⏸"
+        live = " · pinned" if self.pinned else ""
+        return (f"step {run.step_at(row):,} · row {row + 1:,}/{self.n_rows:,} · epoch {run.epoch_at(row)} · "
+                f"{play} · {run.rec.status}{live} · {run.title}")
+
+    # ------------------------------------------------------------ cursor
+    def on_mount(self) -> None:
+        self._player = self.set_interval(TICK_SECONDS, self._tick, pause=True)
+        if any(r.rec.status == "running" for r in self.runs):
+            self._live = self.set_interval(getattr(self.app, "live_interval", 1.0), self._poll)
+        self.show_row(self.row)
+        self.diagnose()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="diagnose")
+    def diagnose(self) -> None:
+        """Run the analyses' collapse diagnostics of every run with gates, in a background thread."""
+        from analyses.diagnostics import diagnose
+
+        for i, run in enumerate(self.runs):
+            if not run.gate_sets:
+                continue
+            try:
+                result = diagnose(run.rec)
+            except (WsError, OSError, KeyError, ValueError) as exc:
+                self.app.call_from_thread(self.notify, f"diagnostics of {run.title}: {exc}", severity="warning")
+                continue
+            if get_current_worker().is_cancelled:
+                return
+            self.app.call_from_thread(self._diagnosed, i, result)
+
+    def _diagnosed(self, index: int, result: Any) -> None:
+        self.diagnostics[index] = result
+        run = self.runs[index]
+        run.extra_markers = [
+            Marker(run.row_of_step(int(gs.onset_step)), int(gs.onset_step), "collapse_onset",
+                   f"{name}: {gs.verdict} (diagnosed)")
+            for name, gs in result.gate_sets.items() if gs.onset_step is not None
+        ]
+        if index == 0:
+            self._markers = run.markers()
+        self.on_diagnosed(index)
+        self.show_row(self.row)
+
+    def validate_row(self, row: int) -> int:
+        return min(max(row, 0), max(self.n_rows - 1, 0))
+
+    def watch_row(self) -> None:
+        self.show_row(self.row)
+
+    def watch_playing(self, playing: bool) -> None:
+        if self._player is not None:
+            (self._player.resume if playing else self._player.pause)()
+        self.show_row(self.row)
+
+    def action_step(self, delta: int) -> None:
+        self.pinned = False
+        self.row += delta
+
+    def action_jump(self, row: int) -> None:
+        self.pinned = False
+        self.row = row if row >= 0 else self.n_rows + row
+
+    def action_play(self) -> None:
+        if not self.playing and self.row >= self.n_rows - 1:
+            self.row = 0
+        self.playing = not self.playing
+
+    def action_speed(self, delta: int) -> None:
+        self.speed_index = min(max(self.speed_index + delta, 0), len(SPEEDS) - 1)
+        self.show_row(self.row)
+
+    def action_event(self, direction: int) -> None:
+        """Jump to the previous (−1) or next (+1) event marker of the reference run."""
+        rows = [m.row for m in self.markers]
+        targets = [r for r in rows if r > self.row] if direction > 0 else [r for r in rows if r < self.row]
+        if not targets:
+            self.notify("no further events" if direction > 0 else "no earlier events", timeout=2)
+            return
+        self.action_jump(min(targets) if direction > 0 else max(targets))
+
+    def action_pin(self) -> None:
+        self.pinned = not self.pinned
+        if self.pinned:
+            self.row = self.n_rows - 1
+        self.show_row(self.row)
+
+    def action_zoom(self) -> None:
+        if self.maximized is not None:
+            self.minimize()
+        elif self.focused is not None:
+            self.maximize(self.focused)
+        else:
+            self.focus_next()
+            if self.focused is not None:
+                self.maximize(self.focused)
+
+    def on_step_plot_clicked(self, message: StepPlot.Clicked) -> None:
+        self.pinned = False
+        self.row = message.row
+
+    def _tick(self) -> None:
+        if self.row >= self.n_rows - 1:
+            self.playing = False
+        else:
+            self.row += SPEEDS[self.speed_index]
+
+    def _poll(self) -> None:
+        """Follow running recordings: re-read their lengths, reload when they grew, stop once all ended."""
+        grew = [run.refresh() for run in self.runs]
+        if any(grew):
+            self._markers = self.runs[0].markers()
+            self.reload()
+            self.diagnose()
+            if self.pinned:
+                self.row = self.n_rows - 1
+            self.show_row(self.row)
+        if self._live is not None and all(r.rec.status != "running" for r in self.runs):
+            self._live.stop()

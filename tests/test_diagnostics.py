@@ -129,3 +129,19 @@ def test_to_dict_is_json_and_series_are_optional(tmp_path):
     gate = brief["gate_sets"][GATES]
     assert gate["verdict"] == "collapsed" and "ratio" not in gate and gate["final"]["l_eff"] > 0
     assert len(full["gate_sets"][GATES]["ratio"]) == d.n_steps
+
+
+def test_ws_inspect_reports_verdicts_in_json_and_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from workstation.cli import app
+
+    write_run(tmp_path / "c.h5", behaviour="collapsed", onset_step=300)
+    write_run(tmp_path / "a.h5", behaviour="adaptive")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    verdicts = {s["path"].rsplit("/", 1)[-1]: s["diagnostics"]["gate_sets"][GATES]["verdict"]
+                for s in json.loads(result.stdout)}
+    assert verdicts == {"a.h5": "adaptive", "c.h5": "collapsed"}
+    table = CliRunner().invoke(app, ["inspect", str(tmp_path / "c.h5")])
+    assert table.exit_code == 0 and "collapsed" in table.output

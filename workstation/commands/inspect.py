@@ -54,7 +54,7 @@ def _print_diagnostics(d: dict) -> None:
     table = Table(title="collapse diagnostics", title_justify="left")
     for column in ("gate set", "verdict", "onset step", "ratio early/mid/late", "saturated", "L_eff",
                    "Δlogit grad / decay", "reasons"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("gate set", "verdict"), overflow="fold")
     colours = {"collapsed": "red", "adaptive": "green", "inconclusive": "yellow"}
     for name, g in d["gate_sets"].items():
         final = g.get("final", {})

@@ -1,10 +1,20 @@
-"""`ws plot` (being built: see the issue that owns it)."""
+"""``ws plot``: paper figures of gates, gradient ratio, gate variance or accuracy, seeds as mean and band."""
 
 from __future__ import annotations
 
-from recorders.errors import WsError
+from pathlib import Path
+from typing import Annotated
+
+import typer
 
 
-def plot() -> None:
-    """Not available yet in this build."""
-    raise WsError("`ws plot` is not available in this build yet")
+def plot(
+    paths: Annotated[list[Path], typer.Argument(help="Recordings (.h5) or directories of them.")],
+    kind: Annotated[str, typer.Option(help="gates, ratio, variance or accuracy.")],
+    out: Annotated[Path, typer.Option(help="Output file: .png, .pdf or .svg.")],
+    by: Annotated[str, typer.Option(help="One curve per value of this key (seeds averaged).")] = "method",
+) -> None:
+    """Draw one curve per group of runs (mean over seeds with a ±1 std band) and save it for a paper."""
+    from analyses.figures import plot_runs
+
+    typer.echo(f"wrote {plot_runs(paths, kind, out, by=by)}")

@@ -1,0 +1,102 @@
+"""Figures for papers (``ws plot``): one curve per group of runs, seeds drawn as the mean and a ±1 std band.
+
+Kinds (x axis: optimiser step):
+
+- ``gates``: mean gate value σ over the gates of the first gate set;
+- ``ratio``: gate/prompt gradient-norm ratio (as :mod:`analyses.diagnostics` defines it), log scale;
+- ``variance``: gate output variance: across inputs (std² of σ, instance gates) or, for static gates, over time
+  (variance of σ within a trailing window of ``window_steps`` steps, mean over gates);
+- ``accuracy``: evaluation HM (fractions in [0, 1]).
+
+Each run's curve is read with a stride (at most ``max_points`` rows), interpolated onto the first run's steps of
+its group, and the group's mean and std are drawn. matplotlib's object API (no pyplot state, no display needed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from analyses.diagnostics import CollapseThresholds, diagnose
+from analyses.grouping import Run, group_runs
+from recorders.errors import ConfigError
+from recorders.recording_format import Recording, gate_path, iter_recordings
+
+KINDS = ("gates", "ratio", "variance", "accuracy")
+FORMATS = (".png", ".pdf", ".svg")
+_YLABEL = {"gates": "mean gate value σ", "ratio": "|∂L/∂g| / ‖∂L/∂p‖", "variance": "gate output variance",
+           "accuracy": "HM (base/novel)"}
+
+
+def run_curve(rec: Recording, kind: str, max_points: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of one recording for ``kind``, both ``(k,)``; empty when the run has no such data."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
+    if kind == "accuracy":
+        ev = rec.eval_table()
+        return ev["step"].astype(np.float64), ev["hm"]
+    if not rec.gate_sets:
+        return np.empty(0), np.empty(0)
+    d = diagnose(rec, max_points=max_points)
+    g = next(iter(d.gate_sets.values()))
+    if kind == "ratio":
+        return g.steps.astype(np.float64), g.ratio
+    value = rec.read(gate_path(g.name, "value"), stride=d.stride).astype(np.float64)
+    if kind == "gates":
+        return g.steps.astype(np.float64), value.mean(axis=1)
+    if g.value_std_inputs is not None:
+        return g.steps.astype(np.float64), g.value_std_inputs ** 2
+    window = max(2, round(CollapseThresholds().window_steps / d.stride))
+    padded = np.concatenate([np.repeat(value[:1], window - 1, axis=0), value])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)  # (k, n_gates, window)
+    return g.steps.astype(np.float64), windows.var(axis=-1).mean(axis=1)
+
+
+def plot_runs(paths: Sequence[str | os.PathLike[str]], kind: str, out: str | os.PathLike[str], *,
+              by: str = "method", max_points: int = 2048) -> Path:
+    """Draw ``kind`` for the recordings under ``paths`` grouped by ``by`` and save to ``out`` (.png/.pdf/.svg)."""
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    if out.suffix.lower() not in FORMATS:
+        raise ConfigError(f"{out}: unsupported figure format; use a name ending in {', '.join(FORMATS)}")
+    if kind not in KINDS:
+        raise ConfigError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
+    curves: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+    runs = []
+    for path in iter_recordings(paths):
+        with Recording.open(path) as rec:
+            curves[path] = run_curve(rec, kind, max_points)
+            runs.append(Run(path, rec.status, rec.method, rec.dataset, rec.seed, rec.config, 0.0))
+    if not runs:
+        raise ConfigError(f"no recordings (*.h5) under {', '.join(map(str, paths))}; check the paths")
+    groups, _ = group_runs(runs, by)
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    drawn = 0
+    for name, members in groups.items():
+        series = [curves[r.path] for r in members if len(curves[r.path][0])]
+        if not series:
+            continue
+        x = series[0][0]
+        ys = np.stack([np.interp(x, s, v) for s, v in series])
+        mean = np.nanmean(ys, axis=0)
+        line, = ax.plot(x, mean, label=f"{name} (n={len(series)})")
+        if len(series) > 1:
+            std = np.nanstd(ys, axis=0, ddof=1)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.25, linewidth=0)
+        drawn += 1
+    if not drawn:
+        raise ConfigError(f"none of the recordings has data for --kind {kind} (no gate sets or no evaluations); "
+                          "choose another kind")
+    if kind == "ratio":
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(_YLABEL[kind])
+    ax.legend(title=by, fontsize="small")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    return out

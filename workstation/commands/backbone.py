@@ -1,6 +1,9 @@
-"""`ws backbone ...` (being built: see the backbones issue)."""
+"""``ws backbone ...``: build the built-in tiny CLIP and check that a backbone loads."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -9,8 +12,41 @@ app = typer.Typer(help="Build and check CLIP backbones (the built-in tiny CLIP, 
 
 
 @app.command("pretrain")
-def pretrain() -> None:
-    """Not available yet in this build."""
-    from recorders.errors import WsError
+def pretrain(
+    out: Annotated[Path | None, typer.Option(help="Checkpoint directory [default: the built-in cache, "
+                                                  "$WS_CACHE/backbones/builtin-<recipe> or ~/.cache/ws/...].")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps (the recipe's default makes `builtin`).")] = 0,
+    seconds: Annotated[float | None, typer.Option(min=0, help="Stop early after this many seconds.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the recipe (weights and data stream).")] = 0,
+    batch_size: Annotated[int, typer.Option(min=2, help="Images (and captions) per step.")] = 0,
+) -> None:
+    """Pretrain the tiny CLIP on the built-in world and save it in the Hugging Face layout, with metrics.json."""
+    from recorders import pretrain as recipe
+    from recorders.backbone import builtin_dir
 
-    raise WsError("`ws backbone pretrain` is not available in this build yet")
+    directory = out if out is not None else builtin_dir()
+    metrics = recipe.pretrain(directory, steps=steps or recipe.DEFAULT_STEPS, seconds=seconds, seed=seed,
+                              batch_size=batch_size or recipe.BATCH_SIZE)
+    accuracy = metrics["zero_shot"]
+    typer.echo(f"saved {directory} ({metrics['checkpoint_bytes'] / 1e6:.1f} MB, {metrics['parameters']:,} "
+               f"parameters, {metrics['steps']} steps in {metrics['train_seconds']:.0f} s)")
+    typer.echo(f"zero-shot accuracy ({len(recipe.CLASSES)}-way, chance {metrics['chance']:.3f}): "
+               f"seen {accuracy['seen']:.3f}, held-out {accuracy['held_out']:.3f}")
+    typer.echo(f"downstream domain ({recipe.DOWNSTREAM_DOMAIN}): generic prompt {accuracy['downstream_generic']:.3f}, "
+               f"matching prompt {accuracy['downstream_matched']:.3f}")
+
+
+@app.command("check")
+def check(
+    spec: Annotated[str, typer.Argument(help="builtin, a checkpoint directory, or a cached hub id.")] = "builtin",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Load a backbone (offline) and print its widths, image size, normalisation and fingerprint."""
+    from recorders.backbone import load_backbone
+
+    backbone = load_backbone(spec, device=device)
+    typer.echo(f"{backbone.name}: fingerprint {backbone.fingerprint}, device {backbone.device}, "
+               f"autocast {backbone.autocast_dtype or 'off (float32)'}")
+    typer.echo(f"text width {backbone.text_width}, vision width {backbone.vision_width}, embed dim "
+               f"{backbone.embed_dim}, context {backbone.context_length}, image {backbone.image_size} px, "
+               f"mean {backbone.image_mean}, std {backbone.image_std}")

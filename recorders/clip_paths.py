@@ -1,0 +1,126 @@
+"""CLIP's text and vision forward passes, opened up for prompt learning.
+
+transformers' ``CLIPTextModel.forward`` takes token ids only, so a prompt learner cannot feed learned context
+vectors through it. These functions run the same modules in the same order, with the same masks, and let a caller
+
+- splice learned vectors into the token embeddings (CoOp/CoCoOp: :func:`token_embeddings` then edit, then
+  :func:`text_features`),
+- replace prompt positions at the input of deeper text layers (MaPLe ``deep_prompts``),
+- append prompt tokens to the vision sequence and replace them at deeper layers (MaPLe ``vision_prompts``).
+
+With no prompts they reproduce ``CLIPModel.get_text_features`` / ``get_image_features`` exactly (same modules,
+same causal mask construction, same EOT pooling rule).
+
+Where vision prompts enter: after ``embeddings`` (CLS + patches + positions) and BEFORE ``pre_layrnorm``, as the
+MaPLe/VPT reference code does (``x = cat([x, ctx]); x = ln_pre(x)``); the appended tokens get no position
+embedding. Deeper prompts replace the residual-stream tokens at a layer's input, with no normalisation, as in the
+reference. Text deep prompts likewise replace hidden states (positions were added only at the input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from transformers import CLIPModel
+from transformers.masking_utils import create_causal_mask
+
+
+def token_embeddings(model: CLIPModel, input_ids: Tensor) -> Tensor:
+    """Token-table embeddings ``(N, L, text_width)`` of ``input_ids`` ``(N, L)``, WITHOUT position embeddings."""
+    return model.text_model.embeddings.token_embedding(input_ids)
+
+
+def eot_positions(model: CLIPModel, input_ids: Tensor) -> Tensor:
+    """Index ``(N,)`` of the token each sequence is pooled at, by transformers' own rule: the largest id when the
+    config's ``eos_token_id`` is the legacy 2 (original OpenAI checkpoints), else the first ``eos_token_id``."""
+    eos = model.text_model.eos_token_id
+    ids = input_ids.to(torch.int)
+    if eos == 2:
+        return ids.argmax(dim=-1)
+    return (ids == eos).int().argmax(dim=-1)
+
+
+def _batched(prompts: Tensor, like: Tensor) -> Tensor:
+    """``prompts`` (n, D) or (N, n, D) as (N, n, D) in ``like``'s dtype, ``like`` being (N, L, D)."""
+    if prompts.dim() == 2:
+        prompts = prompts.unsqueeze(0).expand(like.shape[0], -1, -1)
+    return prompts.to(like.dtype)
+
+
+def _splice(hidden: Tensor, prompts: Tensor, start: int) -> Tensor:
+    """``hidden`` (N, L, D) with positions ``[start, start + n)`` replaced by ``prompts`` (n, D) or (N, n, D)."""
+    prompts = _batched(prompts, hidden)
+    n = prompts.shape[1]
+    if start < 0 or start + n > hidden.shape[1]:
+        raise ValueError(f"prompts of length {n} at position {start} do not fit a sequence of {hidden.shape[1]}")
+    return torch.cat([hidden[:, :start], prompts, hidden[:, start + n:]], dim=1)
+
+
+def text_features(
+    model: CLIPModel,
+    token_embeds: Tensor,
+    input_ids: Tensor,
+    *,
+    deep_prompts: Sequence[Tensor | None] | None = None,
+    prompt_start: int = 1,
+) -> Tensor:
+    """Projected text features ``(N, embed_dim)``, not normalised.
+
+    ``token_embeds`` ``(N, L, text_width)``: token-table embeddings (see :func:`token_embeddings`), possibly with
+    learned context spliced in; position embeddings are added here. ``input_ids`` ``(N, L)`` only locate the EOT
+    token to pool at. ``deep_prompts[i]`` (``(n, text_width)`` or ``(N, n, text_width)``, or None to leave the layer
+    alone) replaces hidden positions ``[prompt_start, prompt_start + n)`` at the input of encoder layer ``i + 1``;
+    at most ``num_hidden_layers - 1`` entries.
+    """
+    text = model.text_model
+    layers = text.encoder.layers
+    deep = list(deep_prompts or [])
+    if len(deep) > len(layers) - 1:
+        raise ValueError(f"{len(deep)} deep text prompts for {len(layers)} layers: at most {len(layers) - 1}")
+    hidden = text.embeddings(inputs_embeds=token_embeds)
+    mask = create_causal_mask(config=text.config, inputs_embeds=hidden, attention_mask=None, cache=None)
+    for index, layer in enumerate(layers):
+        if 0 < index <= len(deep) and deep[index - 1] is not None:
+            hidden = _splice(hidden, deep[index - 1], prompt_start)
+        hidden = layer(hidden, mask, is_causal=True)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    pooled = text.final_layer_norm(hidden[rows, eot_positions(model, input_ids).to(hidden.device)])
+    return model.text_projection(pooled)
+
+
+def image_features(
+    model: CLIPModel,
+    pixel_values: Tensor,
+    *,
+    vision_prompts: Sequence[Tensor | None] | None = None,
+) -> Tensor:
+    """Projected image features ``(B, embed_dim)``, not normalised, from ``pixel_values`` ``(B, 3, S, S)``
+    normalised with the backbone's mean/std at its ``image_size``.
+
+    ``vision_prompts[0]`` (``(n, vision_width)`` or ``(B, n, vision_width)``) is appended after the patch tokens
+    before ``pre_layrnorm``; ``vision_prompts[i]`` for ``i >= 1`` (same shapes, or None to leave the layer alone)
+    replaces those ``n`` appended tokens at the input of encoder layer ``i``. Pooling uses the CLS token.
+    """
+    vision = model.vision_model
+    layers = vision.encoder.layers
+    prompts = list(vision_prompts or [])
+    if len(prompts) > len(layers):
+        raise ValueError(f"{len(prompts)} vision prompts for {len(layers)} layers: at most {len(layers)}")
+    if prompts and prompts[0] is None and any(p is not None for p in prompts[1:]):
+        raise ValueError("deeper vision prompts need vision_prompts[0]: it appends the tokens they replace")
+    hidden = vision.embeddings(pixel_values)
+    n_prompt = 0
+    if prompts and prompts[0] is not None:
+        n_prompt = prompts[0].shape[-2]
+        hidden = torch.cat([hidden, _batched(prompts[0], hidden)], dim=1)
+    hidden = vision.pre_layrnorm(hidden)
+    for index, layer in enumerate(layers):
+        if 0 < index < len(prompts) and prompts[index] is not None:
+            if prompts[index].shape[-2] != n_prompt:
+                raise ValueError(f"vision_prompts[{index}] has {prompts[index].shape[-2]} tokens; "
+                                 f"vision_prompts[0] appended {n_prompt}")
+            hidden = _splice(hidden, prompts[index], hidden.shape[1] - n_prompt)
+        hidden = layer(hidden, None)
+    return model.visual_projection(vision.post_layernorm(hidden[:, 0]))

@@ -1,0 +1,199 @@
+"""The built-in tiny CLIP: a small ``transformers.CLIPModel`` pretrained contrastively on the built-in world.
+
+The recipe is deterministic for a given seed and step count: each step renders a fresh batch of world scenes of
+the seen compositions (:data:`recorders.world.SEEN`) in all domains with template captions, and minimises CLIP's
+symmetric contrastive loss, with every pair of the same (composition, domain) in a batch counted as a positive so
+duplicates are not pushed apart. The checkpoint is saved in the Hugging Face layout (``config.json``,
+``model.safetensors``, tokenizer files, ``preprocessor_config.json``) plus ``metrics.json`` (zero-shot accuracy on
+seen and held-out compositions), so :func:`recorders.backbone.load_backbone` loads it like any CLIP checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+from recorders.backbone import CLIP_MEAN, CLIP_STD
+from recorders.clip_paths import image_features, text_features, token_embeddings
+from recorders.tokenizer import build_tokenizer
+from recorders.world import CLASSES, DOMAINS, DOWNSTREAM_DOMAIN, HELD_OUT, SEEN, Scene, caption, render, sample_scene
+
+RECIPE_VERSION = "v1"  # bump whenever the recipe, the config or the world's renderer changes
+IMAGE_SIZE = 32
+CONTEXT_LENGTH = 24
+DEFAULT_STEPS = 300
+BATCH_SIZE = 128
+LEARNING_RATE = 2e-3
+WARMUP_STEPS = 30
+EVAL_IMAGES = 8  # per composition and domain
+
+
+def world_tokenizer() -> CLIPTokenizer:
+    """The CLIP BPE tokenizer for the world's words (each one token), context length :data:`CONTEXT_LENGTH`."""
+    from recorders.world import WORDS
+
+    return build_tokenizer(WORDS, CONTEXT_LENGTH)
+
+
+def tiny_config(tokenizer: CLIPTokenizer) -> CLIPConfig:
+    """The tiny CLIP's config: text width 128 and vision width 192 (deliberately unequal), 3 layers each,
+    patch 8 on 32 px images, 128-d joint space, the tokenizer's vocabulary with EOT as the largest id."""
+    eot, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    return CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=3,
+                         num_attention_heads=4, max_position_embeddings=CONTEXT_LENGTH, eos_token_id=eot,
+                         bos_token_id=bos, pad_token_id=eot),
+        vision_config=dict(hidden_size=192, intermediate_size=768, num_hidden_layers=3, num_attention_heads=6,
+                           image_size=IMAGE_SIZE, patch_size=8),
+        projection_dim=128,
+    )
+
+
+def save_checkpoint(model: CLIPModel, tokenizer: CLIPTokenizer, out: Path, metrics: dict | None = None) -> Path:
+    """Write ``model`` and ``tokenizer`` in the Hugging Face layout, with CLIP's mean/std in
+    ``preprocessor_config.json`` and ``metrics`` (if given) in ``metrics.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    size = model.config.vision_config.image_size
+    preprocessor = {"image_processor_type": "CLIPImageProcessor", "image_mean": list(CLIP_MEAN),
+                    "image_std": list(CLIP_STD), "crop_size": {"height": size, "width": size},
+                    "size": {"shortest_edge": size}, "resample": 3}
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    if metrics is not None:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return out
+
+
+def random_checkpoint(out: Path, seed: int = 0) -> Path:
+    """A random-init tiny CLIP with the world tokenizer saved at ``out`` (no training; for fast tests)."""
+    tokenizer = world_tokenizer()
+    torch.manual_seed(seed)
+    return save_checkpoint(CLIPModel(tiny_config(tokenizer)).eval(), tokenizer, out)
+
+
+def pixels(images: list, size: int, mean: tuple, std: tuple) -> torch.Tensor:
+    """PIL images of side ``size`` → normalised float tensor ``(B, 3, size, size)``."""
+    array = np.stack([np.asarray(image, dtype=np.float32) for image in images]) / 255.0
+    array = (array - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def encode_texts(model: CLIPModel, tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
+    """L2-normalised text features ``(N, embed_dim)``, padded to the longest text only."""
+    ids = tokenizer(texts, padding="longest", return_tensors="pt")["input_ids"]
+    return F.normalize(text_features(model, token_embeddings(model, ids), ids), dim=-1)
+
+
+def encode_scenes(model: CLIPModel, scenes: list[Scene]) -> torch.Tensor:
+    """L2-normalised image features ``(N, embed_dim)`` of rendered scenes."""
+    size = model.config.vision_config.image_size
+    return F.normalize(image_features(model, pixels([render(s, size) for s in scenes], size, CLIP_MEAN, CLIP_STD)),
+                       dim=-1)
+
+
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, labels: list, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss on normalised features ``(B, D)``; pairs with equal labels are all positives."""
+    index: dict = {}
+    codes = torch.tensor([index.setdefault(label, len(index)) for label in labels])
+    target = (codes[:, None] == codes[None, :]).float()
+    target = target / target.sum(dim=1, keepdim=True)
+    logits = scale * image @ text.T
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def zero_shot(model: CLIPModel, tokenizer: CLIPTokenizer, seed: int = 12345) -> dict[str, float]:
+    """Zero-shot accuracy, 36-way over all compositions with the matching domain's prompt
+    ("a {domain} of a {class}."), averaged over domains: ``seen`` and ``held_out``; and in the downstream domain
+    with the generic prompt "a photo of a {class}." (``downstream_generic``) vs the matching one
+    (``downstream_matched``)."""
+    rng = np.random.default_rng(seed)
+    classes = list(CLASSES)
+    correct: dict[str, list[bool]] = {"seen": [], "held_out": [], "downstream_generic": [], "downstream_matched": []}
+    with torch.no_grad():
+        generic = encode_texts(model, tokenizer, [f"a photo of a {c}." for c in classes])
+        for domain, phrase in DOMAINS.items():
+            prompts = encode_texts(model, tokenizer, [f"a {phrase} of a {c}." for c in classes])
+            scenes = [sample_scene(c, domain, rng) for c in classes for _ in range(EVAL_IMAGES)]
+            truth = np.repeat(np.arange(len(classes)), EVAL_IMAGES)
+            images = encode_scenes(model, scenes)
+            hits = (images @ prompts.T).argmax(dim=1).numpy() == truth
+            for hit, scene in zip(hits, scenes, strict=True):
+                correct["held_out" if scene.classname in HELD_OUT else "seen"].append(bool(hit))
+            if domain == DOWNSTREAM_DOMAIN:
+                correct["downstream_matched"] = list(hits)
+                correct["downstream_generic"] = list((images @ generic.T).argmax(dim=1).numpy() == truth)
+    return {name: float(np.mean(hits)) for name, hits in correct.items()}
+
+
+def pretrain(out: Path, *, steps: int = DEFAULT_STEPS, seconds: float | None = None, seed: int = 0,
+             batch_size: int = BATCH_SIZE, show_progress: bool = True) -> dict:
+    """Pretrain the tiny CLIP for ``steps`` steps (stopping early after ``seconds`` if given), save it at ``out``
+    and return its metrics (zero-shot accuracies, steps done, seconds, parameter count, checkpoint bytes)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    tokenizer = world_tokenizer()
+    model = CLIPModel(tiny_config(tokenizer))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.98), weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP_STEPS) * 0.5 * (
+        1 + np.cos(np.pi * min(s, steps) / steps)))
+    seen, domains = list(SEEN), list(DOMAINS)
+    start = time.perf_counter()
+    done = 0
+    with Progress(TextColumn("pretraining tiny CLIP"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), disable=not show_progress,
+                  transient=True) as progress:
+        task = progress.add_task("pretrain", total=steps, loss=float("nan"))
+        for step in range(steps):
+            scenes = [sample_scene(seen[rng.integers(len(seen))], domains[rng.integers(len(domains))], rng)
+                      for _ in range(batch_size)]
+            texts = [caption(scene, rng) for scene in scenes]
+            loss = contrastive_loss(encode_scenes(model, scenes), encode_texts(model, tokenizer, texts),
+                                    [(s.classname, s.domain) for s in scenes], model.logit_scale.exp())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, float(np.log(100)))
+            done = step + 1
+            progress.update(task, advance=1, loss=loss.item())
+            if seconds is not None and time.perf_counter() - start > seconds:
+                break
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    metrics: dict = {"recipe": RECIPE_VERSION, "seed": seed, "steps": done, "planned_steps": steps,
+                     "batch_size": batch_size, "train_seconds": round(train_seconds, 1),
+                     "parameters": sum(p.numel() for p in model.parameters()), "held_out": list(HELD_OUT),
+                     "chance": 1 / len(CLASSES)}
+    metrics["zero_shot"] = zero_shot(model, tokenizer)
+    save_checkpoint(model, tokenizer, out, metrics)
+    metrics["checkpoint_bytes"] = sum(p.stat().st_size for p in out.iterdir())
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def build_builtin(directory: Path) -> dict:
+    """Build the built-in checkpoint at ``directory`` by the default recipe (atomically: a crash leaves nothing)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
+    try:
+        metrics = pretrain(staging)
+        if directory.exists():  # a half-built leftover without config.json
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return metrics

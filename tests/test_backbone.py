@@ -1,0 +1,135 @@
+"""Backbone loading: local directories, the built-in cache, hub ids offline, devices, freezing, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recorders.backbone import Backbone, fingerprint, load_backbone, resolve_device
+from recorders.clip_paths import image_features, text_features, token_embeddings
+from recorders.errors import ConfigError, DataError
+from recorders.pretrain import random_checkpoint
+from recorders.world import CLASSES
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("random-clip"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A built-in checkpoint made through the CLI with a tiny budget (a few steps), like `ws backbone pretrain`."""
+    out = tmp_path_factory.mktemp("pretrained")
+    result = subprocess.run([sys.executable, "-m", "workstation", "backbone", "pretrain", "--out", str(out),
+                             "--steps", "4", "--batch-size", "16"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "zero-shot" in result.stdout and "held-out" in result.stdout
+    return out
+
+
+def test_directory_backbone_is_frozen_and_described(checkpoint: Path) -> None:
+    backbone = load_backbone(str(checkpoint), device="cpu")
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert isinstance(backbone, Backbone)
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    assert not backbone.model.training and not any(m.training for m in backbone.model.modules())
+    assert backbone.text_width == config["text_config"]["hidden_size"]
+    assert backbone.vision_width == config["vision_config"]["hidden_size"]
+    assert backbone.text_width != backbone.vision_width  # the tiny config keeps them apart on purpose
+    assert backbone.embed_dim == config["projection_dim"]
+    assert backbone.image_size == config["vision_config"]["image_size"]
+    assert backbone.context_length == config["text_config"]["max_position_embeddings"]
+    assert backbone.autocast_dtype is None and backbone.device == torch.device("cpu")
+    ids = backbone.tokenize(["a photo of a red circle.", "a sketch of a blue star."])
+    assert ids.dtype == torch.int64 and ids.shape == (2, backbone.context_length)
+    assert backbone.fingerprint == fingerprint(checkpoint) and len(backbone.fingerprint) == 16
+
+
+def test_fingerprint_follows_the_weights(checkpoint: Path, tmp_path: Path) -> None:
+    other = random_checkpoint(tmp_path / "other", seed=1)
+    assert fingerprint(other) != fingerprint(checkpoint)
+    assert fingerprint(random_checkpoint(tmp_path / "again", seed=0)) == fingerprint(checkpoint)
+
+
+def test_pretrained_checkpoint_paths_match_transformers(pretrained: Path) -> None:
+    metrics = json.loads((pretrained / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and set(metrics["zero_shot"]) >= {"seen", "held_out"}
+    backbone = load_backbone(str(pretrained), device="cpu")
+    model = backbone.model
+    ids = backbone.tokenize([f"a photo of a {name}." for name in CLASSES])
+    expected = model.get_text_features(input_ids=ids).pooler_output
+    got = text_features(model, token_embeddings(model, ids), ids)
+    assert torch.max(torch.abs(got - expected)) <= TOL
+    pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size, generator=torch.Generator().manual_seed(0))
+    expected = model.get_image_features(pixel_values=pixels).pooler_output
+    assert torch.max(torch.abs(image_features(model, pixels) - expected)) <= TOL
+
+
+def test_builtin_is_built_once_into_ws_cache(pretrained: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`builtin` loads from $WS_CACHE; a missing checkpoint is built there (here: copied from the fixture)."""
+    import shutil
+
+    import recorders.pretrain as pretrain
+
+    calls: list[Path] = []
+
+    def fake_build(directory: Path) -> dict:
+        calls.append(directory)
+        shutil.copytree(pretrained, directory)
+        return {}
+
+    monkeypatch.setenv("WS_CACHE", str(tmp_path))
+    monkeypatch.setattr(pretrain, "build_builtin", fake_build)
+    first = load_backbone("builtin", device="cpu")
+    second = load_backbone("builtin", device="cpu")
+    assert len(calls) == 1 and calls[0].is_relative_to(tmp_path)
+    assert first.name == "builtin" and first.fingerprint == second.fingerprint == fingerprint(pretrained)
+
+
+@pytest.mark.parametrize("spec", ["no such backbone", "ViT-B/16/extra", ""])
+def test_unknown_backbone_lists_valid_forms(spec: str) -> None:
+    with pytest.raises(DataError, match="builtin") as info:
+        load_backbone(spec, device="cpu")
+    assert "\n" not in str(info.value) and "hub id" in str(info.value)
+
+
+def test_uncached_hub_id_says_how_to_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="huggingface-cli download openai/clip-vit-base-patch16"):
+        load_backbone("openai/clip-vit-base-patch16", device="cpu")
+
+
+def test_directory_without_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="config.json"):
+        load_backbone(str(tmp_path), device="cpu")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(DataError, match="cannot load a CLIP checkpoint"):
+        load_backbone(str(tmp_path), device="cpu")
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="cuda:N"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="not available"):
+            resolve_device("cuda:0")
+
+
+def test_cli_bad_backbone_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "workstation", "backbone", "check", "not-a-backbone"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "builtin" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -124,6 +124,10 @@ class Gate(nn.Module):
         self.last_logits = logits if self.capture else None
         return torch.sigmoid(logits)
 
+    def __getstate__(self) -> dict[str, object]:
+        """Copies and pickles leave the captured logits behind (a graph tensor cannot be deep-copied)."""
+        return {**super().__getstate__(), "last_logits": None}
+
     def extra_repr(self) -> str:
         return f"n_gates={self.n_gates}, kind={self.kind}, init={self.init.kind}"
 

@@ -1,0 +1,237 @@
+"""Probes record what autograd computes: gate gradients, σ, σ', the imbalance factors, group norms — without
+moving data to the host between block flushes."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.special import expit
+from torch import nn
+
+from recorders import recording_format as rf
+from recorders.demo import run_demo
+from recorders.gates import Gate
+from recorders.probes import watch
+
+
+class Tiny(nn.Module):
+    """Context (4, 8) scaled by length gates and per-input instance gates; 3 classes; one extra Linear."""
+
+    def __init__(self, gate_init: str = "uniform") -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.ctx = nn.Parameter(torch.randn(4, 8, generator=g))
+        self.ctx_gates = Gate(4, "length", prompt="ctx", init=gate_init, generator=g)
+        self.inst = Gate(4, "instance", feature_dim=8, generator=g)
+        self.head = nn.Linear(8, 3)
+        self.classes = nn.Parameter(torch.randn(3, 8, generator=g), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.ctx_gates()[:, None] * self.ctx  # (4, 8)
+        shift = self.inst(x) @ tokens  # (B, 8)
+        return (x + shift) @ self.classes.T + self.head(x)
+
+
+def _optimizer(model: Tiny, wd: float = 5e-4) -> torch.optim.Optimizer:
+    return torch.optim.SGD([
+        {"params": [model.ctx]},
+        {"params": [*model.ctx_gates.parameters(), *model.inst.parameters()], "lr": 0.5},
+        {"params": model.head.parameters(), "name": "head", "role": "coupling"},
+    ], lr=0.1, momentum=0.9, weight_decay=wd, dampening=0.1)
+
+
+def _batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(6, 8, generator=g), torch.randint(3, (6,), generator=g)) for _ in range(n)]
+
+
+def test_layout_from_model_and_optimizer() -> None:
+    model = Tiny()
+    probe = watch(model, _optimizer(model), prompts={"ctx": model.ctx}, tensors={"ctx": (model.ctx, 3)})
+    groups = {g.name: g for g in probe.layout.groups}
+    assert {n: g.role for n, g in groups.items()} == {"group0": "prompt", "group1": "gate", "head": "coupling"}
+    assert groups["group1"].lr_scale == pytest.approx(5.0)
+    assert groups["group1"].n_params == 4 + 4 * 8 + 4
+    assert (groups["head"].weight_decay, groups["head"].momentum, groups["head"].dampening) == (5e-4, 0.9, 0.1)
+    gates = {g.name: g for g in probe.layout.gate_sets}
+    assert gates["ctx_gates"].decomposition and gates["ctx_gates"].prompt == "ctx"
+    assert gates["ctx_gates"].group == "group1" and gates["ctx_gates"].kind == "length"
+    np.testing.assert_array_equal(gates["ctx_gates"].init_logit, model.ctx_gates.logits.detach().double().numpy())
+    assert gates["inst"].kind == "instance" and not gates["inst"].decomposition
+    assert probe.layout.prompts == (rf.PromptSpec("ctx", 4, "group0"),)
+    assert probe.layout.tensors == (rf.TensorSpec("ctx", (4, 8), 3),)
+    assert watch(Gate(2), torch.optim.SGD(Gate(2).parameters(), lr=1.0)).layout.gate_sets[0].name == "gates"
+
+
+def test_recorded_series_match_autograd(tmp_path: Path) -> None:
+    """Every recorded number against an independent float64 computation on a fresh copy at the same step."""
+    model = Tiny()
+    optimizer = _optimizer(model)
+    probe = watch(model, optimizer, prompts={"ctx": model.ctx}, block=2)
+    expected: list[dict[str, np.ndarray]] = []
+    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu") as w:
+        probe.attach(w)
+        for step, (x, y) in enumerate(_batches(5)):
+            ref = copy.deepcopy(model).double()
+            ref_loss = F.cross_entropy(ref(x.double()), y)
+            inst_logits = ref.inst.proj(x.double())
+            g_gate, g_ctx, g_bias = torch.autograd.grad(ref_loss, [ref.ctx_gates.logits, ref.ctx, ref.inst.proj.bias])
+            group_grads = torch.autograd.grad(F.cross_entropy(ref(x.double()), y),
+                                              [*ref.ctx_gates.parameters(), *ref.inst.parameters()])
+            sig = torch.sigmoid(inst_logits)
+            expected.append({
+                "logit": ref.ctx_gates.logits.detach().numpy(), "grad": g_gate.numpy(), "g_ctx": g_ctx.numpy(),
+                "inst_grad": g_bias.numpy(),  # the bias gradient is ∂L/∂g summed over the batch
+                "inst_logit": inst_logits.detach().mean(0).numpy(), "inst_mean": sig.detach().mean(0).numpy(),
+                "inst_std": sig.detach().std(0, correction=0).numpy(),
+                "group1": torch.linalg.vector_norm(torch.cat([g.flatten() for g in group_grads])).item(),
+                "loss": ref_loss.item()})
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            probe.after_backward(step, 0, 0.1, {"total": loss})
+            optimizer.step()
+        probe.close()
+    rec = rf.Recording.open(tmp_path / "r.h5")
+    assert rec.n_steps == 5
+    tol = {"rtol": 1e-4, "atol": 1e-7}
+    for i, e in enumerate(expected):
+        def row(gates: str, series: str, i: int = i) -> np.ndarray:
+            return rec.row(rf.gate_path(gates, series), i).astype(np.float64)
+
+        np.testing.assert_allclose(row("ctx_gates", "logit"), e["logit"], **tol)
+        np.testing.assert_allclose(row("ctx_gates", "grad"), e["grad"], **tol)
+        np.testing.assert_allclose(rec.row(rf.prompt_path("ctx"), i), np.linalg.norm(e["g_ctx"], axis=1), **tol)
+        np.testing.assert_allclose(row("inst", "grad"), e["inst_grad"], **tol)
+        np.testing.assert_allclose(row("inst", "logit"), e["inst_logit"], **tol)
+        np.testing.assert_allclose(row("inst", "value_mean"), e["inst_mean"], **tol)
+        np.testing.assert_allclose(row("inst", "value_std"), e["inst_std"], **tol)
+        np.testing.assert_allclose(rec.row(rf.grad_norm_path("group1"), i), e["group1"], **tol)
+        np.testing.assert_allclose(rec.row(rf.loss_path("total"), i), e["loss"], **tol)
+    logit = rec.read(rf.gate_path("ctx_gates", "logit")).astype(np.float64)
+    sigma = expit(logit)
+    np.testing.assert_allclose(rec.read(rf.gate_path("ctx_gates", "value")), sigma, rtol=1e-6)
+    np.testing.assert_allclose(rec.read(rf.gate_path("ctx_gates", "dsigmoid")), sigma * (1 - sigma), rtol=1e-6)
+    # the imbalance decomposition |∂L/∂g_i| / ‖∂L/∂C_i‖ = (1−σ_i)·‖C_i‖·|cos|, on the recorded numbers
+    lhs = np.abs(rec.read(rf.gate_path("ctx_gates", "grad"))) / rec.read(rf.prompt_path("ctx"))
+    rhs = ((1 - rec.read(rf.gate_path("ctx_gates", "value"))) * rec.read(rf.gate_path("ctx_gates", "prompt_norm"))
+           * np.abs(rec.read(rf.gate_path("ctx_gates", "cosine"))))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-3)
+    assert rec.read(rf.gate_path("ctx_gates", "cosine")).std() > 0  # not a constant
+
+
+def test_dsigmoid_stays_accurate_for_saturated_gates(tmp_path: Path) -> None:
+    """At logit 30 float32 σ(1−σ) is 0; the recorded σ' must still equal the float64 value e^{−30}/(1+e^{−30})²."""
+    model = Tiny(gate_init="biased:30")
+    optimizer = _optimizer(model)
+    probe = watch(model, optimizer, prompts={"ctx": model.ctx})
+    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu") as w:
+        probe.attach(w)
+        x, y = _batches(1)[0]
+        F.cross_entropy(model(x), y).backward()
+        probe.after_backward(0, 0, 0.1, {})
+        probe.close()
+    with rf.Recording.open(tmp_path / "r.h5") as rec:
+        recorded = rec.row(rf.gate_path("ctx_gates", "dsigmoid"), 0)
+        assert np.isnan(rec.row(rf.loss_path("total"), 0))  # a loss term not given is missing, not 0
+    e = np.exp(-30.0)
+    np.testing.assert_allclose(recorded, e / (1 + e) ** 2, rtol=1e-6)
+    assert np.float32(expit(np.float32(30.0))) * (1 - np.float32(expit(np.float32(30.0)))) == 0  # the trap
+
+
+def test_probe_never_syncs_between_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = Tiny()
+    optimizer = _optimizer(model)
+    probe = watch(model, optimizer, prompts={"ctx": model.ctx}, tensors={"ctx": (model.ctx, 2)}, block=8)
+    w = rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu")
+    probe.attach(w)
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("host sync inside after_backward")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+            m.setattr(torch.Tensor, name, forbidden)
+        with pytest.raises(AssertionError):  # the trap is armed
+            bool(torch.ones(()))
+        for step, (x, y) in enumerate(_batches(7)):
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            probe.after_backward(step, 0, 0.1, {"total": loss})
+            optimizer.step()
+    assert w._pending == 0  # nothing reached the writer before the flush
+    probe.close()
+    w.close()
+    with rf.Recording.open(tmp_path / "r.h5") as rec:
+        assert rec.n_steps == 7
+        steps, grads = rec.tensor("ctx")
+        np.testing.assert_array_equal(steps, [0, 2, 4, 6])
+        assert grads.shape == (4, 4, 8)
+
+
+def test_block_boundaries_and_missing_gradients(tmp_path: Path) -> None:
+    """Rows cross several blocks in order; a group whose parameters got no gradient records NaN, not 0."""
+    model = Tiny()
+    optimizer = _optimizer(model)
+    probe = watch(model, optimizer, prompts={"ctx": model.ctx}, block=3)
+    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu",
+                            flush_every=1) as w:
+        probe.attach(w)
+        for step, (x, y) in enumerate(_batches(7)):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model.head(x), y)  # gates and context unused: no gradient
+            loss.backward()
+            probe.after_backward(10 + step, step // 4, 0.1 * step, {"total": loss})
+        probe.close()
+    with rf.Recording.open(tmp_path / "r.h5") as rec:
+        np.testing.assert_array_equal(rec.steps(), np.arange(10, 17))
+        np.testing.assert_array_equal(rec.read(rf.EPOCH), [0, 0, 0, 0, 1, 1, 1])
+        np.testing.assert_allclose(rec.read(rf.LR), 0.1 * np.arange(7))
+        assert np.isnan(rec.read(rf.grad_norm_path("group0"))).all()
+        assert np.isfinite(rec.read(rf.grad_norm_path("head"))).all()
+        assert np.isnan(rec.read(rf.gate_path("ctx_gates", "grad"))).all()
+        assert np.isfinite(rec.read(rf.gate_path("ctx_gates", "value"))).all()
+
+
+def test_attach_refuses_a_writer_with_another_layout(tmp_path: Path) -> None:
+    model = Tiny()
+    probe = watch(model, _optimizer(model))
+    with rf.RecordingWriter(tmp_path / "r.h5", rf.Layout(), config={}, method="t", seed=0, device="cpu") as w:
+        with pytest.raises(ValueError, match="probe.layout"):
+            probe.attach(w)
+
+
+def _series(path: Path) -> dict[str, np.ndarray]:
+    with rf.Recording.open(path) as rec:
+        return {p: rec.read(p) for p in rec.layout.step_series()} | {"eval": rec.eval_table()["base_acc"]}
+
+
+def test_demo_is_deterministic_and_recorded(tmp_path: Path, demo_recording: Path) -> None:
+    again = _series(run_demo(tmp_path / "again.h5", steps=40, flush_every=16))
+    first = _series(demo_recording)
+    assert first.keys() == again.keys()
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key], err_msg=key)
+    other = _series(run_demo(tmp_path / "other.h5", steps=40, seed=1))
+    assert not np.array_equal(first[rf.loss_path("total")], other[rf.loss_path("total")])
+    with rf.Recording.open(demo_recording) as rec:
+        assert (rec.method, rec.dataset, rec.status, rec.n_steps) == ("demo", "random", "complete", 40)
+        assert rec.config["steps"] == 40 and rec.config["flush_every"] == 16
+        assert {g.role for g in rec.layout.groups} == {"prompt", "gate"}
+        assert set(rec.gate_sets) == {"ctx_gates", "instance_gates"}
+        ev = rec.eval_table()
+        assert list(ev["step"]) == [39]  # last step (evaluations every 100 steps otherwise)
+        assert 0 <= ev["base_acc"][0] <= 1 and 0 <= ev["novel_acc"][0] <= 1
+
+
+def test_demo_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = run_demo(steps=2, seed=3)
+    assert path.parent == Path("recordings") and path.name.startswith("demo-random-s3-") and path.suffix == ".h5"
+    assert (tmp_path / path).exists()

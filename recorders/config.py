@@ -80,15 +80,34 @@ class Config:
         _choice("method", self.method, METHODS)
         _choice("variant", self.variant, VARIANTS)
         _choice("on_nan", self.on_nan, ON_NAN)
-        for name in ("shots", "epochs", "batch_size", "n_ctx", "prompt_depth", "views", "eval_batch_size",
-                     "flush_every", "tensor_stride"):
+        for name in (
+            "shots",
+            "epochs",
+            "batch_size",
+            "n_ctx",
+            "prompt_depth",
+            "views",
+            "eval_batch_size",
+            "flush_every",
+            "tensor_stride",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be at least 1")
         for name in ("warmup_epochs", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} = {getattr(self, name)} must not be negative")
-        for name in ("lr", "warmup_lr", "momentum", "weight_decay", "lambda_cyc", "lambda_sparse",
-                     "lambda_smooth", "gate_lr_scale", "clip_grad", "gate_entropy"):
+        for name in (
+            "lr",
+            "warmup_lr",
+            "momentum",
+            "weight_decay",
+            "lambda_cyc",
+            "lambda_sparse",
+            "lambda_smooth",
+            "gate_lr_scale",
+            "clip_grad",
+            "gate_entropy",
+        ):
             value = getattr(self, name)
             if not math.isfinite(value) or (value < 0 and name != "gate_entropy"):
                 raise ConfigError(f"{name} = {value} must be a finite, non-negative number")
@@ -103,24 +122,34 @@ class Config:
 
         GateInit.parse(self.gate_init)
         if self.method not in GATED_METHODS:
-            used = [flag for flag, on in (
-                (f"--variant {self.variant}", self.variant != "standard"),
-                ("--gate-lr-scale", self.gate_lr_scale != 1.0),
-                ("--gate-init", self.gate_init != "zero"),
-                ("--gate-weight-decay", self.gate_weight_decay is not None),
-                ("--grad-equilibrium", self.grad_equilibrium),
-                ("--gate-entropy", self.gate_entropy != 0.0),
-            ) if on]
+            used = [
+                flag
+                for flag, on in (
+                    (f"--variant {self.variant}", self.variant != "standard"),
+                    ("--gate-lr-scale", self.gate_lr_scale != 1.0),
+                    ("--gate-init", self.gate_init != "zero"),
+                    ("--gate-weight-decay", self.gate_weight_decay is not None),
+                    ("--grad-equilibrium", self.grad_equilibrium),
+                    ("--gate-entropy", self.gate_entropy != 0.0),
+                )
+                if on
+            ]
             if used:
-                raise ConfigError(f"{used[0]} needs a gated method, but {self.method} has no gates; "
-                                  f"use one of {', '.join(GATED_METHODS)} or drop the flag")
+                raise ConfigError(
+                    f"{used[0]} needs a gated method, but {self.method} has no gates; "
+                    f"use one of {', '.join(GATED_METHODS)} or drop the flag"
+                )
         optimiser_flags = self.grad_equilibrium or self.gate_lr_scale != 1 or gwd is not None
         if self.variant == "param-matched" and (optimiser_flags or self.gate_entropy):
-            raise ConfigError("--variant param-matched removes the gates, so gate interventions do not "
-                              "apply; drop them or use --variant standard")
+            raise ConfigError(
+                "--variant param-matched removes the gates, so gate interventions do not "
+                "apply; drop them or use --variant standard"
+            )
         if self.variant == "always-frozen" and optimiser_flags:
-            raise ConfigError("--variant always-frozen does not train the gates, so gate optimiser "
-                              "interventions do not apply; drop them or use --variant standard")
+            raise ConfigError(
+                "--variant always-frozen does not train the gates, so gate optimiser "
+                "interventions do not apply; drop them or use --variant standard"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,23 +158,37 @@ class Config:
 
 _COOP = {"epochs": 200, "batch_size": 32, "lr": 0.002, "n_ctx": 4, "ctx_init": "a photo of a"}
 _COCOOP = {"epochs": 10, "batch_size": 1, "lr": 0.002, "n_ctx": 4, "ctx_init": "a photo of a"}
-_MAPLE = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "n_ctx": 2, "ctx_init": "a photo of a",
-          "prompt_depth": 9}
+_MAPLE = {
+    "epochs": 5,
+    "batch_size": 4,
+    "lr": 0.0035,
+    "n_ctx": 2,
+    "ctx_init": "a photo of a",
+    "prompt_depth": 9,
+}
 
 #: Reference hyperparameters per method (CoOp, CoCoOp, MaPLe base-to-novel configs); gated forms share them.
 PRESETS: dict[str, dict[str, Any]] = {
-    "coop": _COOP, "coop-gating": _COOP,
-    "cocoop": _COCOOP, "cocoop-gating": _COCOOP,
-    "maple": _MAPLE, "bimaple": _MAPLE, "adaptive-bimaple": _MAPLE,
+    "coop": _COOP,
+    "coop-gating": _COOP,
+    "cocoop": _COCOOP,
+    "cocoop-gating": _COCOOP,
+    "maple": _MAPLE,
+    "bimaple": _MAPLE,
+    "adaptive-bimaple": _MAPLE,
 }
 
 #: Per-dataset adjustments the references make (ImageNet trains CoOp for 50 epochs) and the built-in world's
 #: short schedule, so the default run finishes in about a minute on a laptop CPU.
 DATASET_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    ("imagenet", "coop"): {"epochs": 50}, ("imagenet", "coop-gating"): {"epochs": 50},
-    ("world", "coop"): {"epochs": 20}, ("world", "coop-gating"): {"epochs": 20},
-    ("world", "cocoop"): {"epochs": 2}, ("world", "cocoop-gating"): {"epochs": 2},
-    ("world", "maple"): {"epochs": 3}, ("world", "bimaple"): {"epochs": 3},
+    ("imagenet", "coop"): {"epochs": 50},
+    ("imagenet", "coop-gating"): {"epochs": 50},
+    ("world", "coop"): {"epochs": 20},
+    ("world", "coop-gating"): {"epochs": 20},
+    ("world", "cocoop"): {"epochs": 2},
+    ("world", "cocoop-gating"): {"epochs": 2},
+    ("world", "maple"): {"epochs": 3},
+    ("world", "bimaple"): {"epochs": 3},
     ("world", "adaptive-bimaple"): {"epochs": 3},
 }
 
@@ -162,8 +205,9 @@ def suggest(key: str, choices: Iterable[str]) -> str:
 def _choice(name: str, value: str, choices: Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}{suggest(value, choices)} "
-                          f"(choose from {', '.join(choices)})")
+        raise ConfigError(
+            f"unknown {name} {value!r}{suggest(value, choices)} (choose from {', '.join(choices)})"
+        )
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -220,14 +264,20 @@ def load_toml(path: str | Path) -> list[tuple[str, Any]]:
     pairs = []
     for key, value in raw.items():
         if isinstance(value, dict):
-            raise ConfigError(f"{p}: config files are flat key = value lines, found a table [{key}]; "
-                              "move its keys to the top level")
+            raise ConfigError(
+                f"{p}: config files are flat key = value lines, found a table [{key}]; "
+                "move its keys to the top level"
+            )
         pairs.append((key.replace("-", "_"), _coerce(key.replace("-", "_"), value)))
     return pairs
 
 
-def build_config(overrides: Iterable[tuple[str, Any]] = (), *, config_file: str | Path | None = None,
-                 sets: Iterable[str] = ()) -> Config:
+def build_config(
+    overrides: Iterable[tuple[str, Any]] = (),
+    *,
+    config_file: str | Path | None = None,
+    sets: Iterable[str] = (),
+) -> Config:
     """The validated config: defaults < presets (method, dataset) < ``config_file`` < ``sets`` < overrides.
 
     ``overrides`` are explicit command-line values (already typed; ``None`` values are ignored).

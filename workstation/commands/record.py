@@ -1,10 +1,175 @@
-"""`ws record` (being built: see the issue that owns it)."""
+"""``ws record``: train a prompt-learning method on a frozen CLIP and record every step to one HDF5 file.
+
+With no arguments: ``coop-gating`` on the built-in world and backbone, 16 shots, seed 1. Values come from the
+method's reference preset, then ``--config FILE``, then ``--set key=value``, then the flags below. Everything is
+checked before the recording is created; torch is imported only inside the command.
+"""
 
 from __future__ import annotations
 
-from recorders.errors import WsError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+_TRAIN = "Training"
+_INTERVENE = "Interventions and variants"
 
 
-def record() -> None:
-    """Not available yet in this build."""
-    raise WsError("`ws record` is not available in this build yet")
+def record(
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="coop, cocoop, maple, bimaple, adaptive-bimaple, coop-gating, cocoop-gating (default: coop-gating)",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="world, imagenet, caltech101, eurosat, imagefolder (default: world)", rich_help_panel=_TRAIN),
+    ] = None,
+    data_root: Annotated[
+        str | None, typer.Option(help="Folder of the datasets (or $WS_DATA).", rich_help_panel=_TRAIN)
+    ] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="'builtin' or a local CLIP checkpoint directory.", rich_help_panel=_TRAIN)
+    ] = None,
+    shots: Annotated[
+        int | None, typer.Option(help="Training images per base class (default: 16).", rich_help_panel=_TRAIN)
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed; 0 is valid (default: 1).", rich_help_panel=_TRAIN)
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs (default: the method's preset).", rich_help_panel=_TRAIN)
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size (default: the method's preset).", rich_help_panel=_TRAIN)
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Base learning rate (default: the method's preset).", rich_help_panel=_TRAIN)
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: auto).", rich_help_panel=_TRAIN)
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Recording path (default: recordings/<method>-<dataset>-s<seed>-<time>.h5).", rich_help_panel=_TRAIN
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file of config keys (see examples/).", rich_help_panel=_TRAIN)
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key: --set key=value (repeatable).", rich_help_panel=_TRAIN),
+    ] = None,
+    on_nan: Annotated[
+        str | None,
+        typer.Option(help="skip or stop on a non-finite loss/gradient (default: stop).", rich_help_panel=_TRAIN),
+    ] = None,
+    gate_lr_scale: Annotated[
+        float | None, typer.Option(help="Multiply the gates' learning rate (e.g. 50).", rich_help_panel=_INTERVENE)
+    ] = None,
+    clip_grad: Annotated[
+        float | None, typer.Option(help="Clip the global gradient norm (e.g. 1.0).", rich_help_panel=_INTERVENE)
+    ] = None,
+    gate_init: Annotated[
+        str | None, typer.Option(help="zero, uniform or biased[:VALUE].", rich_help_panel=_INTERVENE)
+    ] = None,
+    grad_equilibrium: Annotated[
+        bool,
+        typer.Option(
+            "--grad-equilibrium", help="Rescale gate gradients by min(1/(σ(1−σ)+1e-8), 10).", rich_help_panel=_INTERVENE
+        ),
+    ] = False,
+    gate_entropy: Annotated[
+        float | None, typer.Option(help="λ of the gate-entropy loss term.", rich_help_panel=_INTERVENE)
+    ] = None,
+    gate_weight_decay: Annotated[
+        float | None,
+        typer.Option(help="Weight decay of gate parameters (default: the global one).", rich_help_panel=_INTERVENE),
+    ] = None,
+    variant: Annotated[
+        str | None, typer.Option(help="standard, param-matched or always-frozen.", rich_help_panel=_INTERVENE)
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Record the 10-second synthetic demo instead (no CLIP).")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print trainable parameter counts and exit.")] = False,
+) -> None:
+    """Train a method on a frozen CLIP and record every step (gates, gradients, losses, evaluations)."""
+    from rich.console import Console
+
+    from recorders.config import build_config
+
+    console = Console()
+    if demo:
+        from recorders.demo import run_demo
+
+        path = run_demo(out, seed=seed if seed is not None else 0, device=device or "cpu")
+        console.print(f"recording: {path}")
+        return
+    overrides = [
+        ("method", method),
+        ("dataset", dataset),
+        ("data_root", data_root),
+        ("backbone", backbone),
+        ("shots", shots),
+        ("seed", seed),
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("lr", lr),
+        ("device", device),
+        ("out", str(out) if out is not None else None),
+        ("on_nan", on_nan),
+        ("gate_lr_scale", gate_lr_scale),
+        ("clip_grad", clip_grad),
+        ("gate_init", gate_init),
+        ("grad_equilibrium", True if grad_equilibrium else None),
+        ("gate_entropy", gate_entropy),
+        ("gate_weight_decay", gate_weight_decay),
+        ("variant", variant),
+    ]
+    cfg = build_config(overrides, config_file=config, sets=set_ or ())
+    if dry_run:
+        _dry_run(cfg, console)
+        return
+    from recorders.training import build_run, train
+
+    run = build_run(cfg)
+    console.print(
+        f"[bold]{cfg.method}[/] on {cfg.dataset} ({cfg.shots} shots, seed {cfg.seed}), "
+        f"{run.method.n_trainable():,} trainable parameters, device {run.method.backbone.device}"
+    )
+    result = train(run)
+    console.print(f"recording: {result.path}")
+    if result.before is not None:
+        b = result.before
+        console.print(f"before:  base {b.base:.2%}  novel {b.novel:.2%}  HM {b.hm:.2%}")
+    a = result.after
+    console.print(f"after:   base {a.base:.2%}  novel {a.novel:.2%}  HM {a.hm:.2%}  ({result.steps} steps)")
+    console.print(f"gates: {result.gate_summary}")
+
+
+def _dry_run(cfg, console) -> None:
+    """Print the trainable parameter count per group (and, for ``param-matched``, the gated count too)."""
+    from rich.table import Table
+
+    from recorders.backbone import load_backbone
+    from recorders.training import describe, gated_counterpart
+
+    bb = load_backbone(cfg.backbone, cfg.device)
+    groups = describe(cfg, bb)
+    table = Table(title=f"{cfg.method} ({cfg.variant}) on {bb.name}: trainable parameters")
+    for column in ("group", "role", "parameters"):
+        table.add_column(column, justify="right" if column == "parameters" else "left")
+    for group in groups:
+        table.add_row(group.name, group.role, f"{group.n_params:,}")
+    total = sum(g.n_params for g in groups)
+    table.add_row("total", "", f"{total:,}", end_section=True)
+    console.print(table)
+    if cfg.variant == "param-matched":
+        gated = sum(g.n_params for g in describe(gated_counterpart(cfg), bb))
+        console.print(f"param-matched: {total:,} trainable parameters; with gates: {gated:,}")

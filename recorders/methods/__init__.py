@@ -1,0 +1,1 @@
+"""Prompt-learning methods on a frozen CLIP; :mod:`recorders.methods.registry` maps ``--method`` to them."""

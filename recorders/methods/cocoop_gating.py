@@ -1,0 +1,36 @@
+"""CoCoOp-gating: CoCoOp whose context tokens are scaled by instance-conditioned gates.
+
+C̃_{b,i} = σ(w_i·x_b + c_i)·(C_i + π(x_b)) with x_b the normalised image feature, so every input gets its own
+gate values; collapse shows as their variance across inputs going to ~0. Trainable: ``ctx``, the meta-net and
+the gate's linear map ``(E → n_ctx)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recorders.methods.cocoop import CoCoOp
+
+
+class CoCoOpGating(CoCoOp):
+    name = "cocoop-gating"
+    gated = True
+
+    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+        super().__init__(backbone, cfg, generator)
+        self.gate = self.make_gate(self.n_ctx, "instance", prompt="ctx", feature_dim=backbone.embed_dim)
+
+    def instance_context(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ctx, _ = super().instance_context(image)
+        values = self.gate(image)  # (B, n_ctx)
+        return values[..., None] * ctx, self.gate_terms([values])
+
+    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
+        return [*super()._groups(), (*self.gate_group_name(), list(self.gate.parameters()))]
+
+    def strided_tensors(self) -> dict[str, nn.Parameter]:
+        return {
+            **super().strided_tensors(),
+            **{f"gate.{k}": p for k, p in self.gate.named_parameters() if p.requires_grad},
+        }

@@ -1,0 +1,35 @@
+"""CoOp: ``n_ctx`` learned context vectors replace "a photo of a" before every class name (Zhou et al., 2022).
+
+Trainable: ``ctx`` ``(n_ctx, D_text)``. Image features come from the frozen encoder (cacheable).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recorders.methods.base import ClassPrompts, MethodOutput, PromptMethod
+
+
+class CoOp(PromptMethod):
+    name = "coop"
+
+    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+        super().__init__(backbone, cfg, generator)
+        self.ctx = nn.Parameter(self.init_context())
+
+    def context(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The context fed to the text encoder ``(n_ctx, D_text)`` and any regulariser terms."""
+        return self.ctx, {}
+
+    def forward(self, inputs: torch.Tensor, classes: ClassPrompts) -> MethodOutput:
+        image = self.image_features(inputs)
+        ctx, terms = self.context()
+        text = self.text_features(classes, ctx)
+        return MethodOutput(self.logit_scale() * image @ text.T, terms)
+
+    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
+        return [("ctx", "prompt", [self.ctx])]
+
+    def prompt_params(self) -> dict[str, nn.Parameter]:
+        return {"ctx": self.ctx}

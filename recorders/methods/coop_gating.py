@@ -1,0 +1,27 @@
+"""CoOp-gating: CoOp with one sigmoid gate per context token, C̃_i = σ(g_i)·C_i, L_eff = Σ_i σ(g_i).
+
+Trainable: ``ctx`` ``(n_ctx, D_text)`` and the length gate's logits ``(n_ctx,)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recorders.methods.coop import CoOp
+
+
+class CoOpGating(CoOp):
+    name = "coop-gating"
+    gated = True
+
+    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+        super().__init__(backbone, cfg, generator)
+        self.gate = self.make_gate(self.n_ctx, "length", prompt="ctx")
+
+    def context(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        values = self.gate()
+        return values[:, None] * self.ctx, self.gate_terms([values])
+
+    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
+        return [*super()._groups(), (*self.gate_group_name(), list(self.gate.parameters()))]

@@ -1,0 +1,64 @@
+"""MaPLe: deep multimodal prompts coupled from text to vision (Khattak et al., 2023).
+
+Text prompts P^(d) ``(n_ctx, D_text)`` at layers d < J (J = ``prompt_depth``, clipped to the depth of both
+encoders): P^(0) replaces the first ``n_ctx`` prompt tokens at the input ("a photo" of "a photo of a
+{class}."), P^(d) replaces them at the input of text layer d. Vision prompts are f^(d)(P^(d)) with one Linear
+coupling ``D_text → D_vision`` per layer, appended to the vision sequence at the input and replaced at layer
+d. Trainable: J prompt sets and J couplings (ViT-B/16: 9·2·512 + 9·(512·768 + 768) ≈ 3.55M). Needs the full
+vision forward (pixel inputs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recorders.methods.base import ClassPrompts, MethodOutput, PromptMethod
+
+
+def prompt_depth(backbone, requested: int) -> int:
+    """J clipped to the number of layers of both encoders."""
+    config = backbone.model.config
+    return max(
+        1, min(requested, config.text_config.num_hidden_layers, config.vision_config.num_hidden_layers)
+    )
+
+
+class MaPLe(PromptMethod):
+    name = "maple"
+    needs_pixels = True
+
+    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+        super().__init__(backbone, cfg, generator)
+        self.depth = prompt_depth(backbone, cfg.prompt_depth)
+        width, vision = backbone.text_width, backbone.vision_width
+        deep = [torch.randn(self.n_ctx, width, generator=generator) * 0.02 for _ in range(self.depth - 1)]
+        self.prompts = nn.ParameterList([nn.Parameter(self.init_context()), *map(nn.Parameter, deep)])
+        self.coupling = nn.ModuleList(nn.Linear(width, vision) for _ in range(self.depth))
+
+    def layer_prompts(self) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Text prompts per layer (J tensors ``(n_ctx, D_text)``) as fed to both encoders, and terms."""
+        return list(self.prompts), {}
+
+    def coupling_terms(self, text: list[torch.Tensor], vision: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def forward(self, inputs: torch.Tensor, classes: ClassPrompts) -> MethodOutput:
+        text_prompts, terms = self.layer_prompts()
+        vision_prompts = [f(p) for f, p in zip(self.coupling, text_prompts, strict=True)]
+        terms = {**terms, **self.coupling_terms(text_prompts, vision_prompts)}
+        image = self.image_features(inputs, vision_prompts)
+        text = self.text_features(classes, text_prompts[0], text_prompts[1:] or None)
+        return MethodOutput(self.logit_scale() * image @ text.T, terms)
+
+    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
+        return [
+            ("prompts", "prompt", list(self.prompts)),
+            ("coupling", "coupling", list(self.coupling.parameters())),
+        ]
+
+    def prompt_params(self) -> dict[str, nn.Parameter]:
+        return {f"text{d}": p for d, p in enumerate(self.prompts)}
+
+    def strided_tensors(self) -> dict[str, nn.Parameter]:
+        return {f"coupling.{k}": p for k, p in self.coupling.named_parameters()}

@@ -1,0 +1,420 @@
+"""The one training loop shared by every method: frozen CLIP, few-shot base classes, a full per-step recording.
+
+SGD with momentum over named, roled parameter groups (gate groups get ``gate_lr_scale`` and
+``gate_weight_decay``); the learning rate is constant ``warmup_lr`` for ``warmup_epochs`` and otherwise follows
+a cosine over the whole run, evaluated per step (Dassl's schedule at step resolution). Each step: forward under
+the backbone's autocast (bf16/fp16 on CUDA, float32 on CPU), backward, probe (after AMP unscaling, before
+clipping), optional clipping, a non-finite check (``on_nan``: record a ``nonfinite`` event, then skip the step or
+stop the run as ``failed``), optimiser step. Base and novel test accuracy are recorded before training
+(epoch 0) and after every epoch. Methods without vision prompts read frozen image features from the feature
+cache (one of ``views`` augmented views per image per epoch); the MaPLe family runs the vision encoder on
+freshly augmented pixels.
+
+Row ``steps/epoch`` is the 0-based epoch a step belongs to; an evaluation's ``epoch`` counts completed epochs
+and its ``step`` the optimiser steps taken so far. Seeds fix every random choice; on CPU the same config
+gives identical recorded series.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from recorders.config import Config
+from recorders.data_types import FewShotTask, Item
+from recorders.errors import ConfigError, WsError
+from recorders.gates import find_gates
+from recorders.methods.base import ClassPrompts, ParamGroup, PromptMethod
+from recorders.methods.registry import build_method
+from recorders.recording_format import RecordingWriter, harmonic_mean
+
+#: Parameters larger than this store their full gradient proportionally less often than ``tensor_stride``.
+TENSOR_BUDGET = 16384
+
+
+@dataclass
+class Evaluation:
+    """Accuracies in [0, 1] on the base and novel test classes."""
+
+    base: float
+    novel: float
+
+    @property
+    def hm(self) -> float:
+        return harmonic_mean(self.base, self.novel)
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports: its recording, evaluations before and after training, and its gates."""
+
+    path: Path
+    steps: int
+    before: Evaluation | None
+    after: Evaluation
+    gate_summary: str
+    groups: list[ParamGroup] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch, and ask torch for deterministic kernels (warnings, not errors)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def default_path(cfg: Config) -> Path:
+    """``recordings/<method>-<dataset>-s<seed>-<YYYYmmdd-HHMMSS>.h5``."""
+    return Path("recordings") / f"{cfg.method}-{cfg.dataset}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}.h5"
+
+
+def lr_at(step: int, cfg: Config, steps_per_epoch: int) -> float:
+    """Base learning rate of optimiser step ``step`` (0-based): warm-up constant, then cosine to 0."""
+    if step < cfg.warmup_epochs * steps_per_epoch:
+        return cfg.warmup_lr
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / (cfg.epochs * steps_per_epoch)))
+
+
+def make_optimizer(method: PromptMethod, cfg: Config) -> torch.optim.SGD:
+    """SGD over the method's groups; each group carries ``name``, ``role`` and ``lr_scale``."""
+    groups = []
+    for group in method.groups():
+        is_gate = group.role == "gate"
+        scale = cfg.gate_lr_scale if is_gate else 1.0
+        decay = cfg.gate_weight_decay if is_gate and cfg.gate_weight_decay is not None else cfg.weight_decay
+        groups.append(
+            {
+                "params": group.params,
+                "name": group.name,
+                "role": group.role,
+                "lr_scale": scale,
+                "lr": cfg.lr * scale,
+                "initial_lr": cfg.lr * scale,
+                "weight_decay": decay,
+            }
+        )
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def tensor_stride(param: torch.Tensor, base: int) -> int:
+    """Full gradients of big parameters are stored less often: ``base`` × ceil(numel / TENSOR_BUDGET)."""
+    return base * max(1, math.ceil(param.numel() / TENSOR_BUDGET))
+
+
+def loss_terms(method: PromptMethod) -> tuple[str, ...]:
+    return ("total", "ce", *method.extra_losses())
+
+
+# ---------------------------------------------------------------------------------------------------- data
+@dataclass
+class TaskData:
+    """Training and test inputs of one run.
+
+    Feature methods: ``train_features`` ``(n, views, E)`` and ``test_features`` by half ``(n_half, E)``; pixel
+    methods: items are loaded and augmented per batch.
+    """
+
+    task: FewShotTask
+    train_labels: torch.Tensor
+    train_features: torch.Tensor | None = None
+    test_features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def load_task(cfg: Config, cache_dir: Path | None = None) -> FewShotTask:
+    """The few-shot base-to-novel task of ``cfg`` (dataset, shots, seed)."""
+    from recorders.datasets import data_root, load_dataset
+    from recorders.fewshot import base_to_novel
+
+    root = None if cfg.dataset == "world" else data_root(cfg.data_root or None)
+    return base_to_novel(load_dataset(cfg.dataset, root), cfg.shots, cfg.seed, cache_dir)
+
+
+def prepare_data(
+    method: PromptMethod, task: FewShotTask, cfg: Config, cache_dir: Path | None, progress: bool
+) -> TaskData:
+    device = method.backbone.device
+    labels = torch.tensor([item.label for item in task.train], device=device)
+    data = TaskData(task, labels)
+    if method.needs_pixels:
+        return data
+    from recorders.feature_cache import cached_features
+
+    common = {
+        "cache_dir": cache_dir,
+        "dataset_fingerprint": task.dataset.fingerprint,
+        "batch_size": cfg.eval_batch_size,
+        "progress": progress,
+        "seed": cfg.seed,
+    }
+    load = task.dataset.load_image
+    data.train_features = cached_features(method.backbone, task.train, load, kind="train", views=cfg.views, **common)
+    for half, items in (("base", task.test_base), ("novel", task.test_novel)):
+        data.test_features[half] = cached_features(method.backbone, items, load, kind="test", views=1, **common)
+    return data
+
+
+def _pixels(
+    method: PromptMethod, items: list[Item], load_image: Callable, rngs: list | None, cfg: Config
+) -> torch.Tensor:
+    from recorders.transforms import load_batch, test_transform, train_transform
+
+    bb = method.backbone
+    make = train_transform if rngs is not None else test_transform
+    transform = make(bb.image_size, bb.image_mean, bb.image_std)
+    return load_batch(items, load_image, transform, rngs, workers=cfg.num_workers or None).to(bb.device)
+
+
+def train_batches(
+    data: TaskData, method: PromptMethod, cfg: Config, epoch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of ``(inputs, labels)`` batches in a seeded order (the last partial batch is dropped when the
+    train set holds at least one full batch, as Dassl does)."""
+    n = len(data.task.train)
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    views = torch.randint(cfg.views, (n,), generator=generator)
+    size = min(cfg.batch_size, n)
+    for start in range(0, n - size + 1, size):
+        index = order[start : start + size]
+        labels = data.train_labels[index.to(data.train_labels.device)]
+        if data.train_features is not None:
+            feats = data.train_features
+            yield feats[index.to(feats.device), views[index].to(feats.device)], labels
+        else:
+            items = [data.task.train[i] for i in index.tolist()]
+            rngs = [np.random.default_rng([cfg.seed, epoch, i]) for i in index.tolist()]
+            yield _pixels(method, items, data.task.dataset.load_image, rngs, cfg), labels
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return n_train // batch_size if n_train >= batch_size else 1
+
+
+@torch.no_grad()
+def accuracy(method: PromptMethod, classes: ClassPrompts, data: TaskData, half: str, cfg: Config) -> float:
+    """Top-1 accuracy in [0, 1] on the test items of ``half`` (``base`` or ``novel``)."""
+    items = data.task.test_base if half == "base" else data.task.test_novel
+    if not items:
+        return float("nan")
+    labels = torch.tensor([item.label for item in items])
+    correct = 0
+    for start in range(0, len(items), cfg.eval_batch_size):
+        if method.needs_pixels:
+            inputs = _pixels(
+                method, items[start : start + cfg.eval_batch_size], data.task.dataset.load_image, None, cfg
+            )
+        else:
+            inputs = data.test_features[half][start : start + cfg.eval_batch_size]
+        with method.backbone.autocast():
+            logits = method(inputs, classes).logits
+        correct += int((logits.argmax(-1).cpu() == labels[start : start + len(inputs)]).sum())
+    return correct / len(items)
+
+
+def evaluate(method: PromptMethod, base: ClassPrompts, novel: ClassPrompts, data: TaskData, cfg: Config) -> Evaluation:
+    method.eval()
+    result = Evaluation(accuracy(method, base, data, "base", cfg), accuracy(method, novel, data, "novel", cfg))
+    method.train()
+    return result
+
+
+def gate_summary(method: PromptMethod) -> str:
+    """One line: per gate set, mean σ, its range and how many gates are saturated (σ < 0.05 or > 0.95)."""
+    parts = []
+    for name, gate in find_gates(method).items():
+        logits = gate.logits if gate.logits is not None else gate.last_logits
+        if logits is None:
+            continue
+        values = torch.sigmoid(logits.detach().float()).flatten()
+        saturated = int(((values < 0.05) | (values > 0.95)).sum())
+        parts.append(
+            f"{name or 'gates'} σ {values.mean():.3f} [{values.min():.3f}, {values.max():.3f}], "
+            f"{saturated}/{values.numel()} saturated"
+        )
+    return "; ".join(parts) if parts else "no gates"
+
+
+# ---------------------------------------------------------------------------------------------------- run
+@dataclass
+class Run:
+    """Everything built and checked before the recording file is created."""
+
+    cfg: Config
+    method: PromptMethod
+    task: FewShotTask
+    path: Path
+
+
+def build_run(cfg: Config, *, backbone=None, task: FewShotTask | None = None, cache_dir: Path | None = None) -> Run:
+    """Validate ``cfg``, load the backbone and the task (unless given) and build the method; writes nothing."""
+    cfg.validate()
+    if cfg.warmup_epochs >= cfg.epochs:
+        raise ConfigError(
+            f"warmup_epochs = {cfg.warmup_epochs} leaves no training after warm-up in "
+            f"{cfg.epochs} epochs; lower warmup_epochs or raise epochs"
+        )
+    seed_everything(cfg.seed)
+    if backbone is None:
+        from recorders.backbone import load_backbone
+
+        backbone = load_backbone(cfg.backbone, cfg.device)
+    task = task if task is not None else load_task(cfg, cache_dir)
+    if not task.train:
+        raise ConfigError(f"dataset {cfg.dataset!r} gave no training items; check --dataset and --shots")
+    method = build_method(cfg, backbone)
+    path = Path(cfg.out) if cfg.out else default_path(cfg)
+    if path.exists() and path.is_dir():
+        raise ConfigError(f"--out {path} is a directory; pass a file path ending in .h5")
+    return Run(cfg, method, task, path)
+
+
+def train(run: Run, *, cache_dir: Path | None = None, progress: bool = True) -> RunResult:
+    """Train ``run.method`` and record every step to ``run.path``; returns the final evaluation and gates.
+
+    Raises :class:`WsError` when ``on_nan = "stop"`` meets a non-finite loss or gradient (the recording is then
+    closed with status ``failed``); any other exception also leaves a ``failed`` recording.
+    """
+    from recorders.probes import watch
+
+    cfg, method = run.cfg, run.method
+    base = method.encode_classes(run.task.base_classnames)
+    novel = method.encode_classes(run.task.novel_classnames)
+    data = prepare_data(method, run.task, cfg, cache_dir, progress)
+    optimizer = make_optimizer(method, cfg)
+    tensors = {name: (p, tensor_stride(p, cfg.tensor_stride)) for name, p in method.strided_tensors().items()}
+    probe = watch(
+        method,
+        optimizer,
+        prompts=method.prompt_params(),
+        loss_terms=loss_terms(method),
+        tensors=tensors,
+        block=min(cfg.flush_every, 1024),
+    )
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    spe = steps_per_epoch(len(run.task.train), cfg.batch_size)
+    total = cfg.epochs * spe
+    scaler = torch.amp.GradScaler(method.backbone.device.type, enabled=method.backbone.autocast_dtype == torch.float16)
+    before = None
+    step = 0
+    with (
+        RecordingWriter(
+            run.path,
+            probe.layout,
+            config=cfg.to_dict(),
+            method=cfg.method,
+            seed=cfg.seed,
+            device=str(method.backbone.device),
+            dataset=cfg.dataset,
+            flush_every=cfg.flush_every,
+        ) as writer,
+        _progress(progress, total) as advance,
+    ):
+        probe.attach(writer)
+        method.train()
+        if cfg.eval_at_start:
+            before = evaluate(method, base, novel, data, cfg)
+            writer.add_eval(0, 0, before.base, before.novel)
+        for epoch in range(cfg.epochs):
+            for inputs, labels in train_batches(data, method, cfg, epoch):
+                lr = lr_at(step, cfg, spe)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group["lr_scale"]
+                with method.backbone.autocast():
+                    out = method(inputs, base)
+                ce = F.cross_entropy(out.logits.float(), labels)
+                losses = {"ce": ce, **{k: v.float() for k, v in out.terms.items()}}
+                losses["total"] = torch.stack(list(losses.values())).sum()
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(losses["total"]).backward()
+                scaler.unscale_(optimizer)
+                probe.after_backward(step, epoch, lr, losses)
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf)
+                if not bool(torch.isfinite(norm) & torch.isfinite(losses["total"])):
+                    _nonfinite(writer, cfg, step, losses["total"], scaler)
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                step += 1
+                advance(step, losses["total"])
+            after = evaluate(method, base, novel, data, cfg)
+            writer.add_eval(step, epoch + 1, after.base, after.novel)
+            writer.add_event(step, "epoch_end", f"epoch {epoch + 1}: base {after.base:.4f} novel {after.novel:.4f}")
+        probe.close()
+    return RunResult(run.path, step, before, after, gate_summary(method), method.groups())
+
+
+def _nonfinite(
+    writer: RecordingWriter, cfg: Config, step: int, loss: torch.Tensor, scaler: torch.amp.GradScaler
+) -> None:
+    """Record a non-finite step; under fp16 the grad scaler's overflow is routine, otherwise obey ``on_nan``."""
+    what = "loss" if not bool(torch.isfinite(loss)) else "gradient"
+    overflow = scaler.is_enabled() and what == "gradient"
+    action = "skipped (fp16 overflow)" if overflow else ("skipped" if cfg.on_nan == "skip" else "run stopped")
+    writer.add_event(step, "nonfinite", f"non-finite {what} at step {step}; {action}")
+    if overflow:
+        scaler.update()
+        return
+    if cfg.on_nan == "stop":
+        raise WsError(
+            f"non-finite {what} at step {step}: the run stopped (status failed); lower --lr, "
+            "add --clip-grad 1.0, or pass --on-nan skip"
+        )
+
+
+class _progress:
+    """A rich progress bar (step rate, ETA, loss every 25 steps) or nothing; yields ``advance(step, loss)``."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+        self.bar: Progress | None = None
+
+    def __enter__(self) -> Callable[[int, torch.Tensor], None]:
+        if not self.enabled:
+            return lambda step, loss: None
+        self.bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.1f} steps/s"),
+            TimeRemainingColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            transient=True,
+        )
+        self.bar.start()
+        task = self.bar.add_task("train", total=self.total, rate=0.0, loss="…")
+
+        def advance(step: int, loss: torch.Tensor) -> None:
+            assert self.bar is not None
+            fields = {}
+            if step % 25 == 0 or step == self.total:
+                fields["loss"] = f"{float(loss):.4f}"
+                fields["rate"] = self.bar.tasks[0].speed or 0.0
+            self.bar.update(task, completed=step, **fields)
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def describe(cfg: Config, backbone) -> list[ParamGroup]:
+    """Trainable groups of ``cfg``'s method on ``backbone`` (for ``--dry-run``)."""
+    seed_everything(cfg.seed)
+    return build_method(cfg, backbone).groups()
+
+
+def gated_counterpart(cfg: Config) -> Config:
+    """The same config with the gates in (to print next to a ``param-matched`` count)."""
+    return replace(cfg, variant="standard")

@@ -1,0 +1,204 @@
+"""Methods on a random-init tiny CLIP: zero-shot equivalence, hand-counted parameters, batching, learning.
+
+The tiny CLIP (text width 128, vision width 192, 3 layers each, 128-d joint space) is random, so nothing here
+depends on pretraining; the checks are exact identities or loss decreases on a fixed batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recorders.config import METHODS, build_config
+from recorders.errors import ConfigError
+from recorders.methods.registry import METHODS as REGISTRY
+from recorders.methods.registry import build_method
+from recorders.training import make_optimizer
+
+CLASSES = ["red circle", "green square", "blue triangle", "big yellow star"]
+D, DV, E = 128, 192, 128  # tiny CLIP widths: text, vision, joint
+J = 3  # MaPLe depth 9 clipped to the tiny model's 3 layers
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory):
+    """A frozen random-init tiny CLIP with the world tokenizer, on CPU."""
+    from recorders.backbone import load_backbone
+    from recorders.pretrain import random_checkpoint
+
+    return load_backbone(str(random_checkpoint(tmp_path_factory.mktemp("tiny-clip"), seed=0)), "cpu")
+
+
+def make(backbone, method: str, **overrides):
+    cfg = build_config([("method", method), *overrides.items()])
+    torch.manual_seed(0)
+    return build_method(cfg, backbone)
+
+
+def inputs_for(method, backbone, batch: int = 4, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if method.needs_pixels:
+        return torch.randn(batch, 3, backbone.image_size, backbone.image_size, generator=g)
+    return torch.randn(batch, backbone.embed_dim, generator=g)
+
+
+def zero_shot_logits(backbone, image_features: torch.Tensor) -> torch.Tensor:
+    """CLIP's own zero-shot logits with "a photo of a {class}." through transformers' get_text_features."""
+    with torch.no_grad():
+        ids = backbone.tokenize([f"a photo of a {name}." for name in CLASSES])
+        text = backbone.model.get_text_features(input_ids=ids).pooler_output
+        scale = backbone.model.logit_scale.exp()
+        return scale * F.normalize(image_features, dim=-1) @ F.normalize(text, dim=-1).T
+
+
+def test_registry_matches_config_methods():
+    assert tuple(REGISTRY) == METHODS
+    assert all(cls.name == name for name, cls in REGISTRY.items())
+
+
+def test_coop_with_photo_init_is_zero_shot_clip(tiny_backbone):
+    coop = make(tiny_backbone, "coop")
+    image = inputs_for(coop, tiny_backbone, batch=6)
+    with torch.no_grad():
+        logits = coop(image, coop.encode_classes(CLASSES)).logits
+    torch.testing.assert_close(logits, zero_shot_logits(tiny_backbone, image), atol=1e-5, rtol=0)
+
+
+def test_coop_gating_with_open_gates_is_zero_shot_clip(tiny_backbone):
+    method = make(tiny_backbone, "coop-gating")
+    with torch.no_grad():
+        method.gate.logits.fill_(float("inf"))  # σ(+inf) = 1 exactly
+    image = inputs_for(method, tiny_backbone, batch=6)
+    with torch.no_grad():
+        logits = method(image, method.encode_classes(CLASSES)).logits
+    torch.testing.assert_close(logits, zero_shot_logits(tiny_backbone, image), atol=1e-5, rtol=0)
+    with torch.no_grad():  # gates at their init (σ = 0.5) halve the context: not zero-shot any more
+        method.gate.logits.zero_()
+        halved = method(image, method.encode_classes(CLASSES)).logits
+    assert (halved - logits).abs().max() > 1e-3
+
+
+META = E * (E // 16) + E // 16 + (E // 16) * D + D  # CoCoOp meta-net: Linear(E, E/16), Linear(E/16, D)
+MAPLE = J * 2 * D + J * (D * DV + DV)  # J prompt sets of 2 tokens + J couplings D → DV
+EXPECTED = {
+    "coop": 4 * D,
+    "coop-gating": 4 * D + 4,
+    "cocoop": 4 * D + META,
+    "cocoop-gating": 4 * D + META + E * 4 + 4,
+    "maple": MAPLE,
+    "bimaple": MAPLE + J * (DV * D + D),
+    "adaptive-bimaple": MAPLE + J * (DV * D + D) + J * 2 + J,
+}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_trainable_parameter_counts_match_hand_counts(tiny_backbone, name):
+    method = make(tiny_backbone, name)
+    assert method.n_trainable() == EXPECTED[name]
+    assert sum(p.numel() for p in method.parameters() if p.requires_grad) == EXPECTED[name]
+    assert all(not p.requires_grad for p in tiny_backbone.model.parameters())
+
+
+def test_variants_change_the_counts_as_documented(tiny_backbone):
+    matched = make(tiny_backbone, "adaptive-bimaple", variant="param-matched")
+    frozen = make(tiny_backbone, "adaptive-bimaple", variant="always-frozen")
+    assert matched.n_trainable() == EXPECTED["adaptive-bimaple"]  # gates removed, same count of plain scales
+    assert {g.role for g in matched.groups()} == {"prompt", "coupling", "other"}
+    assert frozen.n_trainable() == EXPECTED["adaptive-bimaple"] - J * 2 - J
+    assert all(not p.requires_grad for p in frozen.depth_gate.parameters())
+    cocoop = make(tiny_backbone, "cocoop-gating", variant="param-matched")
+    assert cocoop.n_trainable() == EXPECTED["cocoop-gating"]
+
+
+def test_batched_cocoop_equals_the_reference_per_image_loop(tiny_backbone):
+    method = make(tiny_backbone, "cocoop-gating", gate_init="uniform")
+    classes = method.encode_classes(CLASSES)
+    image = inputs_for(method, tiny_backbone, batch=5)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    batched = method(image, classes).logits
+    normed = F.normalize(image, dim=-1)
+    looped = []
+    for b in range(len(image)):  # the reference: one text forward per image
+        ctx, _ = method.instance_context(normed[b: b + 1])
+        looped.append(method.logit_scale() * normed[b] @ method.text_features(classes, ctx[0]).T)
+    looped = torch.stack(looped)
+    torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-5)
+    assert abs((F.cross_entropy(batched, labels) - F.cross_entropy(looped, labels)).item()) < 1e-5
+
+
+def test_maple_prompts_reach_both_encoders(tiny_backbone):
+    method = make(tiny_backbone, "maple")
+    classes = method.encode_classes(CLASSES)
+    image = inputs_for(method, tiny_backbone)
+    loss = F.cross_entropy(method(image, classes).logits, torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    for d in range(J):  # deep text prompts and every coupling (vision side) get gradient
+        assert method.prompts[d].grad.abs().sum() > 0
+        assert method.coupling[d].weight.grad.abs().sum() > 0
+
+
+def test_bimaple_cycle_loss_is_the_documented_formula(tiny_backbone):
+    method = make(tiny_backbone, "bimaple", lambda_cyc=0.5)
+    out = method(inputs_for(method, tiny_backbone), method.encode_classes(CLASSES))
+    expected = 0.0
+    for d in range(J):
+        p = method.prompts[d].detach().double()
+        there = p @ method.coupling[d].weight.double().T + method.coupling[d].bias.double()
+        back = there @ method.coupling_back[d].weight.double().T + method.coupling_back[d].bias.double()
+        expected += ((back - p) ** 2).sum(-1).mean() / J
+    assert float(out.terms["cyc"]) == pytest.approx(0.5 * float(expected), rel=1e-5)
+
+
+def test_adaptive_bimaple_regularisers(tiny_backbone):
+    method = make(tiny_backbone, "adaptive-bimaple", gate_init="uniform", lambda_sparse=0.1, lambda_smooth=0.2,
+                  gate_entropy=0.3)
+    out = method(inputs_for(method, tiny_backbone), method.encode_classes(CLASSES))
+    lengths = torch.cat([torch.sigmoid(g.logits) for g in method.length_gates]).double()
+    depth = torch.sigmoid(method.depth_gate.logits).double()
+    assert float(out.terms["sparse"]) == pytest.approx(0.1 * float(lengths.mean() + depth.mean()), rel=1e-5)
+    assert float(out.terms["smooth"]) == pytest.approx(0.2 * float(depth.diff().pow(2).mean()), rel=1e-5)
+    values = [torch.sigmoid(g.logits).double() for g in method.length_gates] + [depth]
+    entropy = torch.stack([-(v * v.log() + (1 - v) * (1 - v).log()).mean() for v in values]).mean()
+    assert float(out.terms["entropy"]) == pytest.approx(0.3 * float(entropy), rel=1e-5)
+    assert set(method.extra_losses()) == {"cyc", "sparse", "smooth", "entropy"}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_lowers_its_loss_on_a_fixed_batch(tiny_backbone, name):
+    method = make(tiny_backbone, name, lr=0.05)
+    classes = method.encode_classes(CLASSES)
+    image, labels = inputs_for(method, tiny_backbone, batch=8), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    optimizer = make_optimizer(method, method.cfg)
+
+    def loss() -> torch.Tensor:
+        out = method(image, classes)
+        return F.cross_entropy(out.logits, labels) + sum(out.terms.values())
+
+    first = float(loss())
+    for _ in range(6):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    assert float(loss()) < first - 1e-3
+
+
+def test_random_context_init_and_bad_init_text(tiny_backbone):
+    method = make(tiny_backbone, "coop", ctx_init="")
+    assert method.ctx.std().item() == pytest.approx(0.02, rel=0.3)
+    classes = method.encode_classes(CLASSES)
+    assert (classes.input_ids[:, 1:5] == 0).all()  # four placeholders after the start token
+    with pytest.raises(ConfigError, match="n_ctx"):
+        make(tiny_backbone, "coop", n_ctx=8)  # "a photo of a" has only 4 tokens
+
+
+def test_gate_init_and_equilibrium_reach_the_gates(tiny_backbone):
+    method = make(tiny_backbone, "coop-gating", gate_init="biased:2.5", grad_equilibrium=True)
+    assert torch.equal(method.gate.logits.detach(), torch.full((4,), 2.5))
+    assert method.gate.equilibrium
+    cfg = replace(method.cfg, gate_lr_scale=50.0, gate_weight_decay=0.0)
+    groups = {g["name"]: g for g in make_optimizer(method, cfg).param_groups}
+    assert groups["gates"]["lr"] == pytest.approx(50 * cfg.lr) and groups["gates"]["weight_decay"] == 0.0
+    assert groups["ctx"]["lr"] == pytest.approx(cfg.lr) and groups["ctx"]["weight_decay"] == cfg.weight_decay

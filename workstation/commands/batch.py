@@ -1,10 +1,104 @@
-"""`ws batch` (being built: see the issue that owns it)."""
+"""``ws batch``: run a sweep spec (methods × seeds × interventions ...), resumable, locally or on Ray."""
 
 from __future__ import annotations
 
-from recorders.errors import WsError
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
 
 
-def batch() -> None:
-    """Not available yet in this build."""
-    raise WsError("`ws batch` is not available in this build yet")
+class ExecutorName(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+def batch(
+    spec: Annotated[Path, typer.Argument(help="Sweep spec (TOML); see docs/batch.md and examples/sweeps/.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and what would run; run nothing.")] = False,
+    executor: Annotated[ExecutorName, typer.Option(help="Where runs execute.")] = ExecutorName.local,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Local executor: runs at once (one process each).")] = 1,
+    address: Annotated[str | None, typer.Option(help="Ray cluster: auto or HOST:PORT (default: start one).")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Re-run runs that failed before.")] = True,
+    metric: Annotated[str, typer.Option(help="Metric of the closing summary (see `ws stats --help`).")] = "final_hm",
+    summary: Annotated[bool, typer.Option(help="Compare the sweep by its swept axes at the end.")] = True,
+) -> None:
+    """Run every run of a sweep spec that is not yet complete, with a live table, then summarise the sweep."""
+    from rich.console import Console
+
+    from recorders.errors import WsError
+    from workstation.sweep.runner import execute, plan
+    from workstation.sweep.spec import load_spec
+
+    console = Console(stderr=True)
+    sweep = load_spec(spec)
+    if dry_run:
+        _print_plan(sweep, retry_failed)
+        return
+    runner = _executor(executor, jobs, address, sweep.cpus, sweep.gpus)
+    try:
+        outcome = execute(sweep, runner, retry_failed=retry_failed, console=console)
+    except KeyboardInterrupt:
+        manifest, _, _ = plan(sweep, retry_failed)
+        console.print(f"interrupted: runs not complete are marked interrupted in {sweep.directory / 'manifest.json'};"
+                      " run the same command again to resume")
+        raise SystemExit(130) from None
+    failed = [e for e in outcome.manifest.runs.values() if e.status == "failed"]
+    console.print(f"sweep {sweep.directory}: {outcome.count('complete')} complete "
+                  f"({len(outcome.skipped)} already), {len(failed)} failed")
+    for entry in failed:
+        console.print(f"  [red]failed[/] {entry.id}: {entry.error}", markup=True, highlight=False)
+    if summary:
+        try:
+            _print_summary(sweep, metric)
+        except WsError as exc:
+            console.print(f"no summary: {exc}")
+    if failed:
+        raise SystemExit(1)
+
+
+def _executor(name: ExecutorName, jobs: int, address: str | None, cpus: float, gpus: float):  # noqa: ANN202
+    from workstation.sweep.executors import LocalExecutor, RayExecutor
+
+    if name is ExecutorName.ray:
+        return RayExecutor(None if address in (None, "") else address, cpus, gpus)
+    if address:
+        from recorders.errors import ConfigError
+
+        raise ConfigError("--address is for --executor ray; drop it or add --executor ray")
+    return LocalExecutor(jobs)
+
+
+def _print_plan(sweep, retry_failed: bool) -> None:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    from workstation.sweep.runner import plan
+
+    manifest, todo, done = plan(sweep, retry_failed)
+    will_run = {r.run_id for r in todo}
+    table = Table(title=f"{len(sweep.runs)} runs → {sweep.directory}", title_justify="left")
+    for column in ("run", "method", "seed", "labels", "action"):
+        table.add_column(column)
+    for run in sweep.runs:
+        entry = manifest.runs[run.run_id]
+        if run.run_id in done:
+            action = "skip (complete)"
+        else:
+            action = "run" if run.run_id in will_run else f"skip ({entry.status})"
+        labels = ", ".join(f"{k}={v}" for k, v in run.labels.items())
+        table.add_row(run.run_id, run.method, str(run.config.seed), labels, action)
+    Console().print(table)
+
+
+def _print_summary(sweep, metric: str) -> None:  # noqa: ANN001
+    """The `ws stats` comparison of the sweep folder by each swept axis (but seed) with two or more values."""
+    from analyses.stats import compare
+    from workstation.commands.stats import print_report
+
+    for axis, labels in sweep.axes.items():
+        if len(labels) < 2 or axis == "seed":  # seeds are the unit of analysis, not a factor
+            continue
+        plain = all(axis not in run.labels for run in sweep.runs)
+        print_report(compare([sweep.directory], axis if plain else f"tags.{axis}", metric))

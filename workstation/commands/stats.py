@@ -38,14 +38,15 @@ def stats(
     elif as_markdown:
         typer.echo(report.to_markdown(), nl=False)
     else:
-        _print_tables(report)
+        print_report(report)
 
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.4g}"
 
 
-def _print_tables(report) -> None:  # noqa: ANN001 (ComparisonReport; imported lazily)
+def print_report(report) -> None:  # noqa: ANN001 (ComparisonReport; imported lazily)
+    """Print a comparison report as rich tables: groups, comparisons, warnings, exclusions."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

@@ -1,0 +1,1 @@
+"""Sweeps for `ws batch`: spec, manifest, executors, runner."""

@@ -1,0 +1,79 @@
+"""The sweep manifest: ``<sweep>/manifest.json``, one entry per run, written atomically by the driver alone.
+
+Entry fields: ``id``, ``config`` (the keys the run was given), ``labels`` (named-axis labels), ``status`` (one of
+:data:`RUN_STATUSES`), ``path`` (the recording, relative to the sweep folder), ``duration`` (seconds of the last
+attempt), ``attempts``, ``error`` (one line, empty unless failed or interrupted), ``final_hm``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recorders.errors import ConfigError, RecordingError
+from recorders.recording_format import Recording
+
+RUN_STATUSES = ("pending", "running", "complete", "failed", "interrupted")
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class RunEntry:
+    id: str
+    config: dict[str, Any]
+    labels: dict[str, str] = field(default_factory=dict)
+    status: str = "pending"
+    path: str = ""
+    duration: float = 0.0
+    attempts: int = 0
+    error: str = ""
+    final_hm: float | None = None
+
+
+@dataclass
+class Manifest:
+    """All runs of a sweep folder by id; :meth:`save` replaces the file atomically."""
+
+    directory: Path
+    spec: str = ""
+    runs: dict[str, RunEntry] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        path = directory / MANIFEST
+        if not path.exists():
+            return cls(directory)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            runs = {r["id"]: RunEntry(**r) for r in raw["runs"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: damaged sweep manifest ({exc}); move it away to start afresh") from None
+        return cls(directory, raw.get("spec", ""), runs)
+
+    def save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        payload = {"spec": self.spec, "runs": [asdict(r) for r in self.runs.values()]}
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".manifest-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, self.directory / MANIFEST)
+
+    def recording(self, run_id: str) -> Path:
+        """Where a run's recording lives: one fixed file per run id, so a re-run replaces a partial file."""
+        return self.directory / f"{run_id}.h5"
+
+
+def recording_state(path: Path) -> tuple[str, float | None]:
+    """``(status, final_hm)`` of a recording on disk; ``("missing", None)`` when absent or unreadable."""
+    if not path.exists():
+        return "missing", None
+    try:
+        with Recording.open(path) as rec:
+            hm = rec.eval_table()["hm"]
+            return rec.status, (float(hm[-1]) if len(hm) else None)
+    except RecordingError:
+        return "missing", None

@@ -1,0 +1,190 @@
+"""Run a sweep: reconcile the manifest with the recordings on disk, execute what is left, show live progress.
+
+Resuming is by construction: each run has one recording path (``<sweep>/<run id>.h5``), a run counts as done
+only when that file's ``status`` is ``complete``, and anything else (pending, failed, interrupted, a partial
+file left by a killed batch) is run again — failed runs only with ``retry_failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from recorders.errors import RecordingError
+from recorders.recording_format import Recording
+from workstation.sweep.executors import Executor, RunResult, record_args
+from workstation.sweep.manifest import Manifest, RunEntry, recording_state
+from workstation.sweep.spec import PlannedRun, SweepSpec
+
+_STYLE = {"pending": "dim", "running": "cyan", "complete": "green", "failed": "red", "interrupted": "yellow"}
+
+
+@dataclass
+class SweepOutcome:
+    """How a sweep ended: the manifest, and the run ids skipped (already complete) and executed."""
+
+    manifest: Manifest
+    skipped: list[str]
+    executed: list[str]
+    interrupted: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(1 for e in self.manifest.runs.values() if e.status == status)
+
+
+def plan(spec: SweepSpec, retry_failed: bool = True) -> tuple[Manifest, list[PlannedRun], list[str]]:
+    """The manifest reconciled with disk, the runs still to execute, and the ids already complete."""
+    manifest = Manifest.load(spec.directory)
+    manifest.spec = str(spec.path)
+    todo, done = [], []
+    for run in spec.runs:
+        entry = manifest.runs.get(run.run_id) or RunEntry(run.run_id, run.overrides, run.labels)
+        entry.config, entry.labels = run.overrides, run.labels
+        entry.path = manifest.recording(run.run_id).name
+        manifest.runs[run.run_id] = entry
+        on_disk, hm = recording_state(manifest.recording(run.run_id))
+        if on_disk == "complete":
+            entry.status, entry.final_hm, entry.error = "complete", hm, ""
+            done.append(run.run_id)
+            continue
+        if entry.status in ("complete", "running"):  # a partial file, or a batch killed while it ran
+            entry.status = "interrupted"
+        if entry.status == "failed" and not retry_failed:
+            continue
+        todo.append(run)
+    return manifest, todo, done
+
+
+def write_run_config(directory: Path, run: PlannedRun) -> Path:
+    """``<sweep>/configs/<id>.toml``: the run's keys, so ``ws record --config`` reproduces it by hand."""
+    path = directory / "configs" / f"{run.run_id}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines, tables = [], []
+    for key, value in sorted(run.overrides.items()):
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in sorted(value.items())))
+        elif value is not None:
+            lines.append(f"{key} = {_toml(value)}\n")
+    path.write_text("".join(lines) + "".join(tables), encoding="utf-8")
+    return path
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def execute(spec: SweepSpec, executor: Executor, *, retry_failed: bool = True, console: Console | None = None,
+            poll_seconds: float = 0.5, on_update: Callable[[Manifest], None] | None = None) -> SweepOutcome:
+    """Run every run not yet complete; Ctrl-C marks running runs ``interrupted`` and re-raises."""
+    console = console or Console(stderr=True)
+    manifest, todo, done = plan(spec, retry_failed)
+    manifest.save()
+    futures: dict[Future[RunResult], str] = {}
+    started: dict[str, float] = {}
+    for run in todo:
+        config_file = write_run_config(spec.directory, run)
+        out = manifest.recording(run.run_id).resolve()
+        out.unlink(missing_ok=True)  # a partial recording of an earlier attempt: this run replaces it
+        futures[executor.submit(run.run_id, record_args(config_file.resolve(), out), {})] = run.run_id
+        manifest.runs[run.run_id].status = "pending"
+    manifest.save()
+    outcome = SweepOutcome(manifest, skipped=done, executed=[r.run_id for r in todo])
+    try:
+        with Live(_table(manifest, started), console=console, refresh_per_second=2, transient=False) as live:
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=poll_seconds, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    _finish(manifest, futures[fut], fut)
+                _mark_started(manifest, started, futures, pending)
+                manifest.save()
+                if on_update:
+                    on_update(manifest)
+                live.update(_table(manifest, started))
+    except KeyboardInterrupt:
+        executor.interrupt()
+        for run_id in futures.values():
+            entry = manifest.runs[run_id]
+            if entry.status in ("pending", "running"):
+                status, hm = recording_state(manifest.recording(run_id))
+                entry.status, entry.final_hm = ("complete", hm) if status == "complete" else ("interrupted", None)
+                entry.error = "" if status == "complete" else "interrupted by Ctrl-C"
+        manifest.save()
+        outcome.interrupted = True
+        raise
+    finally:
+        executor.shutdown()
+    return outcome
+
+
+def _mark_started(manifest: Manifest, started: dict[str, float],
+                  futures: dict[Future[RunResult], str], pending: set[Future[RunResult]]) -> None:
+    """Runs whose process has begun (a local worker took it, or its recording appeared) become ``running``."""
+    for fut in pending:
+        run_id = futures[fut]
+        if run_id not in started and (fut.running() or manifest.recording(run_id).exists()):
+            started[run_id] = time.monotonic()
+            manifest.runs[run_id].status = "running"
+
+
+def _finish(manifest: Manifest, run_id: str, fut: Future[RunResult]) -> None:
+    entry = manifest.runs[run_id]
+    entry.attempts += 1
+    try:
+        result = fut.result()
+    except Exception as exc:  # noqa: BLE001 - an executor failure is this run's failure, not the sweep's
+        entry.status, entry.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return
+    entry.duration = round(result.duration, 2)
+    status, hm = recording_state(manifest.recording(run_id))
+    if result.returncode == 0 and status == "complete":
+        entry.status, entry.error, entry.final_hm = "complete", "", hm
+    elif result.returncode in (130, -2):
+        entry.status, entry.error = "interrupted", result.error or "interrupted"
+    else:
+        entry.status = "failed"
+        entry.error = result.error or f"recording ended with status {status}"
+
+
+def _progress(path: Path) -> tuple[int, int | None]:
+    """Committed steps of a live recording and its planned total (``None`` when it does not say)."""
+    try:
+        with Recording.open(path) as rec:
+            total = rec.attrs.get("total_steps") or rec.config.get("total_steps")
+            return rec.n_steps, int(total) if total else None
+    except (RecordingError, OSError, KeyError, ValueError):
+        return 0, None
+
+
+def _table(manifest: Manifest, started: dict[str, float]) -> Group:
+    table = Table(title=f"sweep {manifest.directory}", title_justify="left")
+    for column in ("run", "labels", "status", "step", "ETA", "final HM"):
+        table.add_column(column, justify="right" if column in ("step", "ETA", "final HM") else "left")
+    for entry in manifest.runs.values():
+        step, eta = "", ""
+        if entry.status == "running":
+            n, total = _progress(manifest.recording(entry.id))
+            step = f"{n}" + (f"/{total}" if total else "")
+            if total and n and entry.id in started:
+                elapsed = time.monotonic() - started[entry.id]
+                eta = f"{elapsed / n * (total - n):.0f}s"
+        hm = "" if entry.final_hm is None else f"{entry.final_hm:.4f}"
+        labels = ", ".join(f"{k}={v}" for k, v in entry.labels.items())
+        status = f"[{_STYLE[entry.status]}]{entry.status}[/]"
+        table.add_row(escape(entry.id), escape(labels), status, step, eta, hm)
+    counts = {s: sum(e.status == s for e in manifest.runs.values()) for s in _STYLE}
+    footer = "  ".join(f"{s}: {n}" for s, n in counts.items() if n)
+    return Group(table, footer)

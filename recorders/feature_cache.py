@@ -60,6 +60,8 @@ def cached_features(
         raise ConfigError(f"unknown feature kind {kind!r}: use one of {', '.join(KINDS)}")
     if kind == "train" and views < 1:
         raise ConfigError(f"--views must be at least 1, got {views}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {seed}")
     transform: TrainTransform | EvalTransform
     if kind == "train":
         transform = train_transform(backbone.image_size, backbone.image_mean, backbone.image_std)

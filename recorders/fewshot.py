@@ -35,6 +35,8 @@ def base_to_novel(splits: DatasetSplits, shots: int, seed: int, cache_dir: Path 
     """
     if shots < 1:
         raise ConfigError(f"--shots must be at least 1, got {shots}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {seed}")
     n = len(splits.classnames)
     base = list(range(math.ceil(n / 2)))
     novel = list(range(len(base), n))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from synthetic import GATES, write_group, write_run
 from textual.widgets import DataTable
+from textual.worker import WorkerCancelled
 
 from recorders.recording_format import (
     EPOCH,
@@ -35,10 +37,14 @@ SIZE = (120, 40)
 
 
 async def settle(app: WsApp, pilot) -> None:  # noqa: ANN001 - textual's Pilot
-    """Let background loads finish and the screen repaint."""
-    for _ in range(3):
-        await app.workers.wait_for_complete()
+    """Let background loads finish and the screen repaint (a load superseded by a newer one is cancelled)."""
+    for _ in range(20):
+        with contextlib.suppress(WorkerCancelled):
+            await app.workers.wait_for_complete()
         await pilot.pause()
+        if not any(worker.is_running for worker in app.workers):
+            await pilot.pause()
+            return
 
 
 def file_gates(path: Path, row: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,6 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from recorders.errors import WsError
 from workstation.app.data import RunData
-from workstation.app.screens.help import HelpScreen
 from workstation.app.screens.recordings import RecordingsScreen
 
 Command = tuple[str, str, Callable[[], object]]
@@ -120,6 +119,8 @@ class WsApp(App[None]):
             yield "export PNG", "save the current plot as a PNG (analyses figures)", self.screen.export_png
 
     def action_help(self) -> None:
+        from workstation.app.screens.help import HelpScreen  # markdown rendering: imported when first asked
+
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 

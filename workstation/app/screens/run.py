@@ -60,6 +60,10 @@ class RunScreen(StepScreen):
         yield Timeline(id="timeline")
         yield Footer()
 
+    def _titles(self) -> None:
+        self.query_one("#heatmap-pane", Pane).border_title = f"{self.gate_set or 'no gates'} value × step"
+        self.query_one("#gates-pane", Pane).border_title = f"{self.gate_set or 'no gates'} at cursor: σ and σ'"
+
     def _accuracy(self, width: int, height: int) -> tuple[int, list[Series]]:
         cols = self.run.accuracy_columns(width)
         return self.run.n_rows, [Series(k, v, PALETTE[i + 2]) for i, (k, v) in enumerate(cols.items())]
@@ -71,7 +75,7 @@ class RunScreen(StepScreen):
 
     def on_mount(self) -> None:  # StepScreen.on_mount runs too (Textual calls each class's handler)
         self._fill_events()
-        self.query_one("#heatmap-pane", Pane).border_title = f"{self.gate_set or 'no gates'} value × step"
+        self._titles()
         if not self.gate_set:
             self.query_one("#ratio", TimePlot).note = "no gates recorded"
 
@@ -95,7 +99,7 @@ class RunScreen(StepScreen):
         sets = self.run.gate_sets
         if len(sets) > 1:
             self.gate_set = sets[(sets.index(self.gate_set) + 1) % len(sets)]
-            self.query_one("#heatmap-pane", Pane).border_title = f"{self.gate_set} value × step"
+            self._titles()
             self.query_one(Heatmap).reload()
             self.show_row(self.row)
 
@@ -111,8 +115,6 @@ class RunScreen(StepScreen):
         if self.gate_set and self.n_rows:
             labels = list(self.run.rec.gate_sets[self.gate_set].labels)
             self.query_one(GateBars).show(self.run.gate_row(self.gate_set, row), labels)
-            self.query_one("#gates-pane", Pane).border_title = (
-                f"{self.gate_set} at step {self.run.step_at(row):,} · σ and σ'")
 
     def reload(self) -> None:
         for plot in self.query(StepPlot):

@@ -44,7 +44,8 @@ class GateBars(ScrollView, can_focus=True):
         n = len(gates["value"])
         self.gates = gates
         self.labels = list(labels) if labels and len(labels) == n else [f"g{i}" for i in range(n)]
-        self.virtual_size = Size(self.size.width, n)
+        if self.virtual_size.height != n:
+            self.virtual_size = Size(self.size.width, n)
         self.refresh()
 
     def line_text(self, i: int, width: int) -> list[Segment]:

@@ -2,7 +2,8 @@
 
 Each plot is given a *loader* ``(width, height) -> (n_rows, payload)`` that reads what ``width`` screen columns
 need (see :mod:`workstation.app.data`); it runs in a background thread on mount, on resize and on
-:meth:`StepPlot.reload`. Moving the cursor only repaints: it never reads the file.
+:meth:`StepPlot.reload`. The plot area is drawn once per payload into cached strips (Textual's line API); moving
+the cursor only re-renders the legend, the axis and the highlighted cursor column, and never reads the file.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import numpy as np
-from rich.color import Color
+from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 from textual import events, work
+from textual.geometry import Region
 from textual.message import Message
 from textual.reactive import reactive
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.worker import get_current_worker
 
@@ -29,8 +32,11 @@ GUTTER = 9
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 # viridis at 9 stops: readable on dark and light themes
 VIRIDIS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725")
+COLOR_LEVELS = 32
 CURSOR = Style(reverse=True)
+DIM = Style(dim=True)
 Loader = Callable[[int, int], tuple[int, Any]]
+Cell = tuple[str, Style | None]
 
 
 @dataclass(frozen=True)
@@ -43,24 +49,25 @@ class Series:
 
 
 def fmt(value: float) -> str:
-    """A number in at most 8 characters."""
+    """A number in at most 8 characters; NaN shows as –."""
     if not math.isfinite(value):
         return "–" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.1e}"
 
 
-def _line(cells: Sequence[tuple[str, Style | None]]) -> Text:
-    text = Text(no_wrap=True, overflow="crop")
-    for char, style in cells:
-        text.append(char, style)
-    return text
+def strip(cells: Sequence[Cell]) -> Strip:
+    """One strip from per-cell (character, style), runs of equal style merged into one segment."""
+    return Strip([Segment("".join(c for c, _ in run), style) for style, run in groupby(cells, key=lambda c: c[1])])
 
 
 class StepPlot(Widget):
-    """Base of the step-indexed plots: background loading, the cursor column and clicks that move the cursor."""
+    """Base of the step-indexed plots: background loading, cached image rows, the cursor column, clicks.
+
+    Subclasses implement :meth:`image` (the plot rows, without the cursor) and :meth:`legend`.
+    """
 
     ALLOW_MAXIMIZE = True
-    cursor: reactive[int] = reactive(0)
+    cursor: reactive[int] = reactive(0, repaint=False)
 
     class Clicked(Message):
         """The user clicked inside the plot at recording row ``row``."""
@@ -75,6 +82,7 @@ class StepPlot(Widget):
         self.n_rows = 0
         self.payload: Any = None
         self.note = "loading…"
+        self._image: list[Strip] | None = None
 
     @property
     def plot_width(self) -> int:
@@ -85,6 +93,7 @@ class StepPlot(Widget):
         return max(1, self.size.height - 2)  # a legend row on top, an axis row at the bottom
 
     def on_resize(self) -> None:
+        self._image = None
         self.reload()
 
     def reload(self) -> None:
@@ -106,15 +115,44 @@ class StepPlot(Widget):
             self.note, self.payload = result, None
         else:
             (self.n_rows, self.payload), self.note = result, ""
+        self._image = None
         self.refresh()
 
     def cursor_column(self) -> int:
         return int(column_of(self.cursor, self.n_rows, self.plot_width))
 
-    def axis(self) -> Text:
-        """The bottom row: a ▲ under the cursor column."""
-        col = self.cursor_column()
-        return _line([(" ", None)] * (GUTTER + col) + [("▲", Style(bold=True))])
+    def watch_cursor(self, old: int, new: int) -> None:
+        """Repaint only what the cursor touches: the legend, the axis and the old and new cursor columns."""
+        width, height = self.size
+        columns = {int(column_of(row, self.n_rows, self.plot_width)) + GUTTER for row in (old, new)}
+        self.refresh(Region(0, 0, width, 1), Region(0, height - 1, width, 1),
+                     *(Region(x, 0, 1, height) for x in columns))
+
+    # ------------------------------------------------------------ drawing
+    def image(self) -> list[Strip]:
+        """The plot rows (gutter included), ``plot_height`` strips; drawn once per payload and size."""
+        raise NotImplementedError
+
+    def legend(self, column: int) -> Strip:
+        """The top row, for the cursor in ``column``."""
+        raise NotImplementedError
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        if self.payload is None:
+            return strip([(self.note if y == 0 else "", DIM)]).adjust_cell_length(width)
+        column = min(self.cursor_column(), self.plot_width - 1)
+        if y == 0:
+            return self.legend(column).adjust_cell_length(width)
+        if y == self.size.height - 1:
+            return strip([(" " * (GUTTER + column), None), ("▲", Style(bold=True))]).adjust_cell_length(width)
+        if self._image is None:
+            self._image = self.image()
+        if y - 1 >= len(self._image):
+            return Strip.blank(width)
+        x = GUTTER + column
+        left, middle, right = self._image[y - 1].adjust_cell_length(width).divide([x, x + 1, width])
+        return Strip.join([left, middle.apply_style(CURSOR), right])
 
     def on_click(self, event: events.Click) -> None:
         column = event.x - GUTTER
@@ -140,88 +178,90 @@ class TimePlot(StepPlot):
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), np.nan)
 
-    def render(self) -> Text:
-        series: list[Series] = self.payload or []
+    def render_line(self, y: int) -> Strip:
+        if self.payload == []:
+            return strip([("nothing recorded" if y == 0 else "", DIM)]).adjust_cell_length(self.size.width)
+        return super().render_line(y)
+
+    def legend(self, column: int) -> Strip:
+        cells: list[Cell] = []
+        for s in self.payload:
+            value = float(s.columns.last[min(column, s.columns.width - 1)])
+            cells += [("■ ", Style(color=s.color)), (f"{s.name} {fmt(value)}  ", None)]
+        return strip(cells)
+
+    def image(self) -> list[Strip]:
+        series: list[Series] = self.payload
         width, height = self.plot_width, self.plot_height
-        if not series:
-            return Text(self.note or "nothing recorded", style="dim")
-        col = self.cursor_column()
-        legend = Text(no_wrap=True, overflow="ellipsis")
-        for s in series:
-            legend.append("■ ", Style(color=s.color))
-            legend.append(f"{s.name} {fmt(float(s.columns.last[min(col, s.columns.width - 1)]))}  ")
         ys = [(self._y(s.columns.lo), self._y(s.columns.hi), self._y(s.columns.last)) for s in series]
-        finite = np.concatenate([np.concatenate(y)[np.isfinite(np.concatenate(y))] for y in ys])
+        every = np.concatenate([np.concatenate(y) for y in ys])
+        finite = every[np.isfinite(every)]
         lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
         min_span = 1.0 if self.log_scale else 1e-12  # at least a decade on a log axis: no magnified noise
         if hi - lo < min_span:
             mid = (hi + lo) / 2
             lo, hi = mid - max(min_span, 1.0) / 2, mid + max(min_span, 1.0) / 2
-        grid: list[list[tuple[str, Style | None]]] = [[(" ", None)] * width for _ in range(height)]
+        grid: list[list[Cell]] = [[(" ", None)] * width for _ in range(height)]
 
         def row(v: np.ndarray) -> np.ndarray:
-            return np.clip(np.round((hi - v) / (hi - lo) * (height - 1)), 0, height - 1)
+            return np.clip(np.round((hi - v) / (hi - lo) * (height - 1)), 0, height - 1).astype(int)
 
         for s, (ylo, yhi, ylast) in zip(series, ys, strict=True):
             style = Style(color=s.color)
             ok = np.isfinite(ylo) & np.isfinite(yhi) & np.isfinite(ylast)
-            top, bottom, last = row(np.where(ok, yhi, hi)), row(np.where(ok, ylo, hi)), row(np.where(ok, ylast, hi))
+            top, bottom, last = (row(np.where(ok, v, hi)) for v in (yhi, ylo, ylast))
             for c in np.flatnonzero(ok[:width]):
-                for r in range(int(top[c]), int(bottom[c]) + 1):
+                for r in range(top[c], bottom[c] + 1):
                     grid[r][c] = ("│", style)
-                grid[int(last[c])][c] = ("•", style)
+                grid[last[c]][c] = ("•", style)
         label = (lambda v: fmt(10**v)) if self.log_scale else fmt
-        lines = [legend]
-        for r, cells in enumerate(grid):
-            gutter = label(hi) if r == 0 else label(lo) if r == height - 1 else ""
-            cells[col] = (cells[col][0], (cells[col][1] or Style()) + CURSOR)
-            lines.append(_line([(f"{gutter:>{GUTTER - 1}} ", Style(dim=True))] + cells))
-        lines.append(self.axis())
-        return Text("\n", no_wrap=True).join(lines)
+        gutters = [label(hi) if r == 0 else label(lo) if r == height - 1 else "" for r in range(height)]
+        return [strip([(f"{g:>{GUTTER - 1}} ", DIM), *cells]) for g, cells in zip(gutters, grid, strict=True)]
 
 
-def _colormap(value: float) -> Color | None:
-    if not math.isfinite(value):
-        return None
-    x = min(max(value, 0.0), 1.0) * (len(VIRIDIS) - 1)
-    i = min(int(x), len(VIRIDIS) - 2)
-    a, b = Color.parse(VIRIDIS[i]).triplet, Color.parse(VIRIDIS[i + 1]).triplet
-    assert a is not None and b is not None
-    t = x - i
-    return Color.from_rgb(*(round(p + (q - p) * t) for p, q in zip(a, b, strict=True)))
+def colormap_styles() -> list[str]:
+    """``COLOR_LEVELS`` hex colours interpolated along :data:`VIRIDIS` (index 0 ↔ 0, last ↔ 1)."""
+    stops = np.array([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in VIRIDIS], dtype=np.float64)
+    x = np.linspace(0, len(VIRIDIS) - 1, COLOR_LEVELS)
+    rgb = np.stack([np.interp(x, np.arange(len(VIRIDIS)), stops[:, k]) for k in range(3)], axis=1)
+    return ["#{:02x}{:02x}{:02x}".format(*np.round(c).astype(int)) for c in rgb]
+
+
+COLORS = colormap_styles()
 
 
 class Heatmap(StepPlot):
     """Gate × step heatmap of values in [0, 1] (viridis), two gate bins per terminal row (▀ half blocks).
 
     Payload: ``(bins, plot_width)`` array from :func:`workstation.app.data.heatmap`, loaded with
-    ``gate_bins = 2 × plot_height``. The gutter names the first and last gate; the legend gives the scale and the
-    value range in the cursor column.
+    ``gate_bins = 2 × plot_height``; fewer gates than that are repeated to fill the height. The legend gives the
+    scale and the value range in the cursor's column.
     """
 
-    def render(self) -> Text:
-        matrix: np.ndarray | None = self.payload
-        if matrix is None:
-            return Text(self.note or "no gates recorded", style="dim")
-        col = min(self.cursor_column(), matrix.shape[1] - 1)
-        bins = matrix.shape[0]
-        at = matrix[:, col]
-        matrix = np.repeat(matrix, max(1, 2 * self.plot_height // bins), axis=0)  # few gates: fill the height
+    def legend(self, column: int) -> Strip:
+        at = self.payload[:, min(column, self.payload.shape[1] - 1)]
+        span = f"{fmt(float(np.nanmin(at)))}…{fmt(float(np.nanmax(at)))}" if np.isfinite(at).any() else "–"
+        return strip([("0 ", None), *((("█", Style(color=c))) for c in VIRIDIS), (f" 1   at cursor: {span}", None)])
+
+    def image(self) -> list[Strip]:
+        matrix: np.ndarray = self.payload
+        matrix = np.repeat(matrix, max(1, 2 * self.plot_height // matrix.shape[0]), axis=0)
         if matrix.shape[0] % 2:
             matrix = np.vstack([matrix, np.full((1, matrix.shape[1]), np.nan)])
-        colors = [[_colormap(v) for v in row] for row in matrix]
-        legend = Text(no_wrap=True, overflow="ellipsis")
-        legend.append("0 ")
-        for c in VIRIDIS:
-            legend.append("█", Style(color=c))
-        legend.append(" 1   cursor column: ")
-        legend.append(f"{fmt(float(np.nanmin(at)))}…{fmt(float(np.nanmax(at)))}" if np.isfinite(at).any() else "–")
-        lines = [legend]
+        level = np.where(np.isfinite(matrix), np.clip(np.nan_to_num(matrix), 0, 1) * (COLOR_LEVELS - 1), -1)
+        level = np.round(level).astype(int)
+        styles: dict[tuple[int, int], Style] = {}
+
+        def style(top: int, bottom: int) -> Style:
+            if (top, bottom) not in styles:
+                styles[top, bottom] = Style(color=COLORS[top] if top >= 0 else None,
+                                            bgcolor=COLORS[bottom] if bottom >= 0 else None)
+            return styles[top, bottom]
+
         n_lines = matrix.shape[0] // 2
+        out = []
         for r in range(n_lines):
-            gutter = f"gate {r * 2}" if r == 0 else "last" if r == n_lines - 1 else ""
-            cells = [("▀", Style(color=top, bgcolor=bottom)) for top, bottom in
-                     zip(colors[2 * r], colors[2 * r + 1], strict=True)]
-            lines.append(_line([(f"{gutter:>{GUTTER - 1}} ", Style(dim=True))] + cells))
-        lines.append(self.axis())
-        return Text("\n", no_wrap=True).join(lines)
+            gutter = "gate 0" if r == 0 else "last" if r == n_lines - 1 else ""
+            cells = [("▀", style(t, b)) for t, b in zip(level[2 * r], level[2 * r + 1], strict=True)]
+            out.append(strip([(f"{gutter:>{GUTTER - 1}} ", DIM), *cells]))
+        return out

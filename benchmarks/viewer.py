@@ -27,8 +27,19 @@ TARGETS = {"first_paint_s": 1.5, "cursor_step_ms": 50.0, "peak_rss_mb": 400.0}
 def make_recording(path: Path, n_steps: int, n_gates: int, block: int = 4096) -> None:
     """A collapsing run written block by block (memory stays at one block)."""
     from recorders.recording_format import (
-        EPOCH, LR, STEP, GateSetSpec, GroupSpec, Layout, PromptSpec, RecordingWriter, dsigmoid_from_logit,
-        gate_path, grad_norm_path, loss_path, prompt_path,
+        EPOCH,
+        LR,
+        STEP,
+        GateSetSpec,
+        GroupSpec,
+        Layout,
+        PromptSpec,
+        RecordingWriter,
+        dsigmoid_from_logit,
+        gate_path,
+        grad_norm_path,
+        loss_path,
+        prompt_path,
     )
 
     layout = Layout(loss_terms=("total", "ce"),
@@ -50,7 +61,8 @@ def make_recording(path: Path, n_steps: int, n_gates: int, block: int = 4096) ->
                 grad_norm_path("ctx"): np.linalg.norm(prompt_grad, axis=1),
                 grad_norm_path("gates"): np.linalg.norm(gate_grad, axis=1),
                 gate_path("ctx_gates", "logit"): logit, gate_path("ctx_gates", "value"): 1 / (1 + np.exp(-logit)),
-                gate_path("ctx_gates", "dsigmoid"): dsigmoid_from_logit(logit), gate_path("ctx_gates", "grad"): gate_grad,
+                gate_path("ctx_gates", "dsigmoid"): dsigmoid_from_logit(logit),
+                gate_path("ctx_gates", "grad"): gate_grad,
                 prompt_path("ctx", "grad_norm"): prompt_grad, prompt_path("ctx", "norm"): np.ones((n, n_gates), "f4"),
             })
             if start % 20000 == 0:

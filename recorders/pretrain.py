@@ -30,8 +30,8 @@ from recorders.world import CLASSES, DOMAINS, DOWNSTREAM_DOMAIN, HELD_OUT, SEEN,
 RECIPE_VERSION = "v1"  # bump whenever the recipe, the config or the world's renderer changes
 IMAGE_SIZE = 32
 CONTEXT_LENGTH = 24
-DEFAULT_STEPS = 300
-BATCH_SIZE = 128
+DEFAULT_STEPS = 400
+BATCH_SIZE = 64
 LEARNING_RATE = 2e-3
 WARMUP_STEPS = 30
 EVAL_IMAGES = 8  # per composition and domain
@@ -111,11 +111,12 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, labels: list, scal
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def zero_shot(model: CLIPModel, tokenizer: CLIPTokenizer, seed: int = 12345) -> dict[str, float]:
+def zero_shot(model: CLIPModel, tokenizer: CLIPTokenizer, images_per_class: int = EVAL_IMAGES,
+              seed: int = 12345) -> dict[str, float]:
     """Zero-shot accuracy, 36-way over all compositions with the matching domain's prompt
     ("a {domain} of a {class}."), averaged over domains: ``seen`` and ``held_out``; and in the downstream domain
     with the generic prompt "a photo of a {class}." (``downstream_generic``) vs the matching one
-    (``downstream_matched``)."""
+    (``downstream_matched``). ``images_per_class`` images per composition and domain."""
     rng = np.random.default_rng(seed)
     classes = list(CLASSES)
     correct: dict[str, list[bool]] = {"seen": [], "held_out": [], "downstream_generic": [], "downstream_matched": []}
@@ -123,8 +124,8 @@ def zero_shot(model: CLIPModel, tokenizer: CLIPTokenizer, seed: int = 12345) -> 
         generic = encode_texts(model, tokenizer, [f"a photo of a {c}." for c in classes])
         for domain, phrase in DOMAINS.items():
             prompts = encode_texts(model, tokenizer, [f"a {phrase} of a {c}." for c in classes])
-            scenes = [sample_scene(c, domain, rng) for c in classes for _ in range(EVAL_IMAGES)]
-            truth = np.repeat(np.arange(len(classes)), EVAL_IMAGES)
+            scenes = [sample_scene(c, domain, rng) for c in classes for _ in range(images_per_class)]
+            truth = np.repeat(np.arange(len(classes)), images_per_class)
             images = encode_scenes(model, scenes)
             hits = (images @ prompts.T).argmax(dim=1).numpy() == truth
             for hit, scene in zip(hits, scenes, strict=True):
@@ -136,7 +137,7 @@ def zero_shot(model: CLIPModel, tokenizer: CLIPTokenizer, seed: int = 12345) -> 
 
 
 def pretrain(out: Path, *, steps: int = DEFAULT_STEPS, seconds: float | None = None, seed: int = 0,
-             batch_size: int = BATCH_SIZE, show_progress: bool = True) -> dict:
+             batch_size: int = BATCH_SIZE, eval_images: int = EVAL_IMAGES, show_progress: bool = True) -> dict:
     """Pretrain the tiny CLIP for ``steps`` steps (stopping early after ``seconds`` if given), save it at ``out``
     and return its metrics (zero-shot accuracies, steps done, seconds, parameter count, checkpoint bytes)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -178,7 +179,7 @@ def pretrain(out: Path, *, steps: int = DEFAULT_STEPS, seconds: float | None = N
                      "batch_size": batch_size, "train_seconds": round(train_seconds, 1),
                      "parameters": sum(p.numel() for p in model.parameters()), "held_out": list(HELD_OUT),
                      "chance": 1 / len(CLASSES)}
-    metrics["zero_shot"] = zero_shot(model, tokenizer)
+    metrics["zero_shot"] = zero_shot(model, tokenizer, eval_images)
     save_checkpoint(model, tokenizer, out, metrics)
     metrics["checkpoint_bytes"] = sum(p.stat().st_size for p in out.iterdir())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

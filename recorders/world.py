@@ -71,8 +71,8 @@ WORDS: tuple[str, ...] = tuple(sorted({w for text in (*TEMPLATES, *DOMAINS.value
 
 @dataclass(frozen=True)
 class Scene:
-    """Everything that determines one image. Geometry is in units of the image side: ``radius`` in [0.22, 0.42],
-    ``centre`` in [radius, 1 - radius]², ``angle`` in degrees; ``seed`` drives texture and noise."""
+    """Everything that determines one image. Geometry is in units of the image side: ``radius`` in [0.28, 0.44],
+    ``centre`` in [0.4, 0.6]², ``angle`` in [-20, 20] degrees; ``seed`` drives colour jitter, texture and noise."""
 
     colour: str
     shape: str
@@ -89,15 +89,15 @@ class Scene:
     @property
     def size_word(self) -> str | None:
         """``"small"``/``"large"`` for the smallest/largest third of radii, else None."""
-        return "small" if self.radius < 0.29 else "large" if self.radius > 0.35 else None
+        return "small" if self.radius < 0.33 else "large" if self.radius > 0.39 else None
 
 
 def sample_scene(classname: str, domain: str, rng: np.random.Generator) -> Scene:
     """A random scene of composition ``classname`` ("<colour> <shape>") in ``domain``."""
     colour, shape = classname.split(" ")
-    radius = float(rng.uniform(0.22, 0.42))
-    centre = (float(rng.uniform(radius, 1 - radius)), float(rng.uniform(radius, 1 - radius)))
-    return Scene(colour, shape, domain, radius, centre, float(rng.uniform(-30, 30)), int(rng.integers(2**31)))
+    radius = float(rng.uniform(0.28, 0.44))
+    centre = (float(rng.uniform(0.4, 0.6)), float(rng.uniform(0.4, 0.6)))
+    return Scene(colour, shape, domain, radius, centre, float(rng.uniform(-20, 20)), int(rng.integers(2**31)))
 
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:

@@ -29,7 +29,8 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A built-in checkpoint made through the CLI with a tiny budget (a few steps), like `ws backbone pretrain`."""
     out = tmp_path_factory.mktemp("pretrained")
     result = subprocess.run([sys.executable, "-m", "workstation", "backbone", "pretrain", "--out", str(out),
-                             "--steps", "4", "--batch-size", "16"], capture_output=True, text=True, timeout=300)
+                             "--steps", "4", "--batch-size", "16", "--eval-images", "1"],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "zero-shot" in result.stdout and "held-out" in result.stdout
     return out

@@ -13,12 +13,13 @@ app = typer.Typer(help="Build and check CLIP backbones (the built-in tiny CLIP, 
 
 @app.command("pretrain")
 def pretrain(
-    out: Annotated[Path | None, typer.Option(help="Checkpoint directory [default: the built-in cache, "
-                                                  "$WS_CACHE/backbones/builtin-<recipe> or ~/.cache/ws/...].")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Training steps (the recipe's default makes `builtin`).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint directory (default: the built-in cache, "
+                                                  "$WS_CACHE/backbones/builtin-<recipe>, ~/.cache/ws unset).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: the recipe's).")] = None,
     seconds: Annotated[float | None, typer.Option(min=0, help="Stop early after this many seconds.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the recipe (weights and data stream).")] = 0,
-    batch_size: Annotated[int, typer.Option(min=2, help="Images (and captions) per step.")] = 0,
+    batch_size: Annotated[int | None, typer.Option(min=2, help="Images (and captions) per step.")] = None,
+    eval_images: Annotated[int | None, typer.Option(min=1, help="Zero-shot test images per class and domain.")] = None,
 ) -> None:
     """Pretrain the tiny CLIP on the built-in world and save it in the Hugging Face layout, with metrics.json."""
     from recorders import pretrain as recipe
@@ -26,7 +27,8 @@ def pretrain(
 
     directory = out if out is not None else builtin_dir()
     metrics = recipe.pretrain(directory, steps=steps or recipe.DEFAULT_STEPS, seconds=seconds, seed=seed,
-                              batch_size=batch_size or recipe.BATCH_SIZE)
+                              batch_size=batch_size or recipe.BATCH_SIZE,
+                              eval_images=eval_images or recipe.EVAL_IMAGES)
     accuracy = metrics["zero_shot"]
     typer.echo(f"saved {directory} ({metrics['checkpoint_bytes'] / 1e6:.1f} MB, {metrics['parameters']:,} "
                f"parameters, {metrics['steps']} steps in {metrics['train_seconds']:.0f} s)")

@@ -15,6 +15,7 @@ def view(
     compare: bool = typer.Option(False, "--compare", "-c", help="open 2–4 recordings side by side"),
     sync: str = typer.Option("step", help="compare cursor sync: 'step' or 'fraction' of training"),
     refresh: float = typer.Option(1.0, help="seconds between refreshes of running recordings"),
+    theme: str = typer.Option("textual-dark", help="Textual theme, e.g. textual-dark, textual-light, nord"),
 ) -> None:
     """Replay recordings in the terminal: step through a run, compare variants, test across seeds."""
     if sync not in ("step", "fraction"):
@@ -28,4 +29,8 @@ def view(
         raise ConfigError(f"--compare takes 2 to 4 recordings, got {len(found)}")
     from workstation.app.app import WsApp
 
-    WsApp(found, compare=compare, sync=sync, live_interval=refresh).run()
+    app = WsApp(found, compare=compare, sync=sync, live_interval=refresh)
+    if theme not in app.available_themes:
+        raise ConfigError(f"unknown theme {theme!r}; use one of {', '.join(sorted(app.available_themes))}")
+    app.theme = theme
+    app.run()

@@ -53,7 +53,7 @@ class GateBars(ScrollView, can_focus=True):
         value, dsig = float(self.gates["value"][i]), float(self.gates["dsigmoid"][i])
         label = f"{self.labels[i][:6]:>6} "
         extra = f"  g {float(self.gates['logit'][i]):+.2f}  ∂L/∂g {float(self.gates['grad'][i]):+.1e}"
-        fixed = len(label) + 7 + 4 + 9
+        fixed = len(label) + len(" 0.000 σ' ") + len(" 0.00e+00")
         if width - fixed - len(extra) < 24:
             extra = ""
         room = max(6, width - fixed - len(extra))
@@ -67,7 +67,7 @@ class GateBars(ScrollView, can_focus=True):
         ]
 
     def render_line(self, y: int) -> Strip:
-        width = self.size.width
+        width = self.scrollable_content_region.width  # without the scrollbar
         i = y + int(self.scroll_offset.y)
         if not self.gates or i >= len(self.labels):
             return Strip.blank(width)

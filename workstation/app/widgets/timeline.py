@@ -40,10 +40,11 @@ class Timeline(Widget):
         for m in self.markers:
             cells[int(column_of(m.row, self.n_rows, width))] = GLYPHS.get(m.kind, OTHER)
         cells[int(column_of(self.cursor, self.n_rows, width))] = ("█", Style(bold=True))
-        bar = Text(no_wrap=True, overflow="crop")
+        status = self.status if len(self.status) <= width else self.status[: width - 1] + "…"
+        text = Text(f"{status}\n", no_wrap=True, overflow="crop")  # never wraps: the bar stays on row 2
         for char, style in cells:
-            bar.append(char, style)
-        return Text(self.status, no_wrap=True, overflow="ellipsis") + Text("\n") + bar
+            text.append(char, style)
+        return text
 
     def on_click(self, event: events.Click) -> None:
         if self.n_rows:

@@ -23,13 +23,17 @@ D, DV, E = 128, 192, 128  # tiny CLIP widths: text, vision, joint
 J = 3  # MaPLe depth 9 clipped to the tiny model's 3 layers
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory):
+def random_backbone(tmp_path_factory: pytest.TempPathFactory):
     """A frozen random-init tiny CLIP with the world tokenizer, on CPU."""
     from recorders.backbone import load_backbone
     from recorders.pretrain import random_checkpoint
 
     return load_backbone(str(random_checkpoint(tmp_path_factory.mktemp("tiny-clip"), seed=0)), "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory):
+    return random_backbone(tmp_path_factory)
 
 
 def make(backbone, method: str, **overrides):

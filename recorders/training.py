@@ -398,7 +398,7 @@ class _progress:
             assert self.bar is not None
             fields = {}
             if step % 25 == 0 or step == self.total:
-                fields["loss"] = f"{float(loss):.4f}"
+                fields["loss"] = f"{loss.item():.4f}"
                 fields["rate"] = self.bar.tasks[0].speed or 0.0
             self.bar.update(task, completed=step, **fields)
 

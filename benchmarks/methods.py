@@ -1,0 +1,236 @@
+"""Speed of the methods: step time, batched vs looped CoCoOp, cost of full per-step recording.
+
+    python benchmarks/methods.py [--backbone builtin|DIR] [--steps 20] [--device cpu|cuda]
+
+1. Step time (forward + backward + SGD step) of every method at its preset batch size on the backbone, with
+   the 18 base classes of the built-in world (feature methods get random cached-style features, the MaPLe family
+   random pixels).
+2. CoCoOp at batch 8: the batched text forward (B × C prompts at once) against the reference's per-image loop
+   (one text forward per image); prints the speed-up (target >= 5x) and the loss difference (target <= 1e-5).
+3. ``adaptive-bimaple``: median step time with every per-step series recorded (probe + writer) over without,
+   alternating (target <= 1.05).
+4. With ``--device cuda``: a random-init ViT-B/16 CLIP with 100 classes, 50 steps of ``coop-gating``,
+   ``cocoop-gating`` and ``adaptive-bimaple`` in bf16: step time, peak memory, recording overhead ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from recorders.backbone import Backbone, load_backbone
+from recorders.config import METHODS, build_config
+from recorders.methods.registry import build_method
+from recorders.probes import watch
+from recorders.recording_format import RecordingWriter
+from recorders.training import loss_terms, make_optimizer
+
+WORLD_BASE = 18
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batch(method, backbone: Backbone, batch: int, n_classes: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    if method.needs_pixels:
+        x = torch.randn(batch, 3, backbone.image_size, backbone.image_size, generator=g)
+    else:
+        x = torch.randn(batch, backbone.embed_dim, generator=g)
+    return x.to(backbone.device), torch.randint(n_classes, (batch,), generator=g).to(backbone.device)
+
+
+class Stepper:
+    """One method, one fixed batch, one optimiser; ``step(probe)`` runs a full training step."""
+
+    def __init__(self, backbone: Backbone, name: str, classnames: list[str], batch: int | None = None) -> None:
+        cfg = build_config([("method", name)])
+        self.cfg = cfg if batch is None else replace(cfg, batch_size=batch)
+        self.backbone = backbone
+        self.method = build_method(self.cfg, backbone)
+        self.classes = self.method.encode_classes(classnames)
+        self.x, self.y = _batch(self.method, backbone, self.cfg.batch_size, len(classnames))
+        self.optimizer = make_optimizer(self.method, self.cfg)
+        self.n = 0
+
+    def step(self, probe=None) -> None:
+        with self.backbone.autocast():
+            out = self.method(self.x, self.classes)
+        losses = {"ce": F.cross_entropy(out.logits.float(), self.y), **out.terms}
+        losses["total"] = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if probe is not None:
+            probe.after_backward(self.n, 0, self.cfg.lr, losses)
+        self.optimizer.step()
+        self.n += 1
+
+    def seconds_per_step(self, steps: int, probe=None) -> float:
+        self.step(probe)  # warm-up
+        _sync(self.backbone.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step(probe)
+        _sync(self.backbone.device)
+        return (time.perf_counter() - start) / steps
+
+
+def step_times(backbone: Backbone, classnames: list[str], steps: int) -> None:
+    print(f"1. step time per method ({len(classnames)} classes, preset batch sizes, {backbone.device})")
+    for name in METHODS:
+        s = Stepper(backbone, name, classnames)
+        t = s.seconds_per_step(steps)
+        print(
+            f"   {name:<17} batch {s.cfg.batch_size:>3}: {t * 1e3:8.1f} ms/step  ({s.method.n_trainable():,} trainable)"
+        )
+
+
+def cocoop_batched_vs_loop(backbone: Backbone, classnames: list[str], repeats: int) -> None:
+    s = Stepper(backbone, "cocoop", classnames, batch=8)
+    m, classes = s.method, s.classes
+
+    def batched() -> torch.Tensor:
+        return F.cross_entropy(m(s.x, classes).logits, s.y)
+
+    def looped() -> torch.Tensor:  # the reference: a Python loop, one text forward per image
+        image = F.normalize(s.x.float(), dim=-1)
+        ctx, _ = m.instance_context(image)
+        logits = torch.stack(
+            [m.logit_scale() * image[b] @ m.text_features(classes, ctx[b]).T for b in range(len(image))]
+        )
+        return F.cross_entropy(logits, s.y)
+
+    times = {}
+    losses = {}
+    for name, fn in (("batched", batched), ("loop", looped)):
+        fn().backward()
+        samples = []
+        for _ in range(repeats):
+            _sync(backbone.device)
+            start = time.perf_counter()
+            loss = fn()
+            loss.backward()
+            _sync(backbone.device)
+            samples.append(time.perf_counter() - start)
+        times[name], losses[name] = statistics.median(samples), float(loss.detach())
+    print("2. CoCoOp at batch 8, forward + backward")
+    print(
+        f"   batched {times['batched'] * 1e3:.1f} ms, per-image loop {times['loop'] * 1e3:.1f} ms: "
+        f"{times['loop'] / times['batched']:.1f}x faster (target >= 5x); "
+        f"|loss difference| {abs(losses['batched'] - losses['loop']):.2e} (target <= 1e-5)"
+    )
+
+
+def recording_overhead(
+    backbone: Backbone, classnames: list[str], name: str, steps: int, repeats: int
+) -> tuple[float, float, float]:
+    """Median seconds/step without and with full recording, and their ratio (alternating runs)."""
+    s = Stepper(backbone, name, classnames)
+    tensors = {k: (p, 50) for k, p in s.method.strided_tensors().items()}
+    probe = watch(
+        s.method, s.optimizer, prompts=s.method.prompt_params(), loss_terms=loss_terms(s.method), tensors=tensors
+    )
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        RecordingWriter(
+            Path(tmp) / "bench.h5",
+            probe.layout,
+            config=s.cfg.to_dict(),
+            method=name,
+            seed=0,
+            device=str(backbone.device),
+        ) as writer,
+    ):
+        probe.attach(writer)
+        plain, recorded = [], []
+        for _ in range(repeats):
+            plain.append(s.seconds_per_step(steps))
+            recorded.append(s.seconds_per_step(steps, probe))
+        probe.close()
+    a, b = statistics.median(plain), statistics.median(recorded)
+    return a, b, b / a
+
+
+def vit_b16(device: torch.device) -> Backbone:
+    """A random-init CLIP ViT-B/16 (transformers' default CLIPConfig with patch 16) on ``device``, bf16 autocast."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from recorders.tokenizer import build_tokenizer
+
+    words = [f"class{i}" for i in range(100)]
+    tokenizer = build_tokenizer(["a", "photo", "of", *words], 77)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "pad_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={"patch_size": 16, "image_size": 224},
+        projection_dim=512,
+    )
+    model = CLIPModel(config).eval().requires_grad_(False).to(device)
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        name="random-vit-b16",
+        fingerprint="random",
+        device=device,
+        autocast_dtype=torch.bfloat16,
+        image_size=224,
+        image_mean=(0.48145466, 0.4578275, 0.40821073),
+        image_std=(0.26862954, 0.26130258, 0.27577711),
+        text_width=512,
+        vision_width=768,
+        embed_dim=512,
+        context_length=77,
+    )
+
+
+def gpu_section(device: torch.device) -> None:
+    backbone = vit_b16(device)
+    classnames = [f"class{i}" for i in range(100)]
+    print("4. random-init ViT-B/16, 100 classes, bf16, 50 steps")
+    for name in ("coop-gating", "cocoop-gating", "adaptive-bimaple"):
+        torch.cuda.reset_peak_memory_stats(device)
+        a, b, ratio = recording_overhead(backbone, classnames, name, steps=50, repeats=1)
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        print(
+            f"   {name:<17}: {a * 1e3:.1f} ms/step plain, {b * 1e3:.1f} ms/step recorded, ratio {ratio:.3f}, "
+            f"peak {peak:.2f} GiB"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="builtin")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    backbone = load_backbone(args.backbone, args.device)
+    from recorders.world import load_world
+
+    classnames = load_world().classnames[:WORLD_BASE]
+    step_times(backbone, classnames, args.steps)
+    cocoop_batched_vs_loop(backbone, classnames, args.repeats)
+    a, b, ratio = recording_overhead(backbone, classnames, "adaptive-bimaple", args.steps, args.repeats)
+    print(
+        f"3. adaptive-bimaple full recording: {a * 1e3:.1f} → {b * 1e3:.1f} ms/step, ratio {ratio:.3f} (target <= 1.05)"
+    )
+    if backbone.device.type == "cuda":
+        gpu_section(backbone.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -117,13 +118,14 @@ def compute_features(
 
     jobs = [(i, v) for i in range(len(items)) for v in range(views)]
     augment = isinstance(transform, TrainTransform)
+    load = functools.lru_cache(maxsize=batch_size)(load_image)  # decode each item once for all its views
     out = np.empty((len(jobs), backbone.embed_dim), dtype=np.float32)
     model = backbone.model
     with _progress(progress, len(jobs)) as advance, torch.inference_mode():
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start : start + batch_size]
             rngs = [np.random.default_rng([seed, i, v]) for i, v in batch] if augment else None
-            pixels = load_batch([items[i] for i, _ in batch], load_image, transform, rngs)
+            pixels = load_batch([items[i] for i, _ in batch], load, transform, rngs)
             with backbone.autocast():
                 feats = image_features(model, pixels.to(backbone.device))
             out[start : start + len(batch)] = feats.float().cpu().numpy()

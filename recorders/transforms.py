@@ -109,9 +109,9 @@ def random_resized_crop_box(
 
 def to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """An RGB image ``(H, W)`` as a float32 tensor ``(3, H, W)`` of ``(pixel / 255 - mean) / std``."""
-    x = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    x = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    normalised = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
 
 def load_batch(
@@ -126,23 +126,24 @@ def load_batch(
 
     A :class:`TrainTransform` needs one generator per item in ``rngs``; a :class:`EvalTransform` takes none.
     """
-    if isinstance(transform, TrainTransform):
-        if rngs is None or len(rngs) != len(items):
-            raise ValueError("a training transform needs one numpy Generator per item in rngs")
-        jobs: list[Callable[[], torch.Tensor]] = [
-            lambda item=item, rng=rng: transform(load_image(item), rng)
-            for item, rng in zip(items, rngs, strict=True)
-        ]
-    else:
-        jobs = [lambda item=item: transform(load_image(item)) for item in items]
-    if not jobs:
+    if isinstance(transform, TrainTransform) and (rngs is None or len(rngs) != len(items)):
+        raise ValueError("a training transform needs one numpy Generator per item in rngs")
+
+    def work(k: int) -> torch.Tensor:
+        image = load_image(items[k])
+        if isinstance(transform, TrainTransform):
+            assert rngs is not None
+            return transform(image, rngs[k])
+        return transform(image)
+
+    if not items:
         s = transform.image_size
         return torch.empty(0, 3, s, s)
-    n_workers = min(len(jobs), workers or min(4, os.cpu_count() or 1))
+    n_workers = min(len(items), workers or min(4, os.cpu_count() or 1))
     if n_workers <= 1:
-        return torch.stack([job() for job in jobs])
+        return torch.stack([work(k) for k in range(len(items))])
     with ThreadPoolExecutor(n_workers) as pool:
-        return torch.stack(list(pool.map(lambda job: job(), jobs)))
+        return torch.stack(list(pool.map(work, range(len(items)))))
 
 
 def _triple(values: Sequence[float]) -> tuple[float, float, float]:

@@ -491,11 +491,14 @@ class Recording:
         f = _open_h5(p)
         try:
             layout = _validate(p, f)
+            rec = cls(path=p, _file=f, layout=layout)
+            rec.refresh()
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            f.close()
+            raise _corrupt(p, exc) from None
         except BaseException:
             f.close()
             raise
-        rec = cls(path=p, _file=f, layout=layout)
-        rec.refresh()
         return rec
 
     # ------------------------------------------------------------------ attributes
@@ -643,19 +646,42 @@ class Recording:
         self.close()
 
 
+def _corrupt(p: Path, exc: BaseException | str) -> RecordingError:
+    reason = str(exc).split("(")[0].strip().rstrip(":") or "unreadable"
+    return RecordingError(f"{p}: truncated or corrupt HDF5 file ({reason}); "
+                          "re-record the run or restore it from a copy")
+
+
 def _open_h5(p: Path) -> h5py.File:
-    """Open for reading, in SWMR mode when the file was written that way; errors become one line."""
-    try:
-        return h5py.File(p, "r", swmr=True, libver="latest")
-    except OSError:
-        pass
+    """Open for reading; errors become one line.
+
+    A plain open comes first because only it checks the file's end against the size HDF5 recorded (in SWMR mode
+    a truncated file opens and then every metadata read retries for minutes). Files still being written, or left
+    by a killed writer, refuse a plain open (their consistency flags are set) and open in SWMR mode.
+    """
     try:
         return h5py.File(p, "r")
     except OSError as exc:
-        reason = str(exc).split("(")[0].strip().rstrip(":") or "unreadable"
-        raise RecordingError(
-            f"{p}: truncated or corrupt HDF5 file ({reason}); re-record the run or restore it from a copy"
-        ) from None
+        stored = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(exc))
+        if stored:
+            raise _corrupt(p, f"{stored[1]} of {stored[2]} bytes") from None
+        plain_error = exc
+    stored_eof = _stored_eof(p)
+    if stored_eof is not None and p.stat().st_size < stored_eof:
+        raise _corrupt(p, f"{p.stat().st_size} of {stored_eof} bytes")
+    try:
+        return h5py.File(p, "r", swmr=True, libver="latest")
+    except OSError:
+        raise _corrupt(p, plain_error) from None
+
+
+def _stored_eof(p: Path) -> int | None:
+    """The end-of-file address a version 2/3 superblock at offset 0 records (what libver="latest" writes)."""
+    with p.open("rb") as fh:
+        head = fh.read(48)
+    if len(head) < 48 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[9] != 8:
+        return None
+    return int.from_bytes(head[28:36], "little")  # signature, version, sizes, flags, base and extension addresses
 
 
 def _validate(p: Path, f: h5py.File) -> Layout:

@@ -22,7 +22,9 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +38,9 @@ from recorders.gates import find_gates
 from recorders.methods.base import ClassPrompts, ParamGroup, PromptMethod
 from recorders.methods.registry import build_method
 from recorders.recording_format import RecordingWriter, harmonic_mean
+
+if TYPE_CHECKING:
+    from recorders.backbone import Backbone
 
 #: Parameters larger than this store their full gradient proportionally less often than ``tensor_stride``.
 TENSOR_BUDGET = 16384
@@ -150,17 +155,19 @@ def prepare_data(
         return data
     from recorders.feature_cache import cached_features
 
-    common = {
-        "cache_dir": cache_dir,
-        "dataset_fingerprint": task.dataset.fingerprint,
-        "batch_size": cfg.eval_batch_size,
-        "progress": progress,
-        "seed": cfg.seed,
-    }
-    load = task.dataset.load_image
-    data.train_features = cached_features(method.backbone, task.train, load, kind="train", views=cfg.views, **common)
+    features = partial(
+        cached_features,
+        method.backbone,
+        load_image=task.dataset.load_image,
+        seed=cfg.seed,
+        cache_dir=cache_dir,
+        dataset_fingerprint=task.dataset.fingerprint,
+        batch_size=cfg.eval_batch_size,
+        progress=progress,
+    )
+    data.train_features = features(task.train, kind="train", views=cfg.views)
     for half, items in (("base", task.test_base), ("novel", task.test_novel)):
-        data.test_features[half] = cached_features(method.backbone, items, load, kind="test", views=1, **common)
+        data.test_features[half] = features(items, kind="test", views=1)
     return data
 
 
@@ -256,7 +263,9 @@ class Run:
     path: Path
 
 
-def build_run(cfg: Config, *, backbone=None, task: FewShotTask | None = None, cache_dir: Path | None = None) -> Run:
+def build_run(
+    cfg: Config, *, backbone: Backbone | None = None, task: FewShotTask | None = None, cache_dir: Path | None = None
+) -> Run:
     """Validate ``cfg``, load the backbone and the task (unless given) and build the method; writes nothing."""
     cfg.validate()
     if cfg.warmup_epochs >= cfg.epochs:
@@ -396,7 +405,7 @@ class _progress:
 
         def advance(step: int, loss: torch.Tensor) -> None:
             assert self.bar is not None
-            fields = {}
+            fields: dict[str, Any] = {}
             if step % 25 == 0 or step == self.total:
                 fields["loss"] = f"{loss.item():.4f}"
                 fields["rate"] = self.bar.tasks[0].speed or 0.0
@@ -409,7 +418,7 @@ class _progress:
             self.bar.stop()
 
 
-def describe(cfg: Config, backbone) -> list[ParamGroup]:
+def describe(cfg: Config, backbone: Backbone) -> list[ParamGroup]:
     """Trainable groups of ``cfg``'s method on ``backbone`` (for ``--dry-run``)."""
     seed_everything(cfg.seed)
     return build_method(cfg, backbone).groups()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,11 @@ from torch import nn
 from recorders.config import Config
 from recorders.errors import ConfigError
 from recorders.gates import Gate
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
+
+    from recorders.backbone import Backbone
 
 
 @dataclass
@@ -105,7 +110,7 @@ class PromptMethod(nn.Module):
     needs_pixels: ClassVar[bool] = False
     gated: ClassVar[bool] = False
 
-    def __init__(self, backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.cfg = cfg
@@ -114,7 +119,7 @@ class PromptMethod(nn.Module):
 
     # ------------------------------------------------------------------ prompts
     @property
-    def clip(self) -> nn.Module:
+    def clip(self) -> CLIPModel:
         return self.backbone.model
 
     def _init_tokens(self) -> torch.Tensor:
@@ -136,10 +141,10 @@ class PromptMethod(nn.Module):
                 f"ctx_init {self.cfg.ctx_init!r} has {len(tokens)} tokens but n_ctx = {self.n_ctx}; "
                 'use a longer ctx_init, a smaller n_ctx, or ctx_init = "" for random init'
             )
+        from recorders.clip_paths import token_embeddings
+
         with torch.no_grad():
-            embeds = self.clip.text_model.embeddings.token_embedding(
-                tokens[: self.n_ctx].to(self.backbone.device)
-            )
+            embeds = token_embeddings(self.clip, tokens[None, : self.n_ctx])[0]
         return embeds.detach().float().cpu().clone()
 
     def encode_classes(self, names: Sequence[str]) -> ClassPrompts:
@@ -188,9 +193,7 @@ class PromptMethod(nn.Module):
         from recorders.clip_paths import text_features
 
         ids = classes.input_ids if ctx.dim() == 2 else classes.input_ids.repeat(ctx.shape[0], 1)
-        feats = text_features(
-            self.clip, self.splice(classes, ctx), ids, deep_prompts=deep_prompts, prompt_start=1
-        )
+        feats = text_features(self.clip, self.splice(classes, ctx), ids, deep_prompts=deep_prompts, prompt_start=1)
         if ctx.dim() == 3:
             feats = feats.view(ctx.shape[0], len(classes), -1)
         return F.normalize(feats.float(), dim=-1)
@@ -213,9 +216,7 @@ class PromptMethod(nn.Module):
         """A :class:`Gate`, or its variant: a :class:`PlainScale` (``param-matched``) or a frozen gate."""
         if self.cfg.variant == "param-matched":
             return PlainScale(n, "instance" if kind == "instance" else "static", feature_dim, self.generator)
-        gate = Gate(
-            n, kind, init=self.cfg.gate_init, feature_dim=feature_dim, prompt=prompt, generator=self.generator
-        )
+        gate = Gate(n, kind, init=self.cfg.gate_init, feature_dim=feature_dim, prompt=prompt, generator=self.generator)
         gate.equilibrium = self.cfg.grad_equilibrium
         if self.cfg.variant == "always-frozen":
             gate.requires_grad_(False)
@@ -225,9 +226,7 @@ class PromptMethod(nn.Module):
         """``entropy``: λ·mean binary entropy of the gate values when ``gate_entropy`` is set (gates only)."""
         if not self.cfg.gate_entropy or self.cfg.variant == "param-matched":
             return {}
-        return {
-            "entropy": self.cfg.gate_entropy * torch.stack([binary_entropy(v.float()) for v in values]).mean()
-        }
+        return {"entropy": self.cfg.gate_entropy * torch.stack([binary_entropy(v.float()) for v in values]).mean()}
 
     def gate_group_name(self) -> tuple[str, str]:
         """Group name and role that hold gate(-replacement) parameters under the current variant."""
@@ -259,11 +258,7 @@ class PromptMethod(nn.Module):
 
     def extra_losses(self) -> tuple[str, ...]:
         """Names of the loss terms :meth:`forward` may return besides ``ce`` (fixed per configuration)."""
-        return (
-            ("entropy",)
-            if self.gated and self.cfg.gate_entropy and self.cfg.variant != "param-matched"
-            else ()
-        )
+        return ("entropy",) if self.gated and self.cfg.gate_entropy and self.cfg.variant != "param-matched" else ()
 
     def forward(self, inputs: torch.Tensor, classes: ClassPrompts) -> MethodOutput:
         raise NotImplementedError

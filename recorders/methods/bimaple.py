@@ -12,24 +12,29 @@ gates become plain scales and their regularisers are dropped.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from recorders.methods.maple import MaPLe
 
+if TYPE_CHECKING:
+    from recorders.backbone import Backbone
+    from recorders.config import Config
+
 
 class BiMaPLe(MaPLe):
     name = "bimaple"
 
-    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         width, vision = backbone.text_width, backbone.vision_width
         self.coupling_back = nn.ModuleList(nn.Linear(vision, width) for _ in range(self.depth))
 
     def coupling_terms(self, text: list[torch.Tensor], vision: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         errors = [
-            (back(v) - p).pow(2).sum(-1).mean()
-            for back, v, p in zip(self.coupling_back, vision, text, strict=True)
+            (back(v) - p).pow(2).sum(-1).mean() for back, v, p in zip(self.coupling_back, vision, text, strict=True)
         ]
         return {"cyc": self.cfg.lambda_cyc * torch.stack(errors).mean()}
 
@@ -50,7 +55,7 @@ class AdaptiveBiMaPLe(BiMaPLe):
     name = "adaptive-bimaple"
     gated = True
 
-    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.length_gates = nn.ModuleList(
             self.make_gate(self.n_ctx, "length", prompt=f"text{d}") for d in range(self.depth)

@@ -7,23 +7,27 @@ Python loop over images as in the reference. Trainable: ``ctx`` ``(n_ctx, D_text
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from recorders.methods.base import ClassPrompts, MethodOutput, PromptMethod
 
+if TYPE_CHECKING:
+    from recorders.backbone import Backbone
+    from recorders.config import Config
+
 
 class CoCoOp(PromptMethod):
     name = "cocoop"
 
-    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.ctx = nn.Parameter(self.init_context())
         embed, width = backbone.embed_dim, backbone.text_width
         hidden = max(1, embed // 16)
-        self.meta_net = nn.Sequential(
-            nn.Linear(embed, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width)
-        )
+        self.meta_net = nn.Sequential(nn.Linear(embed, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
 
     def instance_context(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-image context ``(B, n_ctx, D_text)`` from normalised image features ``(B, E)``, and terms."""

@@ -7,17 +7,23 @@ the gate's linear map ``(E → n_ctx)``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from recorders.methods.cocoop import CoCoOp
+
+if TYPE_CHECKING:
+    from recorders.backbone import Backbone
+    from recorders.config import Config
 
 
 class CoCoOpGating(CoCoOp):
     name = "cocoop-gating"
     gated = True
 
-    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.gate = self.make_gate(self.n_ctx, "instance", prompt="ctx", feature_dim=backbone.embed_dim)
 

@@ -5,16 +5,22 @@ Trainable: ``ctx`` ``(n_ctx, D_text)``. Image features come from the frozen enco
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from recorders.methods.base import ClassPrompts, MethodOutput, PromptMethod
 
+if TYPE_CHECKING:
+    from recorders.backbone import Backbone
+    from recorders.config import Config
+
 
 class CoOp(PromptMethod):
     name = "coop"
 
-    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.ctx = nn.Parameter(self.init_context())
 

@@ -5,17 +5,23 @@ Trainable: ``ctx`` ``(n_ctx, D_text)`` and the length gate's logits ``(n_ctx,)``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from recorders.methods.coop import CoOp
+
+if TYPE_CHECKING:
+    from recorders.backbone import Backbone
+    from recorders.config import Config
 
 
 class CoOpGating(CoOp):
     name = "coop-gating"
     gated = True
 
-    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.gate = self.make_gate(self.n_ctx, "length", prompt="ctx")
 

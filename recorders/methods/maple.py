@@ -10,25 +10,29 @@ vision forward (pixel inputs).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from recorders.methods.base import ClassPrompts, MethodOutput, PromptMethod
 
+if TYPE_CHECKING:
+    from recorders.backbone import Backbone
+    from recorders.config import Config
 
-def prompt_depth(backbone, requested: int) -> int:
+
+def prompt_depth(backbone: Backbone, requested: int) -> int:
     """J clipped to the number of layers of both encoders."""
-    config = backbone.model.config
-    return max(
-        1, min(requested, config.text_config.num_hidden_layers, config.vision_config.num_hidden_layers)
-    )
+    model = backbone.model
+    return max(1, min(requested, len(model.text_model.encoder.layers), len(model.vision_model.encoder.layers)))
 
 
 class MaPLe(PromptMethod):
     name = "maple"
     needs_pixels = True
 
-    def __init__(self, backbone, cfg, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.depth = prompt_depth(backbone, cfg.prompt_depth)
         width, vision = backbone.text_width, backbone.vision_width

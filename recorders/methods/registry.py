@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from recorders.config import Config
@@ -12,6 +14,9 @@ from recorders.methods.cocoop_gating import CoCoOpGating
 from recorders.methods.coop import CoOp
 from recorders.methods.coop_gating import CoOpGating
 from recorders.methods.maple import MaPLe
+
+if TYPE_CHECKING:
+    from recorders.backbone import Backbone
 
 METHODS: dict[str, type[PromptMethod]] = {
     "coop": CoOp,
@@ -24,7 +29,7 @@ METHODS: dict[str, type[PromptMethod]] = {
 }
 
 
-def build_method(cfg: Config, backbone) -> PromptMethod:
+def build_method(cfg: Config, backbone: Backbone) -> PromptMethod:
     """The method ``cfg.method`` on ``backbone``, its parameters on the backbone's device.
 
     Random initialisation draws from a CPU generator seeded with ``cfg.seed``: reproducible on any device.

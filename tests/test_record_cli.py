@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_methods import EXPECTED, random_backbone
+from test_methods import EXPECTED
 from typer.testing import CliRunner
 
 from recorders.errors import ConfigError
@@ -18,7 +18,9 @@ from workstation.cli import app
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(random_backbone(tmp_path_factory).name)
+    from recorders.pretrain import random_checkpoint
+
+    return str(random_checkpoint(tmp_path_factory.mktemp("tiny-clip"), seed=0))
 
 
 def invoke(*args: str):
@@ -26,6 +28,17 @@ def invoke(*args: str):
 
 
 def test_record_runs_and_prints_path_accuracies_and_gates(checkpoint, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from recorders import training
+
+    load_task = training.load_task
+
+    def small_task(cfg, cache_dir=None):  # the world task with 6 test images per half, to keep the test fast
+        task = load_task(cfg, cache_dir)
+        return replace(task, test_base=task.test_base[:6], test_novel=task.test_novel[:6])
+
+    monkeypatch.setattr(training, "load_task", small_task)
     monkeypatch.setenv("WS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run.h5"
     result = invoke("--backbone", checkpoint, "--shots", "1", "--epochs", "2", "--batch-size", "9", "--seed", "0",

@@ -46,7 +46,7 @@ class WsApp(App[None]):
     """
 
     TITLE = "ws view"
-    CSS_PATH = "styles/app.tcss"
+    CSS_PATH = Path(__file__).parent / "styles" / "app.tcss"  # absolute: subclasses elsewhere find it
     COMMANDS = App.COMMANDS | {WsCommands}
     BINDINGS = [
         Binding("q", "quit", "quit"),

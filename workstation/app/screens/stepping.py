@@ -8,7 +8,7 @@ from typing import Any
 from textual import work
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.worker import get_current_worker
@@ -55,9 +55,11 @@ class StepScreen(Screen[None]):
         Binding("p", "pin", "pin newest", show=False),
     ]
 
-    row: reactive[int] = reactive(0, init=False)
-    playing: reactive[bool] = reactive(False, init=False)
-    pinned: reactive[bool] = reactive(False, init=False)
+    # vars, not reactives: a reactive on a screen repaints the whole screen on every change; show_row repaints
+    # only what the cursor touches.
+    row: var[int] = var(0, init=False)
+    playing: var[bool] = var(False, init=False)
+    pinned: var[bool] = var(False, init=False)
 
     def __init__(self, runs: Sequence[RunData]) -> None:
         super().__init__()

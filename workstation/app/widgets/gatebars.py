@@ -18,6 +18,7 @@ from workstation.app.widgets.plot import PALETTE
 
 EIGHTHS = " ▏▎▍▌▋▊▉"
 DSIGMOID_MAX = 0.25  # σ'(g) ≤ 1/4, reached at g = 0
+LABEL, VALUE, DSIGMOID = Style(dim=True), Style(color=PALETTE[0]), Style(color=PALETTE[1])
 
 
 def bar(fraction: float, width: int) -> str:
@@ -59,10 +60,10 @@ class GateBars(ScrollView, can_focus=True):
         room = max(6, width - fixed - len(extra))
         value_width = room * 2 // 3
         return [
-            Segment(label, Style(dim=True)),
-            Segment(bar(value, value_width), Style(color=PALETTE[0])),
+            Segment(label, LABEL),
+            Segment(bar(value, value_width), VALUE),
             Segment(f" {value:.3f} σ' "),
-            Segment(bar(dsig / DSIGMOID_MAX, room - value_width), Style(color=PALETTE[1])),
+            Segment(bar(dsig / DSIGMOID_MAX, room - value_width), DSIGMOID),
             Segment(f" {dsig:.2e}{extra}"),
         ]
 

@@ -18,7 +18,7 @@ import numpy as np
 from rich.segment import Segment
 from rich.style import Style
 from textual import events, work
-from textual.geometry import Region
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.strip import Strip
@@ -34,6 +34,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 VIRIDIS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725")
 COLOR_LEVELS = 32
 CURSOR = Style(reverse=True)
+AXIS = Style(bold=True)
 DIM = Style(dim=True)
 Loader = Callable[[int, int], tuple[int, Any]]
 Cell = tuple[str, Style | None]
@@ -82,7 +83,7 @@ class StepPlot(Widget):
         self.n_rows = 0
         self.payload: Any = None
         self.note = "loading…"
-        self._image: list[Strip] | None = None
+        self._image: tuple[Size, list[Strip]] | None = None  # the drawn rows and the size they fit
 
     @property
     def plot_width(self) -> int:
@@ -118,15 +119,22 @@ class StepPlot(Widget):
         self._image = None
         self.refresh()
 
-    def cursor_column(self) -> int:
-        return int(column_of(self.cursor, self.n_rows, self.plot_width))
+    def cursor_column(self, row: int | None = None) -> int:
+        """Plot column (from 0, gutter excluded) of ``row`` (default: the cursor)."""
+        return int(column_of(self.cursor if row is None else row, self.n_rows, self.plot_width))
 
     def watch_cursor(self, old: int, new: int) -> None:
-        """Repaint only what the cursor touches: the legend, the axis and the old and new cursor columns."""
+        """Repaint only what the cursor touches: the legend, the axis and the old and new cursor columns.
+
+        Nothing at all while the cursor stays in its column (hundreds of steps a column on a long run): the
+        legend shows the column's values, so it has not changed either.
+        """
+        before, after = self.cursor_column(old), self.cursor_column(new)
+        if before == after:
+            return
         width, height = self.size
-        columns = {int(column_of(row, self.n_rows, self.plot_width)) + GUTTER for row in (old, new)}
         self.refresh(Region(0, 0, width, 1), Region(0, height - 1, width, 1),
-                     *(Region(x, 0, 1, height) for x in columns))
+                     *(Region(GUTTER + x, 0, 1, height) for x in (before, after)))
 
     # ------------------------------------------------------------ drawing
     def image(self) -> list[Strip]:
@@ -138,20 +146,21 @@ class StepPlot(Widget):
         raise NotImplementedError
 
     def render_line(self, y: int) -> Strip:
-        width = self.size.width
+        width, height = self.size
         if self.payload is None:
             return strip([(self.note if y == 0 else "", DIM)]).adjust_cell_length(width)
         column = min(self.cursor_column(), self.plot_width - 1)
         if y == 0:
             return self.legend(column).adjust_cell_length(width)
-        if y == self.size.height - 1:
-            return strip([(" " * (GUTTER + column), None), ("▲", Style(bold=True))]).adjust_cell_length(width)
-        if self._image is None:
-            self._image = self.image()
-        if y - 1 >= len(self._image):
+        if y == height - 1:
+            return strip([(" " * (GUTTER + column), None), ("▲", AXIS)]).adjust_cell_length(width)
+        if self._image is None or self._image[0] != self.size:
+            self._image = self.size, [line.adjust_cell_length(width) for line in self.image()]
+        image = self._image[1]
+        if y - 1 >= len(image):
             return Strip.blank(width)
         x = GUTTER + column
-        left, middle, right = self._image[y - 1].adjust_cell_length(width).divide([x, x + 1, width])
+        left, middle, right = image[y - 1].divide([x, x + 1, width])
         return Strip.join([left, middle.apply_style(CURSOR), right])
 
     def on_click(self, event: events.Click) -> None:

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 #: Parameters larger than this store their full gradient proportionally less often than ``tensor_stride``.
 TENSOR_BUDGET = 16384
+#: Test pixels of pixel-input methods stay in memory for the run when they take at most this many bytes.
+TEST_PIXEL_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -126,14 +128,15 @@ def loss_terms(method: PromptMethod) -> tuple[str, ...]:
 class TaskData:
     """Training and test inputs of one run.
 
-    Feature methods: ``train_features`` ``(n, views, E)`` and ``test_features`` by half ``(n_half, E)``; pixel
-    methods: items are loaded and augmented per batch.
+    Feature methods: ``train_features`` ``(n, views, E)`` and ``test_inputs`` by half ``(n_half, E)``. Pixel
+    methods load and augment training items per batch; their test pixels ``(n_half, 3, S, S)`` are held in
+    ``test_inputs`` when they fit in :data:`TEST_PIXEL_BYTES`, else loaded per evaluation batch.
     """
 
     task: FewShotTask
     train_labels: torch.Tensor
     train_features: torch.Tensor | None = None
-    test_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    test_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def load_task(cfg: Config, cache_dir: Path | None = None) -> FewShotTask:
@@ -152,6 +155,11 @@ def prepare_data(
     labels = torch.tensor([item.label for item in task.train], device=device)
     data = TaskData(task, labels)
     if method.needs_pixels:
+        bb = method.backbone
+        halves = (("base", task.test_base), ("novel", task.test_novel))
+        if sum(len(items) for _, items in halves) * 3 * bb.image_size**2 * 4 <= TEST_PIXEL_BYTES:
+            for half, items in halves:
+                data.test_inputs[half] = _pixels(method, items, task.dataset.load_image, None, cfg)
         return data
     from recorders.feature_cache import cached_features
 
@@ -167,7 +175,7 @@ def prepare_data(
     )
     data.train_features = features(task.train, kind="train", views=cfg.views)
     for half, items in (("base", task.test_base), ("novel", task.test_novel)):
-        data.test_features[half] = features(items, kind="test", views=1)
+        data.test_inputs[half] = features(items, kind="test", views=1)
     return data
 
 
@@ -217,12 +225,12 @@ def accuracy(method: PromptMethod, classes: ClassPrompts, data: TaskData, half: 
     labels = torch.tensor([item.label for item in items])
     correct = 0
     for start in range(0, len(items), cfg.eval_batch_size):
-        if method.needs_pixels:
+        if half in data.test_inputs:
+            inputs = data.test_inputs[half][start : start + cfg.eval_batch_size]
+        else:
             inputs = _pixels(
                 method, items[start : start + cfg.eval_batch_size], data.task.dataset.load_image, None, cfg
             )
-        else:
-            inputs = data.test_features[half][start : start + cfg.eval_batch_size]
         with method.backbone.autocast():
             logits = method(inputs, classes).logits
         correct += int((logits.argmax(-1).cpu() == labels[start : start + len(inputs)]).sum())

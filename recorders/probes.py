@@ -175,31 +175,31 @@ class Probe:
         captured = gate.last_logits
         if captured is None:
             return [self._nan[:5 * n]]
-        logits = captured.detach().reshape(-1, n)
+        logits = captured.detach().reshape(-1, n).float()
         value_std, value_mean = torch.std_mean(torch.sigmoid(logits), dim=0, correction=0)
-        grad = self._nan[:n] if captured.grad is None else captured.grad.reshape(-1, n).sum(0)
+        grad = self._nan[:n] if captured.grad is None else captured.grad.reshape(-1, n).float().sum(0)
         return [logits.mean(0), value_mean, dsigmoid(logits).mean(0), grad, value_std]
 
     def _raw_pieces(self, losses: Mapping[str, torch.Tensor | float]) -> list[torch.Tensor]:
-        """One row of raw measurements in slot order (see :attr:`_slots`)."""
-        pieces: list[torch.Tensor] = []
-        for term in self.layout.loss_terms:
-            value = losses.get(term)
-            pieces.append(self._nan[:1] if value is None else
-                          torch.as_tensor(value, device=self._buffer.device).detach().reshape(1))
+        """One row of raw measurements in slot order (see :attr:`_slots`), as 1-D tensors (few kernel launches:
+        one stack for the losses, one ``_foreach_norm`` and one stack for every gradient norm)."""
+        nan = self._nan[0]
+        terms = [losses.get(term) for term in self.layout.loss_terms]
+        pieces = [torch.stack([nan if t is None else torch.as_tensor(t, device=nan.device).float() for t in terms])]
         grads = [p.grad for p in self._params if p.grad is not None]
-        if len(grads) == len(self._params):
-            pieces.extend(torch._foreach_norm(grads) if grads else [])
-        else:  # some parameters have no gradient this step: NaN marks them
-            norms = iter(torch._foreach_norm(grads) if grads else [])
-            pieces.extend(self._nan[:1] if p.grad is None else next(norms) for p in self._params)
+        norms = torch._foreach_norm(grads) if grads else []
+        if len(grads) < len(self._params):  # parameters without a gradient this step are marked NaN
+            found = iter(norms)
+            norms = [nan if p.grad is None else next(found) for p in self._params]
+        if norms:
+            pieces.append(torch.stack(norms).float())
         for g in self._gates:
             if g.gate.logits is not None:
-                pieces += [g.gate.logits.detach(), self._grad_or_nan(g.gate.logits)]
+                pieces += [g.gate.logits, self._grad_or_nan(g.gate.logits)]
             else:
                 pieces += self._instance_stats(g.gate)
         for prompt in self._prompts.values():
-            pieces += [prompt.detach(), self._grad_or_nan(prompt)]
+            pieces += [prompt.flatten(), self._grad_or_nan(prompt).flatten()]
         return pieces
 
     def after_backward(self, step: int, epoch: int, lr: float, losses: Mapping[str, torch.Tensor]) -> None:
@@ -209,9 +209,7 @@ class Probe:
         are Python numbers. A full buffer is flushed (the only point where data moves to the host).
         """
         with torch.no_grad():
-            pieces = [p.reshape(-1) if p.dtype == torch.float32 else p.reshape(-1).float()
-                      for p in self._raw_pieces(losses)]
-            torch.cat(pieces, out=self._buffer[len(self._host)])
+            torch.cat(self._raw_pieces(losses), out=self._buffer[len(self._host)])
         self._host.append((int(step), int(epoch), float(lr)))
         for name, (param, stride) in self._tensors.items():
             if step % stride == 0 and param.grad is not None:

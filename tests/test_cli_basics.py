@@ -112,7 +112,7 @@ def _run(*args: str) -> str:
 def test_inspect_shows_what_the_recording_holds(demo_recording: Path) -> None:
     out = _run("inspect", str(demo_recording))
     for fact in ("ws-recording v1", "complete", "demo / random / 0", "40", "ctx_gates", "instance_gates",
-                 "prompt [prompt", "last eval", "step 39"):
+                 "prompt [prompt", "last eval", "step 39", "demo.lr=0.05", "steps=40"):
         assert fact in out, fact
 
 

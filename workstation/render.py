@@ -11,6 +11,22 @@ from rich.table import Table
 console = Console()
 
 
+def config_summary(config: dict[str, Any], limit: int = 16) -> str:
+    """``key=value`` pairs of a run config, nested keys joined with ``.``, at most ``limit`` shown."""
+    pairs: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}{key}.", item)
+        else:
+            pairs.append(f"{prefix[:-1]}={value}")
+
+    walk("", config)
+    more = f" … (+{len(pairs) - limit} more; --json shows all)" if len(pairs) > limit else ""
+    return ", ".join(pairs[:limit]) + more if pairs else "-"
+
+
 def print_summary(s: dict[str, Any]) -> None:
     """Print a recording summary (as returned by ``Recording.summary``) as a rich table."""
     table = Table(title=s["path"], show_header=False, title_justify="left")
@@ -28,6 +44,7 @@ def print_summary(s: dict[str, Any]) -> None:
         ("groups", ", ".join(f"{k} [{v['role']}, {v['n_params']:,} params]" for k, v in s["groups"].items()) or "-"),
         ("gate sets", ", ".join(f"{k} [{v['kind']} × {v['n_gates']}]" for k, v in s["gate_sets"].items()) or "-"),
         ("prompts", ", ".join(f"{k} [{v} tokens]" for k, v in s["prompts"].items()) or "-"),
+        ("config", config_summary(s["config"])),
         ("last eval", "-" if ev is None else
          f"step {ev['step']}: base {ev['base_acc']:.4f}  novel {ev['novel_acc']:.4f}  HM {ev['hm']:.4f}"),
         ("events", str(s["events"])),

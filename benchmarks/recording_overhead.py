@@ -6,7 +6,8 @@
    prompt recorded each step, alternating in one process, and prints the median time ratio (target <= 1.05).
 2. Appends rows of 1024 float32 values (one prompt set of 512 tokens: ``grad_norm`` + ``norm``) with
    ``RecordingWriter.append_block`` in blocks of 256 and prints rows/s (target >= 100k rows/s).
-3. Prints the demo recording's bytes per step.
+3. Times one demo training step and one ``Probe.after_backward`` call (the per-step cost, which carries over to
+   other methods: a recording costs ``probe µs / step µs``), and prints the demo recording's bytes per step.
 4. With ``--device cuda``: counts host syncs (``torch.cuda.set_sync_debug_mode("warn")``) inside
    ``Probe.after_backward`` outside block flushes (target 0) and in the flushes.
 """
@@ -42,23 +43,72 @@ def training_ratio(steps: int, repeats: int, device: str, directory: Path) -> tu
     return statistics.median(off), statistics.median(on), statistics.median(ratios)
 
 
-def writer_rows_per_second(directory: Path, rows: int = 100_000, block: int = 256, repeats: int = 3) -> float:
-    """Median rows/s of ``append_block`` for rows of 1024 float32 values, including the per-block SWMR flush."""
+def probe_microseconds(device: str, directory: Path, steps: int = 200, repeats: int = 5) -> tuple[float, float]:
+    """Median µs of one demo training step and of one ``Probe.after_backward`` call on it (no flush inside)."""
+    import torch
+    import torch.nn.functional as F
+
+    from recorders.demo import DemoConfig, DemoModel
+
+    cfg = DemoConfig()
+    model = DemoModel(cfg, torch.Generator().manual_seed(0)).to(device)
+    optimizer = torch.optim.SGD([{"params": [model.ctx], "name": "prompt", "role": "prompt"},
+                                 {"params": [*model.ctx_gates.parameters(), *model.instance_gates.parameters()],
+                                  "name": "gates", "role": "gate"}], lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
+    probe = probes.watch(model, optimizer, prompts={"ctx": model.ctx}, loss_terms=("total", "ce"),
+                         block=steps * repeats + 1)
+    writer = RecordingWriter(directory / "probe.h5", probe.layout, config={}, method="bench", seed=0, device=device)
+    probe.attach(writer)
+    x = torch.randn(cfg.batch, cfg.in_dim, device=device)
+    y = torch.randint(cfg.n_classes // 2, (cfg.batch,), device=device)
+    train, measure = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            loss = F.cross_entropy(model(x)[:, : cfg.n_classes // 2], y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        _synchronize(device)
+        train.append((time.perf_counter() - t) / steps * 1e6)
+        t = time.perf_counter()
+        for step in range(steps):
+            probe.after_backward(step, 0, cfg.lr, {"total": loss, "ce": loss})
+        _synchronize(device)
+        measure.append((time.perf_counter() - t) / steps * 1e6)
+    writer.close()
+    return statistics.median(train), statistics.median(measure)
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def writer_rows_per_second(directory: Path, rows: int = 100_000, block: int = 256,
+                           repeats: int = 5) -> tuple[float, float]:
+    """Median rows per wall-clock second and per CPU second of ``append_block`` for rows of 1024 float32 values
+    (one prompt set of 512 tokens), including the SWMR flush after each block of ``block`` rows. The CPU figure is
+    what the writer costs when other processes share the cores."""
     layout = Layout(loss_terms=(), prompts=(PromptSpec("p", 512),))
     rng = np.random.default_rng(0)
     data = {path: rng.random((block, *shape)).astype(dtype) for path, (shape, dtype) in
             layout.step_series().items()}
-    rates = []
+    wall, cpu = [], []
     for r in range(repeats):
         writer = RecordingWriter(directory / f"writer{r}.h5", layout, config={}, method="bench", seed=0,
                                  device="cpu", flush_every=block)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for start in range(0, rows, block):
             data[STEP] = np.arange(start, start + block)
             writer.append_block(data)
         writer.close()
-        rates.append(rows / (time.perf_counter() - t))
-    return statistics.median(rates)
+        wall.append(rows / (time.perf_counter() - t))
+        cpu.append(rows / (time.process_time() - c))
+        (directory / f"writer{r}.h5").unlink()
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def count_syncs(steps: int, directory: Path) -> tuple[int, int, int]:
@@ -107,11 +157,15 @@ def main() -> None:
         off, on, ratio = training_ratio(args.steps, args.repeats, args.device, directory)
         print(f"demo training, {args.steps} steps on {args.device}: off {off:.3f} s, recorded {on:.3f} s, "
               f"median ratio {ratio:.3f} (target <= 1.05)")
+        step_us, probe_us = probe_microseconds(args.device, directory)
+        print(f"per step: training {step_us:,.0f} µs, Probe.after_backward {probe_us:,.0f} µs "
+              f"({probe_us / step_us:.1%}; ratio <= 1.05 needs steps of >= {20 * probe_us:,.0f} µs)")
         recording = directory / "on0.h5"
         print(f"bytes per step: {recording.stat().st_size / args.steps:,.0f} "
               f"({recording.stat().st_size:,} bytes for {args.steps} steps, including the strided ctx gradients)")
-        rate = writer_rows_per_second(directory)
-        print(f"writer: {rate:,.0f} rows/s for 1024-float32 rows via append_block (target >= 100,000)")
+        wall, cpu = writer_rows_per_second(directory)
+        print(f"writer: {wall:,.0f} rows/s ({cpu:,.0f} per CPU second) for 1024-float32 rows via append_block "
+              "(target >= 100,000)")
         if args.device.startswith("cuda"):
             calls, outside, in_flush = count_syncs(args.steps, directory)
             print(f"host syncs: {outside} in {calls} after_backward calls outside block flushes "

@@ -335,7 +335,7 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: bool = True) -> 
             dataset=cfg.dataset,
             flush_every=cfg.flush_every,
         ) as writer,
-        _progress(progress, total) as advance,
+        _Progress(progress, total) as advance,
     ):
         probe.attach(writer)
         method.train()
@@ -389,7 +389,7 @@ def _nonfinite(
         )
 
 
-class _progress:
+class _Progress:
     """A rich progress bar (step rate, ETA, loss every 25 steps) or nothing; yields ``advance(step, loss)``."""
 
     def __init__(self, enabled: bool, total: int) -> None:

@@ -58,9 +58,9 @@ class GateInit:
 
 
 def dsigmoid(logit: torch.Tensor) -> torch.Tensor:
-    """σ'(g) = e^{−|g|}/(1+e^{−|g|})², stable where float32 σ(g) rounds to 0 or 1."""
-    e = torch.exp(-logit.abs())
-    return e / (1.0 + e) ** 2
+    """σ'(g) = σ(g)·σ(−g) (= e^{−|g|}/(1+e^{−|g|})²), stable where float32 σ(g)(1−σ(g)) rounds to 0: the small
+    factor is computed directly, never as 1 − σ."""
+    return torch.sigmoid(logit) * torch.sigmoid(-logit)
 
 
 def equilibrium_scale(logit: torch.Tensor, eps: float = EQUILIBRIUM_EPS, cap: float = EQUILIBRIUM_CAP) -> torch.Tensor:

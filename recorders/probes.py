@@ -33,7 +33,7 @@ from scipy.special import expit
 from torch import nn
 
 from recorders import recording_format as rf
-from recorders.gates import Gate, dsigmoid, find_gates
+from recorders.gates import Gate, find_gates
 
 _EMPTY_PROMPTS: Mapping[str, nn.Parameter] = {}
 _EMPTY_TENSORS: Mapping[str, tuple[nn.Parameter, int]] = {}
@@ -176,9 +176,11 @@ class Probe:
         if captured is None:
             return [self._nan[:5 * n]]
         logits = captured.detach().reshape(-1, n).float()
-        value_std, value_mean = torch.std_mean(torch.sigmoid(logits), dim=0, correction=0)
+        values = torch.sigmoid(logits)
+        value_std, value_mean = torch.std_mean(values, dim=0, correction=0)
+        logit_mean, dsigmoid_mean = torch.stack([logits, values * torch.sigmoid(-logits)]).mean(1)  # σ' = σ(g)σ(−g)
         grad = self._nan[:n] if captured.grad is None else captured.grad.reshape(-1, n).float().sum(0)
-        return [logits.mean(0), value_mean, dsigmoid(logits).mean(0), grad, value_std]
+        return [logit_mean, value_mean, dsigmoid_mean, grad, value_std]
 
     def _raw_pieces(self, losses: Mapping[str, torch.Tensor | float]) -> list[torch.Tensor]:
         """One row of raw measurements in slot order (see :attr:`_slots`), as 1-D tensors (few kernel launches:

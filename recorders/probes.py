@@ -24,6 +24,7 @@ on the device and move with the block.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -154,16 +155,23 @@ class Probe:
         self._host: list[tuple[int, int, float]] = []  # (step, epoch, lr) of each buffered row
         self._strided: list[tuple[str, int, torch.Tensor]] = []
         self._writer: rf.RecordingWriter | None = None
+        self._flush_seconds = float("inf")
+        self._last_flush = time.monotonic()
         for g in gates:
             if g.gate.kind == "instance":
                 g.gate.capture = True
 
     def attach(self, writer: rf.RecordingWriter) -> None:
-        """Send blocks to ``writer``; its layout must declare every series of :attr:`layout`."""
+        """Send blocks to ``writer``; its layout must declare every series of :attr:`layout`.
+
+        Blocks go out when ``block`` rows are buffered or ``writer.flush_seconds`` have passed since the last one,
+        so slow steps still reach the file (and a live viewer) in time.
+        """
         missing = set(self.layout.step_series()) - set(writer.layout.step_series())
         if missing:
             raise ValueError(f"the writer's layout lacks {sorted(missing)}; create it with probe.layout")
         self._writer = writer
+        self._flush_seconds = writer.flush_seconds
 
     # ------------------------------------------------------------------ per step, on the device
     def _grad_or_nan(self, param: torch.Tensor) -> torch.Tensor:
@@ -216,7 +224,7 @@ class Probe:
         for name, (param, stride) in self._tensors.items():
             if step % stride == 0 and param.grad is not None:
                 self._strided.append((name, int(step), param.grad.detach().clone()))
-        if len(self._host) == self.block:
+        if len(self._host) == self.block or time.monotonic() - self._last_flush >= self._flush_seconds:
             self.flush()
 
     # ------------------------------------------------------------------ per block, on the host
@@ -268,6 +276,7 @@ class Probe:
         for name, step, grad in self._strided:
             self._writer.add_tensor(name, step, grad.cpu().numpy())
         self._strided.clear()
+        self._last_flush = time.monotonic()
 
     def close(self) -> None:
         """Flush the remaining rows and flush the writer's file."""

@@ -148,7 +148,8 @@ def test_probe_never_syncs_between_flushes(tmp_path: Path, monkeypatch: pytest.M
     model = Tiny()
     optimizer = _optimizer(model)
     probe = watch(model, optimizer, prompts={"ctx": model.ctx}, tensors={"ctx": (model.ctx, 2)}, block=8)
-    w = rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu")
+    w = rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu",
+                           flush_seconds=1e9)
     probe.attach(w)
 
     def forbidden(*args: object, **kwargs: object) -> None:
@@ -197,6 +198,26 @@ def test_block_boundaries_and_missing_gradients(tmp_path: Path) -> None:
         assert np.isfinite(rec.read(rf.grad_norm_path("head"))).all()
         assert np.isnan(rec.read(rf.gate_path("ctx_gates", "grad"))).all()
         assert np.isfinite(rec.read(rf.gate_path("ctx_gates", "value"))).all()
+
+
+def test_slow_steps_are_flushed_after_flush_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partial block goes out once the writer's flush_seconds have passed (the clock is faked, not waited on)."""
+    now = [0.0]
+    monkeypatch.setattr("recorders.probes.time.monotonic", lambda: now[0])
+    model = Tiny()
+    optimizer = _optimizer(model)
+    probe = watch(model, optimizer, block=100)
+    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu",
+                            flush_every=1, flush_seconds=60.0) as w:
+        probe.attach(w)
+        x, y = _batches(1)[0]
+        F.cross_entropy(model(x), y).backward()
+        for step, seconds in enumerate((1.0, 2.0, 61.0, 62.0)):
+            now[0] = seconds
+            probe.after_backward(step, 0, 0.1, {})
+        assert w._length == 3  # the third step crossed 60 s: three rows are in the file, the fourth is buffered
+        probe.close()
+        assert w._length == 4
 
 
 def test_attach_refuses_a_writer_with_another_layout(tmp_path: Path) -> None:

@@ -115,6 +115,7 @@ async def measure(path: Path, started: float, n_keys: int) -> dict[str, float]:
             new_frame.clear()
             await new_frame.wait()
         out["first_paint_s"] = time.time() - started
+        out["first_paint_cpu_s"] = time.process_time()  # CPU of this process (every thread) since it started
         out["app_start_to_paint_s"] = time.time() - launched
         screen = app.screen
         assert isinstance(screen, StepScreen)
@@ -123,10 +124,10 @@ async def measure(path: Path, started: float, n_keys: int) -> dict[str, float]:
         await pilot.pause()
         out["diagnostics_done_s"] = time.time() - started
 
-        async def step(key: str, delta: int) -> tuple[float, float]:
-            """Wall and process CPU seconds from the key event to the frame showing the new row."""
+        async def step(key: str, delta: int | None = None, to: int = 0) -> tuple[float, float]:
+            """Wall and process CPU seconds from the key event to the frame showing row ``to`` or row + ``delta``."""
             await asyncio.sleep(0.06)
-            target = screen.row + delta
+            target = to if delta is None else screen.row + delta
             t, cpu = time.perf_counter(), time.process_time()
             app.post_message(events.Key(key, None))
             return await frame_showing(target) - t, time.process_time() - cpu
@@ -136,8 +137,7 @@ async def measure(path: Path, started: float, n_keys: int) -> dict[str, float]:
         out["cursor_step_p95_ms"] = 1000 * float(np.percentile(wall, 95))
         out["cursor_step_cpu_ms"] = 1000 * float(np.median(cpu))
         out["cursor_100_steps_ms"] = 1000 * float(np.median([(await step("L", 100))[0] for _ in range(5)]))
-        jumps = [await step(key, delta) for key, delta in [("end", screen.n_rows - 1 - screen.row),
-                                                            ("home", 1 - screen.n_rows)] * 3]
+        jumps = [await step(key, to=to) for key, to in [("end", screen.n_rows - 1), ("home", 0)] * 3]
         out["jump_first_last_ms"] = 1000 * float(np.median([wall for wall, _ in jumps]))  # every plot's column moves
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["load_average_1min"] = os.getloadavg()[0]

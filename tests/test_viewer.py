@@ -11,9 +11,11 @@ import h5py
 import numpy as np
 import pytest
 from synthetic import GATES, write_group, write_run
+from textual._compositor import Compositor
 from textual.widgets import DataTable
 from textual.worker import WorkerCancelled
 
+import analyses.diagnostics
 from recorders.recording_format import (
     EPOCH,
     LR,
@@ -30,7 +32,7 @@ from workstation.app.screens.recordings import RecordingsScreen
 from workstation.app.screens.run import RunScreen
 from workstation.app.screens.stats import StatsScreen
 from workstation.app.widgets.gatebars import GateBars
-from workstation.app.widgets.plot import fmt
+from workstation.app.widgets.plot import StepPlot, fmt
 from workstation.app.widgets.timeline import Timeline
 
 SIZE = (120, 40)
@@ -250,3 +252,41 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], needle:
                          cwd=tmp_path)
     assert out.returncode == 2
     assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+async def test_a_cursor_step_repaints_part_of_the_screen_and_diagnostics_wait_for_the_plots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Responsiveness guards: a cursor step never re-composes the whole screen (a repainting reactive on the
+    screen did, costing ~100 ms a step on a large run), and the diagnostics start only once every plot has its
+    first data (on two cores they would otherwise delay the first paint)."""
+    seen_at_start: list[bool] = []
+    real_diagnose = analyses.diagnostics.diagnose
+
+    def diagnose(rec, *args, **kwargs):  # noqa: ANN001, ANN202
+        seen_at_start.append(all(p.loaded for p in app.screen.query(StepPlot)))
+        return real_diagnose(rec, *args, **kwargs)
+
+    monkeypatch.setattr(analyses.diagnostics, "diagnose", diagnose)
+    path = write_run(tmp_path / "run.h5", n_steps=3000, n_gates=6, onset_step=1000)
+    app = WsApp([path])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert seen_at_start == [True]
+        full: list[int] = []
+        real_full = Compositor.render_full_update
+        monkeypatch.setattr(Compositor, "render_full_update", lambda self, *a, **k: full.append(1) or real_full(
+            self, *a, **k))
+        partial = 0
+        real_partial = Compositor.render_partial_update
+
+        def counting_partial(self):  # noqa: ANN001, ANN202
+            nonlocal partial
+            partial += 1
+            return real_partial(self)
+
+        monkeypatch.setattr(Compositor, "render_partial_update", counting_partial)
+        for key in ("right", "L", "end"):
+            await pilot.press(key)
+            await pilot.pause()
+        assert app.screen.row == 2999
+        assert partial >= 3 and not full

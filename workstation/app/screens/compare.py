@@ -14,7 +14,7 @@ from workstation.app.data import RunData, downsample, heatmap
 from workstation.app.screens.run import curves
 from workstation.app.screens.stepping import Pane, StepScreen
 from workstation.app.widgets.gatebars import GateBars
-from workstation.app.widgets.plot import PALETTE, Heatmap, Series, StepPlot, TimePlot
+from workstation.app.widgets.plot import PALETTE, Heatmap, Pending, Series, StepPlot, TimePlot
 from workstation.app.widgets.timeline import Timeline
 
 OVERLAY_ROWS = 1_000_000  # the overlay's x axis in fraction mode: fraction × this
@@ -93,7 +93,7 @@ class CompareScreen(StepScreen):
             x = self._x(run, run.rows_of_steps(gs.steps))
             series.append(Series(f"#{i + 1}", downsample(gs.ratio, x, n_x, width), PALETTE[i]))
         if not series:
-            raise ValueError("collapse diagnostics are still being computed")
+            raise Pending("computing collapse diagnostics…")
         return n_x, series
 
     def on_diagnosed(self, index: int) -> None:

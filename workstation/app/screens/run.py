@@ -14,7 +14,7 @@ from textual.widgets.option_list import Option
 from workstation.app.data import RunData, downsample, heatmap, read_columns
 from workstation.app.screens.stepping import Pane, StepScreen
 from workstation.app.widgets.gatebars import GateBars
-from workstation.app.widgets.plot import PALETTE, Heatmap, Series, StepPlot, TimePlot
+from workstation.app.widgets.plot import PALETTE, Heatmap, Pending, Series, StepPlot, TimePlot
 from workstation.app.widgets.timeline import Timeline
 
 
@@ -28,7 +28,7 @@ def curves(run: RunData, paths: dict[str, str], width: int) -> tuple[int, list[S
 def ratio_series(run: RunData, diagnostics: Any, width: int) -> tuple[int, list[Series]]:
     """Loader payload: each gate set's gate/prompt gradient ratio from the analyses' diagnostics."""
     if diagnostics is None:
-        raise ValueError("collapse diagnostics are still being computed")
+        raise Pending("computing collapse diagnostics…")
     return run.n_rows, [Series(name, downsample(gs.ratio, run.rows_of_steps(gs.steps), run.n_rows, width),
                                PALETTE[i % len(PALETTE)]) for i, (name, gs) in enumerate(diagnostics.gate_sets.items())]
 

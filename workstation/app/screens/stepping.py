@@ -69,6 +69,7 @@ class StepScreen(Screen[None]):
         self._player: Timer | None = None
         self._live: Timer | None = None
         self.diagnostics: list[Any] = [None] * len(self.runs)  # analyses.diagnostics.RecordingDiagnostics
+        self._diagnosis_started = False
 
     @property
     def n_rows(self) -> int:
@@ -102,7 +103,13 @@ class StepScreen(Screen[None]):
         if any(r.rec.status == "running" for r in self.runs):
             self._live = self.set_interval(getattr(self.app, "live_interval", 1.0), self._poll)
         self.show_row(self.row)
-        self.diagnose()
+
+    def on_step_plot_loaded(self) -> None:
+        """Once every plot has its first data, start the diagnostics after that frame is painted: on two cores
+        they would otherwise slow the first paint by seconds on a large recording."""
+        if not self._diagnosis_started and all(plot.loaded for plot in self.query(StepPlot)):
+            self._diagnosis_started = True
+            self.call_after_refresh(self.diagnose)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="diagnose")
     def diagnose(self) -> None:

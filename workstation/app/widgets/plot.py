@@ -40,6 +40,11 @@ Loader = Callable[[int, int], tuple[int, Any]]
 Cell = tuple[str, Style | None]
 
 
+class Pending(Exception):
+    """Raised by a loader whose data is not ready yet (e.g. diagnostics still running); the plot shows the message
+    until :meth:`StepPlot.reload` is called again."""
+
+
 @dataclass(frozen=True)
 class Series:
     """One curve: ``columns`` summarised for the plot's width, drawn in ``color``."""
@@ -77,12 +82,16 @@ class StepPlot(Widget):
             super().__init__()
             self.row = row
 
+    class Loaded(Message):
+        """A load finished (with data, a note, or an error note): the plot's first frame can be painted."""
+
     def __init__(self, loader: Loader, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._loader = loader
         self.n_rows = 0
         self.payload: Any = None
         self.note = "loading…"
+        self.loaded = False  # a load has finished (or there is no room to plot), so the plot has been drawn
         self._image: tuple[Size, list[Strip]] | None = None  # the drawn rows and the size they fit
 
     @property
@@ -94,18 +103,22 @@ class StepPlot(Widget):
         return max(1, self.size.height - 2)  # a legend row on top, an axis row at the bottom
 
     def on_resize(self) -> None:
-        self._image = None
         self.reload()
 
     def reload(self) -> None:
         """Read again (after a resize, or when a live file grew)."""
         if self.size.width > GUTTER:
             self._load(self.plot_width, self.plot_height)
+        elif not self.loaded:  # too narrow to plot: nothing to wait for
+            self.loaded = True
+            self.post_message(self.Loaded())
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def _load(self, width: int, height: int) -> None:
         try:
             result: tuple[int, Any] | str = self._loader(width, height)
+        except Pending as exc:
+            result = str(exc)
         except (WsError, OSError, KeyError, ValueError) as exc:
             result = f"cannot read: {exc}"
         if not get_current_worker().is_cancelled:
@@ -118,6 +131,8 @@ class StepPlot(Widget):
             (self.n_rows, self.payload), self.note = result, ""
         self._image = None
         self.refresh()
+        self.loaded = True
+        self.post_message(self.Loaded())
 
     def cursor_column(self, row: int | None = None) -> int:
         """Plot column (from 0, gutter excluded) of ``row`` (default: the cursor)."""

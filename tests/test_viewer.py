@@ -290,3 +290,73 @@ async def test_a_cursor_step_repaints_part_of_the_screen_and_diagnostics_wait_fo
             await pilot.pause()
         assert app.screen.row == 2999
         assert partial >= 3 and not full
+
+
+def record_notifications(app: WsApp, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every notification message from now on (the app's own list drops them as they expire)."""
+    seen: list[str] = []
+    real = app.notify
+
+    def notify(message: str, *args: object, **kwargs: object) -> None:
+        seen.append(message)
+        real(message, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app, "notify", notify)
+    return seen
+
+
+async def _export_and_wait(app: WsApp, pilot, seen: list[str]) -> list[str]:  # noqa: ANN001 - textual's Pilot
+    """Press ctrl+e and let the export worker finish; the notification messages since the press."""
+    before = len(seen)
+    await pilot.press("ctrl+e")
+    await settle(app, pilot)
+    return seen[before:]
+
+
+async def test_ctrl_e_exports_the_focused_panes_plot_through_analyses_figures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from analyses.figures import plot_runs
+
+    path = write_run(tmp_path / "run.h5", n_steps=400, n_gates=4, eval_every=100)
+    out_dir = tmp_path / "exports"
+    app = WsApp([path], export_dir=out_dir)
+    seen = record_notifications(app, monkeypatch)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        screen = app.screen
+        for pane, kind in (("#heatmap-pane", "gates"), ("#ratio-pane", "ratio"), ("#losses-pane", "accuracy")):
+            screen.set_focus(screen.query_one(pane))
+            messages = await _export_and_wait(app, pilot, seen)
+            png = out_dir / f"run-{kind}.png"
+            assert any(m == f"saved {png}" for m in messages), messages
+            # the same figure analyses.figures draws for this recording and kind (same bytes: deterministic PNG)
+            reference = plot_runs([path], kind, tmp_path / f"ref-{kind}.png", by="method")
+            assert png.read_bytes() == reference.read_bytes()
+        screen.set_focus(screen.query_one("#grads-pane"))
+        messages = await _export_and_wait(app, pilot, seen)
+        assert any("has no figure" in m for m in messages)
+        assert sorted(p.name for p in out_dir.iterdir()) == ["run-accuracy.png", "run-gates.png", "run-ratio.png"]
+        assert "export PNG" in [name for name, _, _ in app.ws_commands()]
+
+
+async def test_compare_export_draws_one_curve_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import analyses.figures
+
+    a = write_run(tmp_path / "a.h5", n_steps=300, seed=1, config={"variant": "collapsed"})
+    b = write_run(tmp_path / "b.h5", behaviour="adaptive", n_steps=300, seed=1, config={"variant": "adaptive"})
+    calls: list[tuple[list[Path], str, str]] = []
+    real = analyses.figures.plot_runs
+
+    def recording_plot_runs(paths, kind, out, *, by="method", **kwargs):  # noqa: ANN001, ANN202
+        calls.append((list(paths), kind, by))
+        return real(paths, kind, out, by=by, **kwargs)
+
+    monkeypatch.setattr(analyses.figures, "plot_runs", recording_plot_runs)
+    app = WsApp([a, b], compare=True, export_dir=tmp_path)
+    seen = record_notifications(app, monkeypatch)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        messages = await _export_and_wait(app, pilot, seen)  # nothing focused: the ratio of every run
+    assert calls == [([a, b], "ratio", "variant")]  # same method and seed: only the variant tells them apart
+    assert f"saved {tmp_path / 'compare-ratio.png'}" in messages
+    assert (tmp_path / "compare-ratio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -115,8 +115,9 @@ class WsApp(App[None]):
             yield "compare marked", "compare view of the marked recordings", partial(self.open_compare, marked)
         yield "stats", "statistics across seeds (ws stats)", partial(self.open_stats, self.paths)
         yield "export SVG", "save the screen as an SVG file", self.action_export_svg
-        if hasattr(self.screen, "export_png"):
-            yield "export PNG", "save the current plot as a PNG (analyses figures)", self.screen.export_png
+        export_png = getattr(self.screen, "action_export_png", None)
+        if export_png is not None:
+            yield "export PNG", "save the focused pane's plot as a PNG (analyses figures; ctrl+e)", export_png
 
     def action_help(self) -> None:
         from workstation.app.screens.help import HelpScreen  # markdown rendering: imported when first asked

@@ -224,3 +224,13 @@ class RunData:
     def final_hm(self) -> float | None:
         hm = self.rec.eval_table()["hm"]
         return float(hm[-1]) if len(hm) else None
+
+
+def distinguishing_key(runs: list[RunData]) -> str:
+    """The first of ``variant`` (config), ``method``, ``dataset``, ``seed`` whose value differs between every two
+    runs, so a figure grouped by it draws one curve per run; ``method`` when none does."""
+    for key in ("variant", "method", "dataset", "seed"):
+        values = [run.rec.config.get(key) if key == "variant" else getattr(run.rec, key) for run in runs]
+        if None not in values and len(set(map(str, values))) == len(runs):
+            return key
+    return "method"

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer
 
-from workstation.app.data import RunData, downsample, heatmap
+from workstation.app.data import RunData, distinguishing_key, downsample, heatmap
 from workstation.app.screens.run import curves
 from workstation.app.screens.stepping import Pane, StepScreen
 from workstation.app.widgets.gatebars import GateBars
@@ -95,6 +95,9 @@ class CompareScreen(StepScreen):
         if not series:
             raise Pending("computing collapse diagnostics…")
         return n_x, series
+
+    def figure_grouping(self) -> str:
+        return distinguishing_key(self.runs)
 
     def on_diagnosed(self, index: int) -> None:
         self.query_one("#overlay", TimePlot).reload()

@@ -25,6 +25,7 @@ KEYS = """\
 | m, c, s | recordings: mark for compare, compare marked, stats |
 | ctrl+p | command palette: open, compare, stats, export SVG / PNG, theme |
 | ctrl+s | save the screen as SVG |
+| ctrl+e | save the focused pane's plot as PNG (ratio, heatmap → gate values, losses → accuracy) |
 | escape | back |
 | q | quit |
 

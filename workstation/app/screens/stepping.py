@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from textual import work
@@ -11,6 +12,7 @@ from textual.containers import Vertical
 from textual.reactive import var
 from textual.screen import Screen
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.worker import get_current_worker
 
 from recorders.errors import WsError
@@ -19,6 +21,9 @@ from workstation.app.widgets.plot import StepPlot
 
 SPEEDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # rows per playback tick
 TICK_SECONDS = 0.1
+# The analyses figure (``analyses.figures`` kind) of each pane, by the first word of the pane's id.
+FIGURE_OF_PANE = {"ratio": "ratio", "overlay": "ratio", "heatmap": "gates", "losses": "accuracy"}
+DEFAULT_FIGURE = "ratio"
 
 
 class Pane(Vertical):
@@ -53,6 +58,7 @@ class StepScreen(Screen[None]):
         Binding("right_square_bracket", "event(1)", "event ▶", show=False),
         Binding("z,f10", "zoom", "full-screen"),
         Binding("p", "pin", "pin newest", show=False),
+        Binding("ctrl+e", "export_png", "PNG", show=False),
     ]
 
     # vars, not reactives: a reactive on a screen repaints the whole screen on every change; show_row repaints
@@ -197,6 +203,47 @@ class StepScreen(Screen[None]):
     def on_step_plot_clicked(self, message: StepPlot.Clicked) -> None:
         self.pinned = False
         self.row = message.row
+
+    # ------------------------------------------------------------ export
+    def figure_kind(self) -> str | None:
+        """The ``analyses.figures`` kind for the focused pane (the ratio when no pane has focus); None when that
+        pane has no figure."""
+        node = self.focused
+        while node is not None and not isinstance(node, Pane):
+            node = node.parent if isinstance(node.parent, Widget) else None
+        if node is None:
+            return DEFAULT_FIGURE
+        return FIGURE_OF_PANE.get((node.id or "").split("-")[0])
+
+    def figure_grouping(self) -> str:
+        """The ``by`` key of the exported figure: ``method`` here; the compare view groups by what tells its
+        runs apart."""
+        return "method"
+
+    def action_export_png(self) -> None:
+        """Save the focused pane's plot as ``<export_dir>/<recording or "compare">-<kind>.png`` through
+        :func:`analyses.figures.plot_runs`, in a background thread; a notification names the file."""
+        kind = self.figure_kind()
+        if kind is None:
+            self.notify("this pane has no figure; focus the ratio, heatmap or losses pane (tab) and export again",
+                        title="export PNG", severity="warning")
+            return
+        paths = [run.rec.path for run in self.runs]
+        stem = paths[0].stem if len(paths) == 1 else "compare"
+        out = Path(getattr(self.app, "export_dir", Path.cwd())) / f"{stem}-{kind}.png"
+        self.notify(f"drawing {kind} to {out.name}…", title="export PNG", timeout=3)
+        self._export(paths, kind, self.figure_grouping(), out)
+
+    @work(thread=True, exit_on_error=False, group="export")
+    def _export(self, paths: list[Path], kind: str, by: str, out: Path) -> None:
+        from analyses.figures import plot_runs  # matplotlib: imported when first asked
+
+        try:
+            saved = plot_runs(paths, kind, out, by=by)
+        except (WsError, OSError, ValueError) as exc:
+            self.app.call_from_thread(self.notify, str(exc), title="export PNG failed", severity="error")
+        else:
+            self.app.call_from_thread(self.notify, f"saved {saved}", title="export PNG")
 
     def _tick(self) -> None:
         if self.row >= self.n_rows - 1:

@@ -218,6 +218,8 @@ async def test_help_zoom_palette_and_svg_export(tmp_path: Path) -> None:
         await pilot.press("tab")
         await pilot.press("z")
         assert screen.maximized is not None
+        await pilot.pause()
+        assert screen.query_one(Timeline).region.height == 2  # the full-screen pane keeps the step in view
         await pilot.press("z")
         assert screen.maximized is None
         await pilot.press("f1")

@@ -63,6 +63,7 @@ class StepScreen(Screen[None]):
 
     # vars, not reactives: a reactive on a screen repaints the whole screen on every change; show_row repaints
     # only what the cursor touches.
+    ALLOW_IN_MAXIMIZED_VIEW = "Footer, Timeline"  # a full-screen pane keeps the step, epoch and run bar in view
     row: var[int] = var(0, init=False)
     playing: var[bool] = var(False, init=False)
     pinned: var[bool] = var(False, init=False)

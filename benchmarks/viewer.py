@@ -81,6 +81,7 @@ async def measure(path: Path, started: float, n_keys: int) -> dict[str, float]:
     from textual import events
     from textual.drivers.headless_driver import HeadlessDriver
 
+    import workstation.cli  # noqa: F401 - what `ws view` imports before the app
     from workstation.app.app import WsApp
     from workstation.app.screens.stepping import StepScreen
     from workstation.app.widgets.plot import StepPlot

@@ -226,6 +226,13 @@ async def test_help_zoom_palette_and_svg_export(tmp_path: Path) -> None:
         assert type(app.screen).__name__ == "HelpScreen"
         await pilot.press("escape")
         assert app.screen is screen
+        await pilot.press("escape")  # from the first run view to the recordings pane, and into the run again
+        await settle(app, pilot)
+        assert isinstance(app.screen, RecordingsScreen)
+        await pilot.press("down", "down", "down", "enter")  # method, variant, then the run
+        await settle(app, pilot)
+        assert isinstance(app.screen, RunScreen) and app.screen.run.rec.path == path
+        screen = app.screen
         names = [name for name, _, _ in app.ws_commands()]
         assert {"open run.h5", "stats", "export SVG"} <= set(names)
         await pilot.press("ctrl+s")

@@ -1,13 +1,13 @@
 """What full per-step recording costs: training-time ratio, writer throughput, bytes per step, host syncs.
 
-    python benchmarks/recording_overhead.py [--steps 1000] [--repeats 5] [--device cpu|cuda]
+    python benchmarks/recording_overhead.py [--steps 200] [--repeats 10] [--device cpu|cuda] [--threads 1]
 
-1. Trains the synthetic demo (``recorders.demo.run_demo``) with recording off and with every gate set, group and
-   prompt recorded each step, alternating in one process, and prints the median time ratio (target <= 1.05).
+1. Trains the synthetic demo model (``recorders.demo``) in alternating chunks of ``--steps`` steps with recording
+   off and with every gate set, group and prompt recorded each step (blocks flushed to a real file), in one
+   process, and prints the median time ratio (target <= 1.05) and the time spent in ``Probe.after_backward``.
 2. Appends rows of 1024 float32 values (one prompt set of 512 tokens: ``grad_norm`` + ``norm``) with
    ``RecordingWriter.append_block`` in blocks of 256 and prints rows/s (target >= 100k rows/s).
-3. Times one demo training step and one ``Probe.after_backward`` call (the per-step cost, which carries over to
-   other methods: a recording costs ``probe µs / step µs``), and prints the demo recording's bytes per step.
+3. Records a demo run (``run_demo``) and prints its bytes per step.
 4. With ``--device cuda``: counts host syncs (``torch.cuda.set_sync_debug_mode("warn")``) inside
    ``Probe.after_backward`` outside block flushes (target 0) and in the flushes.
 """
@@ -19,72 +19,77 @@ import statistics
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from recorders import probes
-from recorders.demo import run_demo
+from recorders.demo import DemoConfig, DemoModel, demo_optimizer, run_demo
 from recorders.recording_format import STEP, Layout, PromptSpec, RecordingWriter
 
-
-def training_ratio(steps: int, repeats: int, device: str, directory: Path) -> tuple[float, float, float]:
-    """Median seconds without and with recording, and the median of the per-repeat ratios."""
-    run_demo(directory / "warmup.h5", steps=20, device=device)
-    off, on = [], []
-    for i in range(repeats):
-        t = time.perf_counter()
-        run_demo(steps=steps, device=device, record=False)
-        off.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        run_demo(directory / f"on{i}.h5", steps=steps, device=device, flush_every=256)
-        on.append(time.perf_counter() - t)
-    ratios = [b / a for a, b in zip(off, on, strict=True)]
-    return statistics.median(off), statistics.median(on), statistics.median(ratios)
+DEMO_STEPS = 1000
 
 
-def probe_microseconds(device: str, directory: Path, steps: int = 200, repeats: int = 5) -> tuple[float, float]:
-    """Median µs of one demo training step and of one ``Probe.after_backward`` call on it (no flush inside)."""
+@dataclass
+class Overhead:
+    """Median µs per training step without and with recording, µs per ``after_backward``, median on/off ratio."""
+
+    off_us: float
+    on_us: float
+    probe_us: float
+    ratio: float
+
+
+def training_overhead(device: str, directory: Path, steps: int, repeats: int) -> Overhead:
+    """Train the demo model in alternating chunks of ``steps`` steps without and with full per-step recording.
+
+    The recorded chunks call ``Probe.after_backward`` every step and flush blocks of 256 rows to a real file;
+    the unrecorded ones also switch off the instance gates' logit capture, so they are plain training.
+    """
     import torch
     import torch.nn.functional as F
 
-    from recorders.demo import DemoConfig, DemoModel
-
     cfg = DemoConfig()
     model = DemoModel(cfg, torch.Generator().manual_seed(0)).to(device)
-    optimizer = torch.optim.SGD([{"params": [model.ctx], "name": "prompt", "role": "prompt"},
-                                 {"params": [*model.ctx_gates.parameters(), *model.instance_gates.parameters()],
-                                  "name": "gates", "role": "gate"}], lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = demo_optimizer(model, cfg)
     probe = probes.watch(model, optimizer, prompts={"ctx": model.ctx}, loss_terms=("total", "ce"),
-                         block=steps * repeats + 1)
-    writer = RecordingWriter(directory / "probe.h5", probe.layout, config={}, method="bench", seed=0, device=device)
-    probe.attach(writer)
-    x = torch.randn(cfg.batch, cfg.in_dim, device=device)
-    y = torch.randint(cfg.n_classes // 2, (cfg.batch,), device=device)
-    train, measure = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(steps):
+                         tensors={"ctx": (model.ctx, 10)})
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(cfg.batch, cfg.in_dim, generator=generator).to(device)
+    y = torch.randint(cfg.n_classes // 2, (cfg.batch,), generator=generator).to(device)
+
+    def chunk(record: bool) -> tuple[float, float]:
+        model.instance_gates.capture = record
+        in_probe = 0.0
+        start = time.perf_counter()
+        for step in range(steps):
             loss = F.cross_entropy(model(x)[:, : cfg.n_classes // 2], y)
             optimizer.zero_grad()
             loss.backward()
+            if record:
+                t = time.perf_counter()
+                probe.after_backward(step, 0, cfg.lr, {"total": loss, "ce": loss})
+                in_probe += time.perf_counter() - t
             optimizer.step()
-        _synchronize(device)
-        train.append((time.perf_counter() - t) / steps * 1e6)
-        t = time.perf_counter()
-        for step in range(steps):
-            probe.after_backward(step, 0, cfg.lr, {"total": loss, "ce": loss})
-        _synchronize(device)
-        measure.append((time.perf_counter() - t) / steps * 1e6)
-    writer.close()
-    return statistics.median(train), statistics.median(measure)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / steps * 1e6, in_probe / steps * 1e6
 
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
+    off, on, in_probe = [], [], []
+    with RecordingWriter(directory / "overhead.h5", probe.layout, config={}, method="bench", seed=0,
+                         device=device) as writer:
+        probe.attach(writer)
+        chunk(record=False)  # warm-up
+        for _ in range(repeats):
+            off.append(chunk(record=False)[0])
+            recorded, measuring = chunk(record=True)
+            on.append(recorded)
+            in_probe.append(measuring)
+        probe.close()
+    ratios = [b / a for a, b in zip(off, on, strict=True)]
+    return Overhead(statistics.median(off), statistics.median(on), statistics.median(in_probe),
+                    statistics.median(ratios))
 
 
 def writer_rows_per_second(directory: Path, rows: int = 100_000, block: int = 256,
@@ -148,21 +153,24 @@ def count_syncs(steps: int, directory: Path) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=200, help="steps per chunk")
+    parser.add_argument("--repeats", type=int, default=10, help="chunks each way")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: steady figures on a machine whose cores are shared)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        off, on, ratio = training_ratio(args.steps, args.repeats, args.device, directory)
-        print(f"demo training, {args.steps} steps on {args.device}: off {off:.3f} s, recorded {on:.3f} s, "
-              f"median ratio {ratio:.3f} (target <= 1.05)")
-        step_us, probe_us = probe_microseconds(args.device, directory)
-        print(f"per step: training {step_us:,.0f} µs, Probe.after_backward {probe_us:,.0f} µs "
-              f"({probe_us / step_us:.1%}; ratio <= 1.05 needs steps of >= {20 * probe_us:,.0f} µs)")
-        recording = directory / "on0.h5"
-        print(f"bytes per step: {recording.stat().st_size / args.steps:,.0f} "
-              f"({recording.stat().st_size:,} bytes for {args.steps} steps, including the strided ctx gradients)")
+        o = training_overhead(args.device, directory, args.steps, args.repeats)
+        print(f"demo training on {args.device}, {args.repeats} × {args.steps} steps each way, alternating: "
+              f"{o.off_us:,.0f} µs/step off, {o.on_us:,.0f} µs/step recorded, median ratio {o.ratio:.3f} "
+              f"(target <= 1.05); Probe.after_backward {o.probe_us:,.0f} µs/step")
+        recording = run_demo(directory / "demo.h5", steps=DEMO_STEPS, device=args.device)
+        print(f"bytes per step: {recording.stat().st_size / DEMO_STEPS:,.0f} ({recording.stat().st_size:,} bytes "
+              f"for a {DEMO_STEPS}-step demo recording, including the ctx gradient every 10 steps)")
         wall, cpu = writer_rows_per_second(directory)
         print(f"writer: {wall:,.0f} rows/s ({cpu:,.0f} per CPU second) for 1024-float32 rows via append_block "
               "(target >= 100,000)")

@@ -152,6 +152,7 @@ class Probe:
         device = self._params[0].device if self._params else torch.device("cpu")
         self._buffer = torch.full((block, start), float("nan"), dtype=torch.float32, device=device)
         self._nan = torch.full((max(widths.values(), default=1),), float("nan"), dtype=torch.float32, device=device)
+        self._nan_scalar = self._nan[0]
         self._host: list[tuple[int, int, float]] = []  # (step, epoch, lr) of each buffered row
         self._strided: list[tuple[str, int, torch.Tensor]] = []
         self._writer: rf.RecordingWriter | None = None
@@ -193,9 +194,10 @@ class Probe:
     def _raw_pieces(self, losses: Mapping[str, torch.Tensor | float]) -> list[torch.Tensor]:
         """One row of raw measurements in slot order (see :attr:`_slots`), as 1-D tensors (few kernel launches:
         one stack for the losses, one ``_foreach_norm`` and one stack for every gradient norm)."""
-        nan = self._nan[0]
+        nan = self._nan_scalar
         terms = [losses.get(term) for term in self.layout.loss_terms]
-        pieces = [torch.stack([nan if t is None else torch.as_tensor(t, device=nan.device).float() for t in terms])]
+        pieces = [torch.stack([nan if t is None else t if isinstance(t, torch.Tensor) else
+                               torch.as_tensor(t, dtype=torch.float32, device=nan.device) for t in terms]).reshape(-1)]
         grads = [p.grad for p in self._params if p.grad is not None]
         norms = torch._foreach_norm(grads) if grads else []
         if len(grads) < len(self._params):  # parameters without a gradient this step are marked NaN

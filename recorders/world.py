@@ -58,15 +58,13 @@ TEMPLATES: tuple[str, ...] = (
     "a {domain} of a {cls}.",
     "a {domain} of the {cls}.",
     "a {cls} in a {domain}.",
-    "a {domain} of a {size} {cls}.",
 )
-SIZE_WORDS: tuple[str, ...] = ("small", "large")
 DOWNSTREAM_DOMAIN = "sketch"
 IMAGE_SIZE = 64  # pixels, for load_world images; the pretraining renders at the model's own size
 SPLIT_SIZES = {"train": 32, "val": 8, "test": 25}  # images per class in load_world
-WORDS: tuple[str, ...] = tuple(sorted({w for text in (*TEMPLATES, *DOMAINS.values(), *CLASSES, *SIZE_WORDS)
+WORDS: tuple[str, ...] = tuple(sorted({w for text in (*TEMPLATES, *DOMAINS.values(), *CLASSES)
                                        for w in text.replace("{", " ").replace("}", " ").replace(".", " ").split()
-                                       if w not in ("domain", "cls", "size")}))
+                                       if w not in ("domain", "cls")}))
 
 
 @dataclass(frozen=True)
@@ -86,11 +84,6 @@ class Scene:
     def classname(self) -> str:
         return f"{self.colour} {self.shape}"
 
-    @property
-    def size_word(self) -> str | None:
-        """``"small"``/``"large"`` for the smallest/largest third of radii, else None."""
-        return "small" if self.radius < 0.33 else "large" if self.radius > 0.39 else None
-
 
 def sample_scene(classname: str, domain: str, rng: np.random.Generator) -> Scene:
     """A random scene of composition ``classname`` ("<colour> <shape>") in ``domain``."""
@@ -101,10 +94,9 @@ def sample_scene(classname: str, domain: str, rng: np.random.Generator) -> Scene
 
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A template caption naming the scene's domain and composition (and its size, when it is extreme)."""
-    templates = TEMPLATES if scene.size_word else TEMPLATES[:-1]
-    template = templates[int(rng.integers(len(templates)))]
-    return template.format(domain=DOMAINS[scene.domain], cls=scene.classname, size=scene.size_word)
+    """A random template caption naming the scene's domain and composition."""
+    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+    return template.format(domain=DOMAINS[scene.domain], cls=scene.classname)
 
 
 def _outline(shape: str, centre: tuple[float, float], radius: float, angle: float, side: int) -> list[tuple]:

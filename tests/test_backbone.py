@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,32 @@ def test_cli_bad_backbone_exits_2_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "builtin" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_contrastive_loss_matches_a_float64_reference() -> None:
+    """Image→text: C-way cross-entropy over all captions; text→image: each caption present in the batch spreads
+    its target evenly over its images; the mean of the two. Checked against explicit float64 log-softmaxes."""
+    from scipy.special import log_softmax
+
+    from recorders.pretrain import contrastive_loss
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(5, 8, generator=generator), dim=-1)
+    target = torch.tensor([0, 3, 3, 1, 0, 3])  # captions 2 and 4 have no image in the batch
+    got = contrastive_loss(image, text, target, torch.tensor(7.0))
+    logits = 7.0 * image.double().numpy() @ text.double().numpy().T
+    to_text = -np.mean([log_softmax(logits[i])[t] for i, t in enumerate(target.tolist())])
+    to_image = -np.mean([np.mean(log_softmax(logits[:, c])[target.numpy() == c]) for c in (0, 1, 3)])
+    assert got.item() == pytest.approx((to_text + to_image) / 2, rel=1e-5)
+
+
+def test_render_bank_orders_scenes_by_caption_pair() -> None:
+    from recorders.pretrain import render_bank
+    from recorders.world import DOMAINS, SEEN
+
+    scenes, pixels = render_bank(2, 16, np.random.default_rng(0))
+    pairs = [(name, domain) for name in SEEN for domain in DOMAINS]
+    assert pixels.shape == (2 * len(pairs), 3, 16, 16) and pixels.dtype == torch.float32
+    assert [(s.classname, s.domain) for s in scenes] == [pair for pair in pairs for _ in range(2)]
+    assert len({s.seed for s in scenes}) == len(scenes)

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from recorders.errors import ConfigError, RecordingError
-from recorders.recording_format import iter_recordings
 
 
 def view(
@@ -18,6 +17,8 @@ def view(
     theme: str = typer.Option("textual-dark", help="Textual theme, e.g. textual-dark, textual-light, nord"),
 ) -> None:
     """Replay recordings in the terminal: step through a run, compare variants, test across seeds."""
+    from recorders.recording_format import iter_recordings
+
     if sync not in ("step", "fraction"):
         raise ConfigError(f"--sync {sync!r} is not valid; use step or fraction")
     if refresh <= 0:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-TARGETS = {"first_paint_s": 1.5, "cursor_step_ms": 50.0, "peak_rss_mb": 400.0}
+TARGETS = {"first_paint_s": 1.5, "cursor_step_ms": 50.0, "cursor_step_during_diagnostics_max_ms": 50.0,
+           "peak_rss_mb": 400.0}
 
 
 def make_recording(path: Path, n_steps: int, n_gates: int, block: int = 4096) -> None:
@@ -120,10 +121,6 @@ async def measure(path: Path, started: float, n_keys: int) -> dict[str, float]:
         out["app_start_to_paint_s"] = time.time() - launched
         screen = app.screen
         assert isinstance(screen, StepScreen)
-        while screen.diagnostics[0] is None:
-            await asyncio.sleep(0.01)
-        await pilot.pause()
-        out["diagnostics_done_s"] = time.time() - started
 
         async def step(key: str, delta: int | None = None, to: int = 0) -> tuple[float, float]:
             """Wall and process CPU seconds from the key event to the frame showing row ``to`` or row + ``delta``."""
@@ -133,6 +130,12 @@ async def measure(path: Path, started: float, n_keys: int) -> dict[str, float]:
             app.post_message(events.Key(key, None))
             return await frame_showing(target) - t, time.process_time() - cpu
 
+        early = [await step("right", 1) for _ in range(10)]  # while the diagnostics run (a spawned process)
+        out["cursor_step_during_diagnostics_max_ms"] = 1000 * max(wall for wall, _ in early)
+        while screen.diagnostics[0] is None:
+            await asyncio.sleep(0.01)
+        await pilot.pause()
+        out["diagnostics_done_s"] = time.time() - started
         wall, cpu = np.array([await step("right", 1) for _ in range(n_keys)]).T
         out["cursor_step_ms"] = 1000 * float(np.median(wall))
         out["cursor_step_p95_ms"] = 1000 * float(np.percentile(wall, 95))
@@ -141,6 +144,7 @@ async def measure(path: Path, started: float, n_keys: int) -> dict[str, float]:
         jumps = [await step(key, to=to) for key, to in [("end", screen.n_rows - 1), ("home", 0)] * 3]
         out["jump_first_last_ms"] = 1000 * float(np.median([wall for wall, _ in jumps]))  # every plot's column moves
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["diagnostics_process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     out["load_average_1min"] = os.getloadavg()[0]
     return out
 

@@ -22,6 +22,7 @@ from recorders.recording_format import (
     STEP,
     GateSetSpec,
     Layout,
+    Recording,
     RecordingWriter,
     gate_path,
     loss_path,
@@ -369,3 +370,24 @@ async def test_compare_export_draws_one_curve_per_run(tmp_path: Path, monkeypatc
     assert calls == [([a, b], "ratio", "variant")]  # same method and seed: only the variant tells them apart
     assert f"saved {tmp_path / 'compare-ratio.png'}" in messages
     assert (tmp_path / "compare-ratio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_large_runs_are_diagnosed_in_a_child_process_inside_the_app(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a running Textual app (stderr captured) the child process starts and its diagnostics arrive."""
+    import workstation.app.data as data
+
+    path = write_run(tmp_path / "run.h5", n_steps=1500, n_gates=6, onset_step=500)
+    with Recording.open(path) as rec:
+        want = analyses.diagnostics.diagnose(rec)
+    monkeypatch.setattr(data, "PROCESS_CELLS", 0)
+    calls: list[Path] = []
+    real = data.diagnose_in_subprocess
+    monkeypatch.setattr(data, "diagnose_in_subprocess", lambda p: calls.append(p) or real(p))
+    app = WsApp([path])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        got = app.screen.diagnostics[0]
+    assert calls == [path]
+    np.testing.assert_array_equal(got.gate_sets[GATES].ratio, want.gate_sets[GATES].ratio)
+    assert got.gate_sets[GATES].onset_step == want.gate_sets[GATES].onset_step

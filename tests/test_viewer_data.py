@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 from synthetic import GATES, write_run
 
-from workstation.app.data import RunData, column_of, downsample, heatmap, read_columns, row_of_column
+from recorders.errors import RecordingError
+from recorders.recording_format import Recording
+from workstation.app.data import (
+    RunData,
+    column_of,
+    diagnose_in_subprocess,
+    downsample,
+    heatmap,
+    read_columns,
+    row_of_column,
+)
 
 
 def brute_columns(values: np.ndarray, positions: np.ndarray, n_rows: int, width: int):
@@ -90,3 +100,21 @@ def test_gate_row_matches_the_file(tmp_path: Path) -> None:
     with h5py.File(path, "r") as f:
         for series in ("value", "dsigmoid", "logit", "grad"):
             np.testing.assert_array_equal(run.gate_row(GATES, 321)[series], f[f"gates/{GATES}/{series}"][321])
+
+
+
+def test_diagnose_in_subprocess_equals_diagnose_and_raises_the_childs_errors(tmp_path: Path) -> None:
+    from analyses.diagnostics import diagnose
+
+    path = write_run(tmp_path / "r.h5", n_steps=2000, n_gates=6, onset_step=800)
+    with Recording.open(path) as rec:
+        want = diagnose(rec)
+    got = diagnose_in_subprocess(path)
+    assert got.gate_sets.keys() == want.gate_sets.keys()
+    for name, g in want.gate_sets.items():
+        assert got.gate_sets[name].verdict == g.verdict and got.gate_sets[name].onset_step == g.onset_step
+        np.testing.assert_array_equal(got.gate_sets[name].ratio, g.ratio)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not an hdf5 file")
+    with pytest.raises(RecordingError, match="not an HDF5 file"):
+        diagnose_in_subprocess(bad)

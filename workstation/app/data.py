@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +31,9 @@ from recorders.recording_format import (
 )
 
 SAMPLES_PER_COLUMN = 64
+# Diagnose in a child process above this many recorded gate values (rows × gates): on 100k × 1,024 the
+# diagnostics' numpy work holds the GIL for up to ~250 ms at a time, which would stall the cursor.
+PROCESS_CELLS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -221,6 +228,16 @@ class RunData:
         out = [Marker(self.row_of_step(e.step), e.step, e.kind, e.message or e.kind) for e in events]
         return sorted(out + self.extra_markers, key=lambda m: (m.row, m.kind))
 
+    def diagnose(self) -> Any:
+        """The analyses' collapse diagnostics (``analyses.diagnostics.RecordingDiagnostics``) of the committed rows;
+        in a separate process when the recording holds more than :data:`PROCESS_CELLS` gate values."""
+        cells = self.n_rows * sum(g.n_gates for g in self.rec.gate_sets.values())
+        if cells <= PROCESS_CELLS:
+            from analyses.diagnostics import diagnose
+
+            return diagnose(self.rec)
+        return diagnose_in_subprocess(self.rec.path)
+
     def final_hm(self) -> float | None:
         hm = self.rec.eval_table()["hm"]
         return float(hm[-1]) if len(hm) else None
@@ -234,3 +251,35 @@ def distinguishing_key(runs: list[RunData]) -> str:
         if None not in values and len(set(map(str, values))) == len(runs):
             return key
     return "method"
+
+
+# The child pickles the diagnostics, or the exception that stopped them, to stdout.
+_CHILD = """
+import pickle, sys
+from analyses.diagnostics import diagnose
+from recorders.recording_format import Recording
+try:
+    with Recording.open(sys.argv[1]) as rec:
+        out = diagnose(rec)
+except Exception as exc:
+    out = exc
+sys.stdout.buffer.write(pickle.dumps(out))
+"""
+
+
+def diagnose_in_subprocess(path: str | os.PathLike[str]) -> Any:
+    """``analyses.diagnostics.diagnose`` of the recording at ``path``, computed by a child Python process.
+
+    A plain subprocess rather than multiprocessing: inside a Textual app ``sys.stderr`` is a capture object,
+    which multiprocessing's resource tracker cannot pass to its own child. Exceptions raised in the child
+    (a :class:`~recorders.errors.RecordingError` for a bad file) are raised here.
+    """
+    child = subprocess.run([sys.executable, "-c", _CHILD, os.fspath(path)], stdin=subprocess.DEVNULL,
+                           capture_output=True, check=False)
+    if child.returncode != 0 or not child.stdout:
+        reason = child.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {child.returncode}"]
+        raise RecordingError(f"{path}: the diagnostics process failed ({reason[0]})")
+    out = pickle.loads(child.stdout)  # written by our own child process above
+    if isinstance(out, BaseException):
+        raise out
+    return out

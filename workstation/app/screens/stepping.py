@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,18 +117,22 @@ class StepScreen(Screen[None]):
         they would otherwise slow the first paint by seconds on a large recording."""
         if not self._diagnosis_started and all(plot.loaded for plot in self.query(StepPlot)):
             self._diagnosis_started = True
-            self.call_after_refresh(self.diagnose)
+            self.call_after_refresh(self._painted)
+
+    def _painted(self) -> None:
+        # What exists now (modules, styles, widgets, cached plot lines) lives as long as the screen: freezing it
+        # keeps Python's full collections from scanning it, which paused a cursor step for 230 ms on 100k × 1,024.
+        gc.freeze()
+        self.diagnose()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="diagnose")
     def diagnose(self) -> None:
         """Run the analyses' collapse diagnostics of every run with gates, in a background thread."""
-        from analyses.diagnostics import diagnose
-
         for i, run in enumerate(self.runs):
             if not run.gate_sets:
                 continue
             try:
-                result = diagnose(run.rec)
+                result = run.diagnose()
             except (WsError, OSError, KeyError, ValueError) as exc:
                 self.app.call_from_thread(self.notify, f"diagnostics of {run.title}: {exc}", severity="warning")
                 continue

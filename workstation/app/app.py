@@ -128,7 +128,7 @@ class WsApp(App[None]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
-    def action_back(self) -> None:
+    async def action_back(self) -> None:
         """Escape: back to the previous screen, or from the first run or comparison to the recordings pane."""
         if len(self.screen_stack) > 2:
             self.pop_screen()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 from textual.app import ComposeResult
@@ -40,14 +41,17 @@ class CompareScreen(StepScreen):
             for i, run in enumerate(self.runs):
                 gate_set = run.gate_sets[0] if run.gate_sets else ""
                 with Vertical(classes="run-column", id=f"run-{i}"):
-                    yield Pane(run.title, TimePlot(lambda w, h, run=run: curves(run, run.grad_paths, w),
-                                                          log=True, classes=f"run-{i}"), id=f"grads-{i}")
+                    yield Pane(run.title, TimePlot(partial(self._grads, run), log=True, classes=f"run-{i}"),
+                               id=f"grads-{i}")
                     yield Pane(f"{gate_set or 'no gates'} × step",
-                               Heatmap(lambda w, h, run=run, g=gate_set: self._heatmap(run, g, w, h),
-                                       classes=f"run-{i}"), id=f"heatmap-{i}")
+                               Heatmap(partial(self._heatmap, run, gate_set), classes=f"run-{i}"), id=f"heatmap-{i}")
                     yield Pane("gates at cursor", GateBars(id=f"gates-{i}"), focusable=False)
         yield Timeline(id="timeline")
         yield Footer()
+
+    @staticmethod
+    def _grads(run: RunData, width: int, height: int) -> tuple[int, list[Series]]:
+        return curves(run, run.grad_paths, width)
 
     @staticmethod
     def _heatmap(run: RunData, gate_set: str, width: int, height: int) -> tuple[int, np.ndarray | None]:

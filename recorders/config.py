@@ -17,7 +17,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,9 @@ class Config:
     out: str = ""  # "" = recordings/<method>-<dataset>-s<seed>-<time>.h5
     flush_every: int = 256
     tensor_stride: int = 50  # full gradients of large parameters every this many steps
+    # labels for grouping runs: `[tags]` in TOML or --set tags.NAME=VALUE; `ws batch` stores named-axis labels
+    # here and `ws stats --by tags.NAME` groups by them. They never change training.
+    tags: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> Config:
         """Check values and combinations; return ``self`` or raise :class:`ConfigError`."""
@@ -214,6 +217,8 @@ def _coerce(key: str, value: Any) -> Any:
     """Check (TOML values) or parse (``--set`` strings) ``value`` for field ``key``."""
     if key not in FIELDS:
         raise ConfigError(f"unknown config key {key!r}{suggest(key, FIELDS)} (see `ws record --help`)")
+    if key == "tags":
+        return _tags(value)
     hint = _HINTS[key]
     optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
     kind = next(t for t in typing.get_args(hint) if t is not type(None)) if optional else hint
@@ -238,6 +243,13 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
+def _tags(value: Any) -> dict[str, str]:
+    """A ``tags`` table: label names to string values (numbers and booleans are written as text)."""
+    if not isinstance(value, dict) or not all(isinstance(v, str | int | float | bool) for v in value.values()):
+        raise ConfigError(f"tags = {value!r} must be a table of labels, e.g. --set tags.intervention=lr50")
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+
+
 def parse_set(items: Iterable[str]) -> list[tuple[str, Any]]:
     """Parse ``key=value`` strings (from repeated ``--set``) into checked ``(key, value)`` pairs."""
     out = []
@@ -246,6 +258,9 @@ def parse_set(items: Iterable[str]) -> list[tuple[str, Any]]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r} is not key=value; write e.g. --set lr=0.01")
         key = key.strip().replace("-", "_")
+        if key.startswith("tags."):
+            out.append(("tags", _tags({key.removeprefix("tags."): value.strip()})))
+            continue
         out.append((key, _coerce(key, value)))
     return out
 
@@ -263,7 +278,7 @@ def load_toml(path: str | Path) -> list[tuple[str, Any]]:
         raise ConfigError(f"{p}: not valid TOML ({exc}); fix the file") from None
     pairs = []
     for key, value in raw.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "tags":
             raise ConfigError(
                 f"{p}: config files are flat key = value lines, found a table [{key}]; "
                 "move its keys to the top level"
@@ -287,7 +302,9 @@ def build_config(
         layers += load_toml(config_file)
     layers += parse_set(sets)
     layers += [(k, _coerce(k, v)) for k, v in overrides if v is not None]
-    chosen = dict(layers)
+    chosen: dict[str, Any] = {}
+    for key, value in layers:  # later layers win; tags merge label by label
+        chosen[key] = {**chosen.get("tags", {}), **value} if key == "tags" else value
     method = chosen.get("method", Config.method)
     dataset = chosen.get("dataset", Config.dataset)
     _choice("method", method, METHODS)

@@ -19,8 +19,19 @@ from recorders.methods.registry import build_method
 from recorders.training import make_optimizer
 
 CLASSES = ["red circle", "green square", "blue triangle", "big yellow star"]
-D, DV, E = 128, 192, 128  # tiny CLIP widths: text, vision, joint
-J = 3  # MaPLe depth 9 clipped to the tiny model's 3 layers
+
+def _tiny_widths() -> tuple[int, int, int, int]:
+    """Text, vision and joint widths of the tiny CLIP the tests use, and MaPLe's depth 9 clipped to its layers
+    (read from the built-in recipe's config, so the hand counts below follow a recipe change)."""
+    from recorders.pretrain import tiny_config, world_tokenizer
+
+    config = tiny_config(world_tokenizer())
+    text, vision = config.text_config, config.vision_config
+    depth = min(9, text.num_hidden_layers, vision.num_hidden_layers)
+    return text.hidden_size, vision.hidden_size, config.projection_dim, depth
+
+
+D, DV, E, J = _tiny_widths()  # text width, vision width, joint width, MaPLe depth
 
 
 def random_backbone(tmp_path_factory: pytest.TempPathFactory):

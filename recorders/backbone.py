@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 import transformers
 
+from recorders.datasets import cache_home
 from recorders.errors import ConfigError, DataError
 
 # CLIP's own normalisation, used when a checkpoint directory has no preprocessor_config.json.
@@ -89,16 +89,11 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
-def cache_dir() -> Path:
-    """Where ws keeps built artefacts: ``$WS_CACHE`` if set, else ``~/.cache/ws``."""
-    return Path(os.environ.get("WS_CACHE") or Path.home() / ".cache" / "ws").expanduser()
-
-
 def builtin_dir() -> Path:
     """The built-in tiny CLIP's checkpoint directory (versioned by the pretraining recipe)."""
     from recorders.pretrain import RECIPE_VERSION
 
-    return cache_dir() / "backbones" / f"builtin-{RECIPE_VERSION}"
+    return cache_home() / "backbones" / f"builtin-{RECIPE_VERSION}"
 
 
 def load_backbone(spec: str = "builtin", device: str = "auto") -> Backbone:

@@ -661,7 +661,7 @@ def _open_h5(p: Path) -> h5py.File:
     """
     try:
         return h5py.File(p, "r")
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # HDF5 raises RuntimeError for some damaged superblocks
         stored = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(exc))
         if stored:
             raise _corrupt(p, f"{stored[1]} of {stored[2]} bytes") from None
@@ -671,7 +671,7 @@ def _open_h5(p: Path) -> h5py.File:
         raise _corrupt(p, f"{p.stat().st_size} of {stored_eof} bytes")
     try:
         return h5py.File(p, "r", swmr=True, libver="latest")
-    except OSError:
+    except (OSError, RuntimeError):
         raise _corrupt(p, plain_error) from None
 
 

@@ -50,7 +50,15 @@ def _truncated(tmp_path: Path, demo: Path) -> Path:
     return path
 
 
-BAD = {"missing path": (_missing, "no such file"), "not HDF5": (_not_hdf5, "not an HDF5 file"),
+def _zeroed_superblock(tmp_path: Path, demo: Path) -> Path:
+    """An HDF5 signature followed by zeros: HDF5 raises RuntimeError, not OSError, for this one."""
+    path = tmp_path / "zeros.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(2048))
+    return path
+
+
+BAD = {"missing path": (_missing, "no such file"),
+       "damaged superblock": (_zeroed_superblock, "corrupt"), "not HDF5": (_not_hdf5, "not an HDF5 file"),
        "not a ws recording": (_foreign_hdf5, "not a ws recording"),
        "newer schema": (_newer_schema, "newer than this ws"), "truncated": (_truncated, "truncated or corrupt")}
 

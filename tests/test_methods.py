@@ -1,6 +1,6 @@
 """Methods on a random-init tiny CLIP: zero-shot equivalence, hand-counted parameters, batching, learning.
 
-The tiny CLIP (text width 128, vision width 192, 3 layers each, 128-d joint space) is random, so nothing here
+The tiny CLIP (the built-in config, random weights; widths are read from its config) is random, so nothing here
 depends on pretraining; the checks are exact identities or loss decreases on a fixed batch.
 """
 
@@ -19,19 +19,6 @@ from recorders.methods.registry import build_method
 from recorders.training import make_optimizer
 
 CLASSES = ["red circle", "green square", "blue triangle", "big yellow star"]
-
-def _tiny_widths() -> tuple[int, int, int, int]:
-    """Text, vision and joint widths of the tiny CLIP the tests use, and MaPLe's depth 9 clipped to its layers
-    (read from the built-in recipe's config, so the hand counts below follow a recipe change)."""
-    from recorders.pretrain import tiny_config, world_tokenizer
-
-    config = tiny_config(world_tokenizer())
-    text, vision = config.text_config, config.vision_config
-    depth = min(9, text.num_hidden_layers, vision.num_hidden_layers)
-    return text.hidden_size, vision.hidden_size, config.projection_dim, depth
-
-
-D, DV, E, J = _tiny_widths()  # text width, vision width, joint width, MaPLe depth
 
 
 def random_backbone(tmp_path_factory: pytest.TempPathFactory):
@@ -96,36 +83,44 @@ def test_coop_gating_with_open_gates_is_zero_shot_clip(tiny_backbone):
     assert (halved - logits).abs().max() > 1e-3
 
 
-META = E * (E // 16) + E // 16 + (E // 16) * D + D  # CoCoOp meta-net: Linear(E, E/16), Linear(E/16, D)
-MAPLE = J * 2 * D + J * (D * DV + DV)  # J prompt sets of 2 tokens + J couplings D → DV
-EXPECTED = {
-    "coop": 4 * D,
-    "coop-gating": 4 * D + 4,
-    "cocoop": 4 * D + META,
-    "cocoop-gating": 4 * D + META + E * 4 + 4,
-    "maple": MAPLE,
-    "bimaple": MAPLE + J * (DV * D + D),
-    "adaptive-bimaple": MAPLE + J * (DV * D + D) + J * 2 + J,
-}
+def expected_counts(config) -> dict[str, int]:
+    """Trainable parameters per method, counted by hand from a ``CLIPConfig``'s widths and depths."""
+    d, v, e = config.text_config.hidden_size, config.vision_config.hidden_size, config.projection_dim
+    j = min(9, config.text_config.num_hidden_layers, config.vision_config.num_hidden_layers)  # MaPLe depth J
+    h = e // 16
+    meta = e * h + h + h * d + d  # CoCoOp meta-net: Linear(E, E/16), ReLU, Linear(E/16, D)
+    maple = j * 2 * d + j * (d * v + v)  # J prompt sets of 2 tokens + J couplings D → V
+    return {
+        "coop": 4 * d,
+        "coop-gating": 4 * d + 4,
+        "cocoop": 4 * d + meta,
+        "cocoop-gating": 4 * d + meta + e * 4 + 4,
+        "maple": maple,
+        "bimaple": maple + j * (v * d + d),
+        "adaptive-bimaple": maple + j * (v * d + d) + j * 2 + j,
+    }
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_trainable_parameter_counts_match_hand_counts(tiny_backbone, name):
+    expected = expected_counts(tiny_backbone.model.config)[name]
     method = make(tiny_backbone, name)
-    assert method.n_trainable() == EXPECTED[name]
-    assert sum(p.numel() for p in method.parameters() if p.requires_grad) == EXPECTED[name]
+    assert method.n_trainable() == expected
+    assert sum(p.numel() for p in method.parameters() if p.requires_grad) == expected
     assert all(not p.requires_grad for p in tiny_backbone.model.parameters())
 
 
 def test_variants_change_the_counts_as_documented(tiny_backbone):
+    expected = expected_counts(tiny_backbone.model.config)
     matched = make(tiny_backbone, "adaptive-bimaple", variant="param-matched")
     frozen = make(tiny_backbone, "adaptive-bimaple", variant="always-frozen")
-    assert matched.n_trainable() == EXPECTED["adaptive-bimaple"]  # gates removed, same count of plain scales
+    j = matched.depth
+    assert matched.n_trainable() == expected["adaptive-bimaple"]  # gates removed, same count of plain scales
     assert {g.role for g in matched.groups()} == {"prompt", "coupling", "other"}
-    assert frozen.n_trainable() == EXPECTED["adaptive-bimaple"] - J * 2 - J
+    assert frozen.n_trainable() == expected["adaptive-bimaple"] - j * 2 - j
     assert all(not p.requires_grad for p in frozen.depth_gate.parameters())
     cocoop = make(tiny_backbone, "cocoop-gating", variant="param-matched")
-    assert cocoop.n_trainable() == EXPECTED["cocoop-gating"]
+    assert cocoop.n_trainable() == expected["cocoop-gating"]
 
 
 def test_batched_cocoop_equals_the_reference_per_image_loop(tiny_backbone):
@@ -150,7 +145,9 @@ def test_maple_prompts_reach_both_encoders(tiny_backbone):
     image = inputs_for(method, tiny_backbone)
     loss = F.cross_entropy(method(image, classes).logits, torch.tensor([0, 1, 2, 3]))
     loss.backward()
-    for d in range(J):  # deep text prompts and every coupling (vision side) get gradient
+    assert method.depth == min(9, len(tiny_backbone.model.text_model.encoder.layers),
+                               len(tiny_backbone.model.vision_model.encoder.layers))
+    for d in range(method.depth):  # deep text prompts and every coupling (vision side) get gradient
         assert method.prompts[d].grad.abs().sum() > 0
         assert method.coupling[d].weight.grad.abs().sum() > 0
 
@@ -159,11 +156,11 @@ def test_bimaple_cycle_loss_is_the_documented_formula(tiny_backbone):
     method = make(tiny_backbone, "bimaple", lambda_cyc=0.5)
     out = method(inputs_for(method, tiny_backbone), method.encode_classes(CLASSES))
     expected = 0.0
-    for d in range(J):
+    for d in range(method.depth):
         p = method.prompts[d].detach().double()
         there = p @ method.coupling[d].weight.double().T + method.coupling[d].bias.double()
         back = there @ method.coupling_back[d].weight.double().T + method.coupling_back[d].bias.double()
-        expected += ((back - p) ** 2).sum(-1).mean() / J
+        expected += ((back - p) ** 2).sum(-1).mean() / method.depth
     assert float(out.terms["cyc"]) == pytest.approx(0.5 * float(expected), rel=1e-5)
 
 

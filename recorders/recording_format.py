@@ -3,7 +3,7 @@
 A recording is one HDF5 file per training run (documented field by field in ``docs/recording-format.md``):
 
 - root attributes identify the file: ``format``, ``schema_version``, ``status``, ``config`` (JSON), ``method``,
-  ``seed``, ``dataset``, ``created``, ``finished``, ``ws_version``, ``device``, ``error``;
+  ``seed``, ``dataset``, ``created``, ``finished``, ``ws_version``, ``device``, ``error``, ``total_steps``;
 - per-step series (one row per recorded optimiser step, chunked and resizable along axis 0):
   ``steps/step`` (int64), ``steps/epoch`` (int32), ``steps/lr`` (float64), ``steps/loss/<term>``,
   ``grads/<group>/norm``, ``gates/<name>/{logit,value,dsigmoid,grad[,value_mean,value_std][,prompt_norm,cosine]}``
@@ -265,7 +265,7 @@ class RecordingWriter:
     def __init__(self, path: str | os.PathLike[str], layout: Layout, *, config: Mapping[str, Any],
                  method: str, seed: int, device: str, dataset: str = "", flush_every: int = 256,
                  flush_seconds: float = 5.0, compression: str | None = None,
-                 chunk_rows: int = CHUNK_ROWS) -> None:
+                 chunk_rows: int = CHUNK_ROWS, total_steps: int = 0) -> None:
         if flush_every < 1 or flush_seconds <= 0:
             raise ValueError("flush_every must be >= 1 and flush_seconds > 0")
         self.path = Path(path)
@@ -288,7 +288,7 @@ class RecordingWriter:
             "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "status": "running",
             "config": json.dumps(config, sort_keys=True, default=str), "method": method, "seed": int(seed),
             "dataset": dataset, "created": _now(), "finished": "", "ws_version": ws_version(),
-            "device": device, "error": "", "layout": layout.to_json(),
+            "device": device, "error": "", "layout": layout.to_json(), "total_steps": int(total_steps),
         })
         for p, (shape, dtype) in self._series.items():
             _create_growable(f, p, shape, dtype, chunk_rows, compression)

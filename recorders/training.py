@@ -334,6 +334,7 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: bool = True) -> 
             device=str(method.backbone.device),
             dataset=cfg.dataset,
             flush_every=cfg.flush_every,
+            total_steps=total,
         ) as writer,
         _Progress(progress, total) as advance,
     ):

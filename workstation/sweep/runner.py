@@ -163,8 +163,8 @@ def _progress(path: Path) -> tuple[int, int | None]:
     """Committed steps of a live recording and its planned total (``None`` when it does not say)."""
     try:
         with Recording.open(path) as rec:
-            total = rec.attrs.get("total_steps") or rec.config.get("total_steps")
-            return rec.n_steps, int(total) if total else None
+            total = int(rec.attrs.get("total_steps", 0))
+            return rec.n_steps, total or None
     except (RecordingError, OSError, KeyError, ValueError):
         return 0, None
 

@@ -48,12 +48,13 @@ def cached_features(
     dataset_fingerprint: str,
     batch_size: int = 64,
     progress: bool = True,
+    crop_scale: float = 0.08,
 ) -> torch.Tensor:
     """Image features of ``items`` from ``backbone`` (a :class:`recorders.backbone.Backbone`), cached on disk.
 
     ``kind="train"``: ``(len(items), views, embed_dim)``, view ``v`` of item ``i`` under the training
     transform with generator ``default_rng([seed, i, v])``. ``kind="test"``: ``(len(items), embed_dim)``
-    under the test transform (``views`` and ``seed`` are ignored). Features are CLIP's projected,
+    under the test transform (``views``, ``seed`` and ``crop_scale`` are ignored). Features are CLIP's projected,
     unnormalised image features, computed batched under ``backbone.autocast()``, returned float32 on
     ``backbone.device``.
     """
@@ -65,7 +66,7 @@ def cached_features(
         raise ConfigError(f"--seed must be a non-negative integer, got {seed}")
     transform: TrainTransform | EvalTransform
     if kind == "train":
-        transform = train_transform(backbone.image_size, backbone.image_mean, backbone.image_std)
+        transform = train_transform(backbone.image_size, backbone.image_mean, backbone.image_std, crop_scale)
     else:
         transform = test_transform(backbone.image_size, backbone.image_mean, backbone.image_std)
         views, seed = 1, 0

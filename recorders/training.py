@@ -173,7 +173,7 @@ def prepare_data(
         batch_size=cfg.eval_batch_size,
         progress=progress,
     )
-    data.train_features = features(task.train, kind="train", views=cfg.views)
+    data.train_features = features(task.train, kind="train", views=cfg.views, crop_scale=cfg.crop_scale)
     for half, items in (("base", task.test_base), ("novel", task.test_novel)):
         data.test_inputs[half] = features(items, kind="test", views=1)
     return data
@@ -185,8 +185,10 @@ def _pixels(
     from recorders.transforms import load_batch, test_transform, train_transform
 
     bb = method.backbone
-    make = train_transform if rngs is not None else test_transform
-    transform = make(bb.image_size, bb.image_mean, bb.image_std)
+    if rngs is not None:
+        transform = train_transform(bb.image_size, bb.image_mean, bb.image_std, cfg.crop_scale)
+    else:
+        transform = test_transform(bb.image_size, bb.image_mean, bb.image_std)
     return load_batch(items, load_image, transform, rngs, workers=cfg.num_workers or None).to(bb.device)
 
 

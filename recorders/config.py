@@ -272,17 +272,23 @@ def parse_set(items: Iterable[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def read_toml(path: str | Path, what: str = "config file", option: str = "--config") -> dict[str, Any]:
+    """A TOML file as a dict; a missing, unreadable or invalid file is a one-line :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: {what} not found; check the {option} path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read {what} ({exc}); check the {option} path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc}); fix the file") from None
+
+
 def load_toml(path: str | Path) -> list[tuple[str, Any]]:
     """Read a flat TOML config file into checked ``(key, value)`` pairs."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found; check the --config path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read config file ({exc}); check the --config path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML ({exc}); fix the file") from None
+    raw = read_toml(p)
     pairs = []
     for key, value in raw.items():
         if isinstance(value, dict) and key != "tags":

@@ -36,13 +36,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorders.config import FIELDS, Config, build_config, suggest
+from recorders.config import FIELDS, Config, build_config, read_toml, suggest
 from recorders.errors import ConfigError
 
 SPEC_KEYS = ("name", "out", "base", "axes", "runs", "resources")
@@ -81,15 +80,7 @@ class SweepSpec:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep spec; any problem raises :class:`ConfigError` with one line."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: sweep spec not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read the sweep spec ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML ({exc}); fix the spec") from None
-    return parse_spec(raw, p)
+    return parse_spec(read_toml(p, "sweep spec", "spec"), p)
 
 
 def parse_spec(raw: Mapping[str, Any], path: Path) -> SweepSpec:

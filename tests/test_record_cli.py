@@ -114,3 +114,13 @@ def test_examples_are_valid_configs():
     assert examples
     for path in examples:
         build_config(config_file=path)
+
+
+def test_demo_records_a_complete_demo_recording(tmp_path):
+    out = tmp_path / "demo.h5"
+    result = CliRunner().invoke(app, ["record", "--demo", "--seed", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output.replace("\n", "")
+    with Recording.open(out) as rec:
+        assert (rec.status, rec.method, rec.seed) == ("complete", "demo", 3)
+        assert rec.n_steps == 300 and set(rec.gate_sets) and len(rec.eval_table()["hm"]) > 0

@@ -52,7 +52,8 @@ class _GateProbe:
     gate: Gate
 
 
-def _gate_set_name(qualified: str) -> str:
+def gate_set_name(qualified: str) -> str:
+    """The recording's name for the gate set of module ``qualified`` (``length_gates.0`` → ``length_gates_0``)."""
     return qualified.replace(".", "_") or "gates"
 
 
@@ -104,7 +105,7 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *,
         first = next(gate.parameters(), None)
         static = gate.logits is not None
         spec = rf.GateSetSpec(
-            name=_gate_set_name(qualified), n_gates=gate.n_gates, kind=gate.kind,
+            name=gate_set_name(qualified), n_gates=gate.n_gates, kind=gate.kind,
             prompt=gate.prompt if prompt is not None else "", decomposition=prompt is not None,
             group=group_of.get(id(first), "") if first is not None else "",
             init_logit=tuple(gate.logits.detach().double().cpu().tolist()) if static else ())

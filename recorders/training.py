@@ -247,7 +247,10 @@ def evaluate(method: PromptMethod, base: ClassPrompts, novel: ClassPrompts, data
 
 
 def gate_summary(method: PromptMethod) -> str:
-    """One line: per gate set, mean σ, its range and how many gates are saturated (σ < 0.05 or > 0.95)."""
+    """One line: per gate set (named as in the recording), mean σ, its range and how many gates are saturated
+    (σ < 0.05 or > 0.95)."""
+    from recorders.probes import gate_set_name
+
     parts = []
     for name, gate in find_gates(method).items():
         logits = gate.logits if gate.logits is not None else gate.last_logits
@@ -256,7 +259,7 @@ def gate_summary(method: PromptMethod) -> str:
         values = torch.sigmoid(logits.detach().float()).flatten()
         saturated = int(((values < 0.05) | (values > 0.95)).sum())
         parts.append(
-            f"{name or 'gates'} σ {values.mean():.3f} [{values.min():.3f}, {values.max():.3f}], "
+            f"{gate_set_name(name)} σ {values.mean():.3f} [{values.min():.3f}, {values.max():.3f}], "
             f"{saturated}/{values.numel()} saturated"
         )
     return "; ".join(parts) if parts else "no gates"

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from workstation.sweep.executors import Executor
+    from workstation.sweep.spec import SweepSpec
 
 
 class ExecutorName(StrEnum):
@@ -28,7 +32,7 @@ def batch(
     from rich.console import Console
 
     from recorders.errors import WsError
-    from workstation.sweep.runner import execute, plan
+    from workstation.sweep.runner import execute
     from workstation.sweep.spec import load_spec
 
     console = Console(stderr=True)
@@ -40,7 +44,6 @@ def batch(
     try:
         outcome = execute(sweep, runner, retry_failed=retry_failed, console=console)
     except KeyboardInterrupt:
-        manifest, _, _ = plan(sweep, retry_failed)
         console.print(f"interrupted: runs not complete are marked interrupted in {sweep.directory / 'manifest.json'};"
                       " run the same command again to resume")
         raise SystemExit(130) from None
@@ -58,7 +61,7 @@ def batch(
         raise SystemExit(1)
 
 
-def _executor(name: ExecutorName, jobs: int, address: str | None, cpus: float, gpus: float):  # noqa: ANN202
+def _executor(name: ExecutorName, jobs: int, address: str | None, cpus: float, gpus: float) -> Executor:
     from workstation.sweep.executors import LocalExecutor, RayExecutor
 
     if name is ExecutorName.ray:
@@ -70,7 +73,7 @@ def _executor(name: ExecutorName, jobs: int, address: str | None, cpus: float, g
     return LocalExecutor(jobs)
 
 
-def _print_plan(sweep, retry_failed: bool) -> None:  # noqa: ANN001
+def _print_plan(sweep: SweepSpec, retry_failed: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -92,7 +95,7 @@ def _print_plan(sweep, retry_failed: bool) -> None:  # noqa: ANN001
     Console().print(table)
 
 
-def _print_summary(sweep, metric: str) -> None:  # noqa: ANN001
+def _print_summary(sweep: SweepSpec, metric: str) -> None:
     """The `ws stats` comparison of the sweep folder by each swept axis (but seed) with two or more values."""
     from analyses.stats import compare
     from workstation.commands.stats import print_report

@@ -35,7 +35,6 @@ class SweepOutcome:
     manifest: Manifest
     skipped: list[str]
     executed: list[str]
-    interrupted: bool = False
 
     def count(self, status: str) -> int:
         return sum(1 for e in self.manifest.runs.values() if e.status == status)
@@ -123,7 +122,6 @@ def execute(spec: SweepSpec, executor: Executor, *, retry_failed: bool = True, c
                 entry.status, entry.final_hm = ("complete", hm) if status == "complete" else ("interrupted", None)
                 entry.error = "" if status == "complete" else "interrupted by Ctrl-C"
         manifest.save()
-        outcome.interrupted = True
         raise
     finally:
         executor.shutdown()

@@ -24,6 +24,7 @@ on the device and move with the block.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from torch import nn
 from recorders import recording_format as rf
 from recorders.gates import Gate, find_gates
 
+RAW_GRADIENT_LIMIT = 4096  # parameters up to this many elements have their gradient copied, its norm taken on the host
 _EMPTY_PROMPTS: Mapping[str, nn.Parameter] = {}
 _EMPTY_TENSORS: Mapping[str, tuple[nn.Parameter, int]] = {}
 
@@ -122,12 +124,19 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *,
 class Probe:
     """Measures every step on the device and hands blocks of rows to a :class:`RecordingWriter`.
 
-    ``layout`` declares what the rows hold; create the writer with it. Per step, :meth:`after_backward` gathers the
-    raw measurements into one row of a ``(block, width)`` float32 device buffer with a single ``torch.cat``: loss
-    terms, one ``torch._foreach_norm`` over every gradient, static gate logits and their gradients, batch statistics
-    of instance gates, and the values and gradients of the prompt tokens. :meth:`flush` copies the block to the host
-    once and derives the recorded series from it in float64 (σ, σ', group norms, per-token norms, cosines).
-    Memory: ``block × width × 4`` bytes on the device, where ``width`` counts twice every prompt element.
+    ``layout`` declares what the rows hold; create the writer with it. Per step, :meth:`after_backward` copies the
+    raw measurements into one row of a ``(block, width)`` float32 device buffer with at most two kernel dispatches
+    (one ``torch._foreach_norm`` over the gradients of parameters larger than :data:`RAW_GRADIENT_LIMIT`, one
+    ``torch._foreach_copy_`` of everything into the row's preallocated views): loss terms, those norms, the whole
+    gradients of smaller parameters, static gate logits and their gradients, the per-input logits and ∂L/∂g of
+    instance gates, and the values and gradients of the prompt tokens. No statistic is computed on the device (right
+    after backward the caches are cold and every dispatch is expensive): :meth:`flush` copies the block to the host
+    once and derives the recorded series from it in float64 (σ, σ', group norms, batch means and stds, per-token
+    norms, cosines).
+
+    Memory: ``block × width × 4`` bytes on the device, where ``width`` counts twice every prompt element, once every
+    element of a small parameter, and twice ``batch × n_gates`` per instance gate set (the batch is the largest seen
+    so far: a larger one flushes the buffered rows and reallocates).
     """
 
     def __init__(self, layout: rf.Layout, groups: list[_GroupProbe], gates: list[_GateProbe],
@@ -137,31 +146,61 @@ class Probe:
         self._groups = groups
         self._params = [p for g in groups for p in g.params]
         self._gates = gates
+        self._instance = [g.gate for g in gates if g.gate.logits is None]
         self._prompts = prompts
-        self._tensors = tensors
-        widths = {f"loss/{term}": 1 for term in layout.loss_terms}
-        widths["param_norms"] = len(self._params)
-        for g in gates:
-            widths[f"gate/{g.spec.name}"] = (2 if g.gate.logits is not None else 5) * g.gate.n_gates
-        for name, prompt in prompts.items():
-            widths[f"prompt/{name}/value"] = widths[f"prompt/{name}/grad"] = prompt.numel()
-        self._slots: dict[str, slice] = {}
-        start = 0
-        for key, width in widths.items():
-            self._slots[key] = slice(start, start + width)
-            start += width
-        device = self._params[0].device if self._params else torch.device("cpu")
-        self._buffer = torch.full((block, start), float("nan"), dtype=torch.float32, device=device)
-        self._nan = torch.full((max(widths.values(), default=1),), float("nan"), dtype=torch.float32, device=device)
-        self._nan_scalar = self._nan[0]
-        self._host: list[tuple[int, int, float]] = []  # (step, epoch, lr) of each buffered row
+        self._device = self._params[0].device if self._params else torch.device("cpu")
+        self._host: list[tuple[int, int, float, tuple[int, ...]]] = []  # step, epoch, lr, instance batch sizes
         self._strided: list[tuple[str, int, torch.Tensor]] = []
         self._writer: rf.RecordingWriter | None = None
         self._flush_seconds = float("inf")
         self._last_flush = time.monotonic()
-        for g in gates:
-            if g.gate.kind == "instance":
-                g.gate.capture = True
+        for gate in self._instance:
+            gate.capture = True
+        self._gate_plan = [(g.gate.logits, g.gate, f"gate/{g.spec.name}/logit", f"gate/{g.spec.name}/grad")
+                           for g in gates]
+        in_row = {id(param): key for param, _, _, key in self._gate_plan if param is not None}
+        in_row.update({id(param): f"prompt/{name}/grad" for name, param in prompts.items()})
+        # where each parameter's gradient norm comes from: a gradient already in the row, the gradient of a small
+        # parameter copied whole (``grad/i``), or the norm of a large one (``norm/i``, one _foreach_norm)
+        self._norm_keys = [in_row.get(id(p)) or (f"grad/{i}" if p.numel() <= RAW_GRADIENT_LIMIT else f"norm/{i}")
+                           for i, p in enumerate(self._params)]
+        self._normed = [(p, key) for p, key in zip(self._params, self._norm_keys, strict=True)
+                        if key.startswith("norm/")]
+        self._raw_plan = [(p, key) for p, key in zip(self._params, self._norm_keys, strict=True)
+                          if key.startswith("grad/")]
+        self._prompt_plan = [(param, f"prompt/{name}/grad") for name, param in prompts.items()]
+        self._strided_plan = [(name, param, stride) for name, (param, stride) in tensors.items()]
+        self._allocate([0] * len(self._instance))
+
+    def _allocate(self, capacity: list[int]) -> None:
+        """(Re)build the device buffer and each row's destination views for instance batches of ``capacity``.
+
+        A row is the concatenation of the pieces below, each a view of the row with the shape of its source;
+        ``self._slots`` maps each piece's key to its columns, ``self._rows[i]`` lists row ``i``'s views in order.
+        """
+        shapes: dict[str, tuple[int, ...]] = {f"loss/{term}": () for term in self.layout.loss_terms}
+        shapes.update({key: () for key in self._norm_keys if key.startswith("norm/")})
+        shapes.update({key: tuple(p.shape) for p, key in self._raw_plan})
+        rows = iter(capacity)
+        for g in self._gates:
+            n = g.gate.n_gates
+            pair = ("logit", "grad")
+            shape = (n,) if g.gate.logits is not None else (next(rows), n)
+            shapes.update({f"gate/{g.spec.name}/{k}": shape for k in pair})
+        for name, prompt in self._prompts.items():
+            shapes[f"prompt/{name}/value"] = shapes[f"prompt/{name}/grad"] = tuple(prompt.shape)
+        self._capacity = capacity
+        self._slots: dict[str, slice] = {}
+        start = 0
+        for key, shape in shapes.items():
+            width = math.prod(shape)
+            self._slots[key] = slice(start, start + width)
+            start += width
+        self._buffer = torch.full((self.block, start), float("nan"), dtype=torch.float32, device=self._device)
+        self._rows = [[row[self._slots[key]].view(shape) for key, shape in shapes.items()] for row in self._buffer]
+        nan = torch.full((max((math.prod(s) for s in shapes.values()), default=1),), float("nan"),
+                         dtype=torch.float32, device=self._device)
+        self._nan = {key: nan[:math.prod(shape)].view(shape) for key, shape in shapes.items()}
 
     def attach(self, writer: rf.RecordingWriter) -> None:
         """Send blocks to ``writer``; its layout must declare every series of :attr:`layout`.
@@ -176,67 +215,103 @@ class Probe:
         self._flush_seconds = writer.flush_seconds
 
     # ------------------------------------------------------------------ per step, on the device
-    def _grad_or_nan(self, param: torch.Tensor) -> torch.Tensor:
-        return self._nan[:param.numel()] if param.grad is None else param.grad
+    def _sources(self, losses: Mapping[str, torch.Tensor | float], batch: list[int]) -> list[torch.Tensor]:
+        """This step's source tensors, in the order of a row's views (missing ones are the NaN views).
 
-    def _instance_stats(self, gate: Gate) -> list[torch.Tensor]:
-        """Batch mean of logit, σ and σ'; batch sum of ∂L/∂g; population std of σ — each ``(n_gates,)``."""
-        n = gate.n_gates
-        captured = gate.last_logits
-        if captured is None:
-            return [self._nan[:5 * n]]
-        logits = captured.detach().reshape(-1, n).float()
-        values = torch.sigmoid(logits)
-        value_std, value_mean = torch.std_mean(values, dim=0, correction=0)
-        logit_mean, dsigmoid_mean = torch.stack([logits, values * torch.sigmoid(-logits)]).mean(1)  # σ' = σ(g)σ(−g)
-        grad = self._nan[:n] if captured.grad is None else captured.grad.reshape(-1, n).float().sum(0)
-        return [logit_mean, value_mean, dsigmoid_mean, grad, value_std]
-
-    def _raw_pieces(self, losses: Mapping[str, torch.Tensor | float]) -> list[torch.Tensor]:
-        """One row of raw measurements in slot order (see :attr:`_slots`), as 1-D tensors (few kernel launches:
-        one stack for the losses, one ``_foreach_norm`` and one stack for every gradient norm)."""
-        nan = self._nan_scalar
-        terms = [losses.get(term) for term in self.layout.loss_terms]
-        pieces = [torch.stack([nan if t is None else t if isinstance(t, torch.Tensor) else
-                               torch.as_tensor(t, dtype=torch.float32, device=nan.device) for t in terms]).reshape(-1)]
-        grads = [p.grad for p in self._params if p.grad is not None]
-        norms = torch._foreach_norm(grads) if grads else []
-        if len(grads) < len(self._params):  # parameters without a gradient this step are marked NaN
-            found = iter(norms)
-            norms = [nan if p.grad is None else next(found) for p in self._params]
-        if norms:
-            pieces.append(torch.stack(norms).float())
-        for g in self._gates:
-            if g.gate.logits is not None:
-                pieces += [g.gate.logits, self._grad_or_nan(g.gate.logits)]
-            else:
-                pieces += self._instance_stats(g.gate)
-        for prompt in self._prompts.values():
-            pieces += [prompt.flatten(), self._grad_or_nan(prompt).flatten()]
-        return pieces
+        ``batch`` receives each instance gate set's captured rows (0 when it was not called this step). This runs
+        every step right after backward, when caches are cold: it only reads attributes and dispatches one op.
+        """
+        nan = self._nan
+        sources: list[torch.Tensor] = []
+        for term in self.layout.loss_terms:
+            t = losses.get(term)
+            if t is None:
+                t = nan[f"loss/{term}"]
+            elif not isinstance(t, torch.Tensor) or t.dim():
+                t = torch.as_tensor(t, dtype=torch.float32, device=self._device).reshape(())
+            sources.append(t)
+        if self._normed:
+            grads = [p.grad for p, _ in self._normed]
+            present = [g for g in grads if g is not None]
+            norms = list(torch._foreach_norm(present)) if present else []
+            if len(present) < len(grads):  # parameters without a gradient this step are marked NaN
+                found = iter(norms)
+                norms = [nan[key] if g is None else next(found)
+                         for g, (_, key) in zip(grads, self._normed, strict=True)]
+            sources += norms
+        for param, key in self._raw_plan:
+            grad = param.grad
+            sources.append(nan[key] if grad is None else grad)
+        for param, gate, logit_key, grad_key in self._gate_plan:
+            if param is not None:  # static gates
+                grad = param.grad
+                sources += (param, nan[grad_key] if grad is None else grad)
+                continue
+            captured = gate.last_logits
+            if captured is None:
+                batch.append(0)
+                sources += (nan[logit_key], nan[grad_key])
+                continue
+            grad = captured.grad
+            if captured.dim() != 2:  # (..., n_gates): one row per input
+                captured = captured.reshape(-1, gate.n_gates)
+                grad = None if grad is None else grad.reshape(-1, gate.n_gates)
+            batch.append(captured.shape[0])
+            sources += (captured, nan[grad_key][:captured.shape[0]] if grad is None else grad)
+        for param, grad_key in self._prompt_plan:
+            grad = param.grad
+            sources += (param, nan[grad_key] if grad is None else grad)
+        return sources
 
     def after_backward(self, step: int, epoch: int, lr: float, losses: Mapping[str, torch.Tensor]) -> None:
-        """Measure this step's losses, gradients, gates and prompts into the device buffer (no host sync).
+        """Copy this step's losses, gradients, gates and prompts into the device buffer (no host sync).
 
         ``losses`` maps loss term → scalar tensor (terms missing from it are NaN). ``step``, ``epoch`` and ``lr``
         are Python numbers. A full buffer is flushed (the only point where data moves to the host).
         """
+        batch: list[int] = []
         with torch.no_grad():
-            torch.cat(self._raw_pieces(losses), out=self._buffer[len(self._host)])
-        self._host.append((int(step), int(epoch), float(lr)))
-        for name, (param, stride) in self._tensors.items():
+            sources = self._sources(losses, batch)
+            if batch == self._capacity:
+                targets = self._rows[len(self._host)]
+            else:
+                sources, targets = self._fit(batch, sources, losses)
+            torch._foreach_copy_(targets, sources)
+        step = int(step)
+        self._host.append((step, int(epoch), float(lr), tuple(batch)))
+        for name, param, stride in self._strided_plan:
             if step % stride == 0 and param.grad is not None:
-                self._strided.append((name, int(step), param.grad.detach().clone()))
+                self._strided.append((name, step, param.grad.detach().clone()))
         if len(self._host) == self.block or time.monotonic() - self._last_flush >= self._flush_seconds:
             self.flush()
 
+    def _fit(self, batch: list[int], sources: list[torch.Tensor],
+             losses: Mapping[str, torch.Tensor | float]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Sources and targets for a step whose instance batches differ from the buffer's capacity: a larger batch
+        flushes the buffered rows and reallocates; a smaller one (the last of an epoch) fills the first rows of its
+        slot."""
+        if any(b > c for b, c in zip(batch, self._capacity, strict=True)):
+            if self._host:
+                self.flush()
+            self._allocate([max(b, c) for b, c in zip(batch, self._capacity, strict=True)])
+            sources = self._sources(losses, [])  # the NaN views of the new buffer
+        targets = [t if t.shape == s.shape else t[:s.shape[0]]
+                   for t, s in zip(self._rows[len(self._host)], sources, strict=True)]
+        return sources, targets
+
     # ------------------------------------------------------------------ per block, on the host
-    def _derive(self, raw: np.ndarray) -> dict[str, np.ndarray]:
-        """The recorded per-step series of ``n`` rows from the raw block ``(n, width)`` (computed in float64)."""
+    def _derive(self, raw: np.ndarray, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The recorded per-step series of ``n`` rows from the raw block ``(n, width)`` (computed in float64, but for
+        the per-input σ of instance gates: see :func:`_batch_statistics`).
+
+        ``batch`` ``(n, n_instance_sets)``: the captured rows of each instance gate set at each step.
+        """
         n = len(raw)
-        col = {key: raw[:, s].astype(np.float64) for key, s in self._slots.items()}
+        instance = {f"gate/{g.spec.name}/{k}" for g in self._gates if g.gate.logits is None for k in ("logit", "grad")}
+        col = {key: raw[:, s] if key in instance else raw[:, s].astype(np.float64) for key, s in self._slots.items()}
         out = {rf.loss_path(term): col[f"loss/{term}"][:, 0] for term in self.layout.loss_terms}
-        squares = col["param_norms"] ** 2
+        squares = np.stack([col[key][:, 0] ** 2 if key.startswith("norm/") else np.sum(col[key] ** 2, axis=1)
+                            for key in self._norm_keys], axis=1) if self._params else np.empty((n, 0))
         start = 0
         for group in self._groups:
             block = squares[:, start:start + len(group.params)]
@@ -245,20 +320,19 @@ class Probe:
                                                           np.sqrt(np.nansum(block, 1)))
         tokens = {name: (col[f"prompt/{name}/value"].reshape(n, p.shape[0], -1),
                          col[f"prompt/{name}/grad"].reshape(n, p.shape[0], -1)) for name, p in self._prompts.items()}
+        instance_set = iter(range(batch.shape[1]))
         for g in self._gates:
-            measured = col[f"gate/{g.spec.name}"]
+            logit, grad = col[f"gate/{g.spec.name}/logit"], col[f"gate/{g.spec.name}/grad"]
             if g.gate.logits is not None:  # static gates: logit and grad were measured, σ and σ' follow
-                logit, grad = np.split(measured, 2, axis=1)
                 series = {"logit": logit, "value": expit(logit), "dsigmoid": rf.dsigmoid_from_logit(logit),
                           "grad": grad}
             else:
-                logit, value, dsig, grad, std = np.split(measured, 5, axis=1)
-                series = {"logit": logit, "value": value, "dsigmoid": dsig, "grad": grad, "value_mean": value,
-                          "value_std": std}
+                series = _batch_statistics(logit.reshape(n, -1, g.gate.n_gates),
+                                           grad.reshape(n, -1, g.gate.n_gates), batch[:, next(instance_set)])
             if g.spec.decomposition:
-                value, grad = tokens[g.spec.prompt]
+                value, prompt_grad = tokens[g.spec.prompt]
                 series["prompt_norm"] = np.linalg.norm(value, axis=2)
-                series["cosine"] = _cosine(grad, value)
+                series["cosine"] = _cosine(prompt_grad, value)
             out.update({rf.gate_path(g.spec.name, k): v for k, v in series.items()})
         for name, (value, grad) in tokens.items():
             out[rf.prompt_path(name, "grad_norm")] = np.linalg.norm(grad, axis=2)
@@ -271,8 +345,8 @@ class Probe:
             raise RuntimeError("attach a RecordingWriter before recording (probe.attach(writer))")
         n = len(self._host)
         if n:
-            block = self._derive(self._buffer[:n].cpu().numpy())
-            steps, epochs, lrs = zip(*self._host, strict=True)
+            steps, epochs, lrs, batch = zip(*self._host, strict=True)
+            block = self._derive(self._buffer[:n].cpu().numpy(), np.asarray(batch, np.int64).reshape(n, -1))
             block.update({rf.STEP: np.asarray(steps, np.int64), rf.EPOCH: np.asarray(epochs), rf.LR: np.asarray(lrs)})
             self._writer.append_block(block)
             self._host.clear()
@@ -286,6 +360,29 @@ class Probe:
         self.flush()
         if self._writer is not None:
             self._writer.flush()
+
+
+def _batch_statistics(logit: np.ndarray, grad: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-step series of an instance gate set from per-input float32 logits and ∂L/∂g ``(steps, capacity,
+    n_gates)`` of which the first ``rows[s]`` inputs are valid at step ``s``: batch means of logit, σ and σ', the
+    batch sum of ∂L/∂g (what the gate's bias receives), and the population std of σ. σ and σ' = σ(g)σ(−g) are
+    evaluated per input in float32 (where they were measured), every sum in float64. A step with no inputs is NaN.
+    """
+    valid = np.arange(logit.shape[1])[None, :] < rows[:, None]  # (steps, capacity)
+    if not valid.all():  # the rest of a short batch's slot holds stale numbers
+        logit, grad = np.where(valid[..., None], logit, 0.0), np.where(valid[..., None], grad, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weight = (valid / rows[:, None])[:, None, :]  # (steps, 1, capacity); NaN at steps with no inputs
+
+    def mean(x: np.ndarray) -> np.ndarray:
+        return np.matmul(weight, x, dtype=np.float64)[:, 0]
+
+    value = expit(logit)
+    value_mean = mean(value)
+    total = np.matmul(valid[:, None, :].astype(np.float64), grad, dtype=np.float64)[:, 0]
+    return {"logit": mean(logit), "value": value_mean, "dsigmoid": mean(value * expit(-logit)),
+            "grad": np.where(rows[:, None] > 0, total, np.nan), "value_mean": value_mean,
+            "value_std": np.sqrt(mean(np.square(value - value_mean[:, None])))}
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -68,7 +68,16 @@ def test_layout_from_model_and_optimizer() -> None:
     assert watch(Gate(2), torch.optim.SGD(Gate(2).parameters(), lr=1.0)).layout.gate_sets[0].name == "gates"
 
 
-def test_recorded_series_match_autograd(tmp_path: Path) -> None:
+@pytest.fixture(params=["raw", "device"])
+def norm_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a gradient norm is measured: a small parameter's gradient copied whole (its norm taken on the
+    host) and a large one's norm taken on the device by ``_foreach_norm`` (forced here by a limit of 0)."""
+    if request.param == "device":
+        monkeypatch.setattr("recorders.probes.RAW_GRADIENT_LIMIT", 0)
+    return str(request.param)
+
+
+def test_recorded_series_match_autograd(tmp_path: Path, norm_path: str) -> None:
     """Every recorded number against an independent float64 computation on a fresh copy at the same step."""
     model = Tiny()
     optimizer = _optimizer(model)
@@ -90,6 +99,9 @@ def test_recorded_series_match_autograd(tmp_path: Path) -> None:
                 "inst_logit": inst_logits.detach().mean(0).numpy(), "inst_mean": sig.detach().mean(0).numpy(),
                 "inst_std": sig.detach().std(0, correction=0).numpy(),
                 "group1": torch.linalg.vector_norm(torch.cat([g.flatten() for g in group_grads])).item(),
+                "group0": torch.linalg.vector_norm(g_ctx).item(),
+                "head": torch.linalg.vector_norm(torch.cat([g.flatten() for g in torch.autograd.grad(
+                    F.cross_entropy(ref(x.double()), y), list(ref.head.parameters()))])).item(),
                 "loss": ref_loss.item()})
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
@@ -111,7 +123,8 @@ def test_recorded_series_match_autograd(tmp_path: Path) -> None:
         np.testing.assert_allclose(row("inst", "logit"), e["inst_logit"], **tol)
         np.testing.assert_allclose(row("inst", "value_mean"), e["inst_mean"], **tol)
         np.testing.assert_allclose(row("inst", "value_std"), e["inst_std"], **tol)
-        np.testing.assert_allclose(rec.row(rf.grad_norm_path("group1"), i), e["group1"], **tol)
+        for group in ("group0", "group1", "head"):
+            np.testing.assert_allclose(rec.row(rf.grad_norm_path(group), i), e[group], **tol, err_msg=group)
         np.testing.assert_allclose(rec.row(rf.loss_path("total"), i), e["loss"], **tol)
     logit = rec.read(rf.gate_path("ctx_gates", "logit")).astype(np.float64)
     sigma = expit(logit)
@@ -176,7 +189,7 @@ def test_probe_never_syncs_between_flushes(tmp_path: Path, monkeypatch: pytest.M
         assert grads.shape == (4, 4, 8)
 
 
-def test_block_boundaries_and_missing_gradients(tmp_path: Path) -> None:
+def test_block_boundaries_and_missing_gradients(tmp_path: Path, norm_path: str) -> None:
     """Rows cross several blocks in order; a group whose parameters got no gradient records NaN, not 0."""
     model = Tiny()
     optimizer = _optimizer(model)
@@ -198,6 +211,46 @@ def test_block_boundaries_and_missing_gradients(tmp_path: Path) -> None:
         assert np.isfinite(rec.read(rf.grad_norm_path("head"))).all()
         assert np.isnan(rec.read(rf.gate_path("ctx_gates", "grad"))).all()
         assert np.isfinite(rec.read(rf.gate_path("ctx_gates", "value"))).all()
+
+
+def test_instance_gates_with_changing_batch_sizes(tmp_path: Path) -> None:
+    """Batches of 4, then 6 (the buffer grows mid-block), 2 (a short last batch over stale rows), none (the gate
+    is not called: NaN, not the previous step's numbers), 6: each step's instance statistics equal a float64
+    computation on that step's inputs alone."""
+    model = Tiny()
+    optimizer = _optimizer(model)
+    probe = watch(model, optimizer, block=8)
+    g = torch.Generator().manual_seed(3)
+    sizes = (4, 6, 2, 0, 6)
+    expected = []
+    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu") as w:
+        probe.attach(w)
+        for step, size in enumerate(sizes):
+            x, y = torch.randn(max(size, 1), 8, generator=g), torch.randint(3, (max(size, 1),), generator=g)
+            optimizer.zero_grad()
+            if size:
+                ref = copy.deepcopy(model).double()
+                logits = ref.inst.proj(x.double())
+                (bias_grad,) = torch.autograd.grad(F.cross_entropy(ref(x.double()), y), [ref.inst.proj.bias])
+                sig = torch.sigmoid(logits).detach()
+                expected.append((logits.detach().mean(0), sig.mean(0), (sig * (1 - sig)).mean(0),
+                                 sig.std(0, correction=0), bias_grad))
+                F.cross_entropy(model(x), y).backward()
+            else:
+                model.inst.last_logits = None  # as after a step whose forward skipped the gate
+                F.cross_entropy(model.head(x), y).backward()
+                expected.append(None)
+            probe.after_backward(step, 0, 0.1, {})
+            optimizer.step()
+        probe.close()
+    with rf.Recording.open(tmp_path / "r.h5") as rec:
+        recorded = [rec.read(rf.gate_path("inst", k)) for k in ("logit", "value", "dsigmoid", "value_std", "grad")]
+    for step, want in enumerate(expected):
+        if want is None:
+            assert all(np.isnan(series[step]).all() for series in recorded), step
+            continue
+        for series, value in zip(recorded, want, strict=True):
+            np.testing.assert_allclose(series[step], value.numpy(), rtol=1e-4, atol=1e-7, err_msg=f"step {step}")
 
 
 def test_slow_steps_are_flushed_after_flush_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

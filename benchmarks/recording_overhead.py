@@ -1,10 +1,11 @@
 """What full per-step recording costs: training-time ratio, writer throughput, bytes per step, host syncs.
 
-    python benchmarks/recording_overhead.py [--steps 200] [--repeats 10] [--device cpu|cuda] [--threads 1]
+    python benchmarks/recording_overhead.py [--steps 32] [--repeats 120] [--device cpu|cuda] [--threads 1]
 
-1. Trains the synthetic demo model (``recorders.demo``) in alternating chunks of ``--steps`` steps with recording
-   off and with every gate set, group and prompt recorded each step (blocks flushed to a real file), in one
-   process, and prints the median time ratio (target <= 1.05) and the time spent in ``Probe.after_backward``.
+1. Trains the synthetic demo model (``recorders.demo``) in alternating (ABBA) chunks of ``--steps`` steps with
+   recording off and with every gate set, group and prompt recorded each step (blocks of 256 rows flushed to a
+   real file), in one process, and prints the time ratio over all chunks (target <= 1.05) with a 95% bootstrap
+   interval, and the time spent in ``Probe.after_backward``. Short chunks pair up under a shared machine's drift.
 2. Appends rows of 1024 float32 values (one prompt set of 512 tokens: ``grad_norm`` + ``norm``) with
    ``RecordingWriter.append_block`` in blocks of 256 and prints rows/s (target >= 100k rows/s).
 3. Records a demo run (``run_demo``) and prints its bytes per step.
@@ -33,19 +34,24 @@ DEMO_STEPS = 1000
 
 @dataclass
 class Overhead:
-    """Median µs per training step without and with recording, µs per ``after_backward``, median on/off ratio."""
+    """µs per training step without and with recording, µs per ``after_backward``, and the time ratio (recorded /
+    plain, over all chunks) with a 95% bootstrap interval over chunk pairs."""
 
     off_us: float
     on_us: float
     probe_us: float
     ratio: float
+    ratio_low: float
+    ratio_high: float
 
 
 def training_overhead(device: str, directory: Path, steps: int, repeats: int) -> Overhead:
-    """Train the demo model in alternating chunks of ``steps`` steps without and with full per-step recording.
+    """Train the demo model in ``repeats`` pairs of chunks of ``steps`` steps, one without and one with full
+    per-step recording, in ABBA order (so slow drifts of a shared machine hit both sides alike).
 
-    The recorded chunks call ``Probe.after_backward`` every step and flush blocks of 256 rows to a real file;
-    the unrecorded ones also switch off the instance gates' logit capture, so they are plain training.
+    The recorded chunks call ``Probe.after_backward`` every step and flush blocks of 256 rows to a real file, so
+    the recorded total includes every block flush; the unrecorded chunks also switch off the instance gates' logit
+    capture, so they are plain training. The ratio is total recorded time over total plain time.
     """
     import torch
     import torch.nn.functional as F
@@ -58,38 +64,42 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(cfg.batch, cfg.in_dim, generator=generator).to(device)
     y = torch.randint(cfg.n_classes // 2, (cfg.batch,), generator=generator).to(device)
+    counter = iter(range(10**9))
 
     def chunk(record: bool) -> tuple[float, float]:
         model.instance_gates.capture = record
         in_probe = 0.0
         start = time.perf_counter()
-        for step in range(steps):
+        for _ in range(steps):
             loss = F.cross_entropy(model(x)[:, : cfg.n_classes // 2], y)
             optimizer.zero_grad()
             loss.backward()
             if record:
                 t = time.perf_counter()
-                probe.after_backward(step, 0, cfg.lr, {"total": loss, "ce": loss})
+                probe.after_backward(next(counter), 0, cfg.lr, {"total": loss, "ce": loss})
                 in_probe += time.perf_counter() - t
             optimizer.step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        return (time.perf_counter() - start) / steps * 1e6, in_probe / steps * 1e6
+        return time.perf_counter() - start, in_probe
 
-    off, on, in_probe = [], [], []
+    off, on, in_probe = np.zeros(repeats), np.zeros(repeats), np.zeros(repeats)
     with RecordingWriter(directory / "overhead.h5", probe.layout, config={}, method="bench", seed=0,
                          device=device) as writer:
         probe.attach(writer)
         chunk(record=False)  # warm-up
-        for _ in range(repeats):
-            off.append(chunk(record=False)[0])
-            recorded, measuring = chunk(record=True)
-            on.append(recorded)
-            in_probe.append(measuring)
+        for i in range(repeats):
+            for record in (False, True) if i % 2 == 0 else (True, False):
+                if record:
+                    on[i], in_probe[i] = chunk(record=True)
+                else:
+                    off[i] = chunk(record=False)[0]
         probe.close()
-    ratios = [b / a for a, b in zip(off, on, strict=True)]
-    return Overhead(statistics.median(off), statistics.median(on), statistics.median(in_probe),
-                    statistics.median(ratios))
+    pairs = np.random.default_rng(0).integers(repeats, size=(10_000, repeats))
+    low, high = np.quantile(on[pairs].sum(1) / off[pairs].sum(1), [0.025, 0.975])
+    per_step = 1e6 / (repeats * steps)
+    return Overhead(off.sum() * per_step, on.sum() * per_step, in_probe.sum() * per_step,
+                    float(on.sum() / off.sum()), float(low), float(high))
 
 
 def writer_rows_per_second(directory: Path, rows: int = 100_000, block: int = 256,
@@ -153,8 +163,8 @@ def count_syncs(steps: int, directory: Path) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="steps per chunk")
-    parser.add_argument("--repeats", type=int, default=10, help="chunks each way")
+    parser.add_argument("--steps", type=int, default=32, help="steps per chunk")
+    parser.add_argument("--repeats", type=int, default=120, help="chunks each way")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: steady figures on a machine whose cores are shared)")
@@ -166,8 +176,9 @@ def main() -> None:
         directory = Path(tmp)
         o = training_overhead(args.device, directory, args.steps, args.repeats)
         print(f"demo training on {args.device}, {args.repeats} × {args.steps} steps each way, alternating: "
-              f"{o.off_us:,.0f} µs/step off, {o.on_us:,.0f} µs/step recorded, median ratio {o.ratio:.3f} "
-              f"(target <= 1.05); Probe.after_backward {o.probe_us:,.0f} µs/step")
+              f"{o.off_us:,.0f} µs/step off, {o.on_us:,.0f} µs/step recorded, ratio {o.ratio:.3f} "
+              f"[95% bootstrap {o.ratio_low:.3f}, {o.ratio_high:.3f}] (target <= 1.05); "
+              f"Probe.after_backward {o.probe_us:,.0f} µs/step")
         recording = run_demo(directory / "demo.h5", steps=DEMO_STEPS, device=args.device)
         print(f"bytes per step: {recording.stat().st_size / DEMO_STEPS:,.0f} ({recording.stat().st_size:,} bytes "
               f"for a {DEMO_STEPS}-step demo recording, including the ctx gradient every 10 steps)")

@@ -90,6 +90,103 @@ def text_features(
     return model.text_projection(pooled)
 
 
+def shared_prefix_text_features(
+    model: CLIPModel,
+    prefix: Tensor,
+    suffix: Tensor,
+    eot: Tensor,
+    *,
+    deep_prompts: Sequence[Tensor | None] | None = None,
+    prompt_start: int = 1,
+) -> Tensor:
+    """Projected text features ``(G, C, embed_dim)`` of the ``G × C`` sequences ``[prefix_g ; suffix_c]``, not
+    normalised: the same numbers :func:`text_features` gives for them, at a fraction of the work.
+
+    ``prefix`` ``(G, P, text_width)``: token-table embeddings shared by every class (start token and learned
+    context; ``G`` is 1 or one prefix per image). ``suffix`` ``(C, S, text_width)``: each class's embeddings after
+    the prefix. ``eot`` ``(C,)``: the index within the suffix of the token each class is pooled at (contract:
+    ``0 <= eot < S``). ``deep_prompts`` as in :func:`text_features` (``(n, D)`` or ``(G, n, D)``); they must lie
+    inside the prefix.
+
+    Attention is causal, so the prefix's hidden states never depend on the class: they are computed once per
+    prefix, not once per class, and every class attends to them. The first layer normalises and projects the
+    suffix once per class, not once per prefix. In the last layer only the pooled token's query, attention and MLP
+    are computed (the other positions feed nothing).
+    """
+    text = model.text_model
+    layers = text.encoder.layers
+    deep = list(deep_prompts or [])
+    if len(deep) > len(layers) - 1:
+        raise ValueError(f"{len(deep)} deep text prompts for {len(layers)} layers: at most {len(layers) - 1}")
+    n_prefix, n_suffix = prefix.shape[1], suffix.shape[1]
+    positions = text.embeddings.position_embedding.weight
+    if n_prefix + n_suffix > positions.shape[0]:
+        raise ValueError(f"sequences of {n_prefix + n_suffix} tokens; the model has {positions.shape[0]} positions")
+    for prompts in deep:
+        if prompts is not None and prompt_start + prompts.shape[-2] > n_prefix:
+            raise ValueError(f"deep prompts at [{prompt_start}, {prompt_start + prompts.shape[-2]}) reach past "
+                             f"the shared prefix of {n_prefix} tokens")
+    groups = max([prefix.shape[0], *(p.shape[0] for p in deep if p is not None and p.dim() == 3)])
+    hidden_prefix = (prefix + positions[:n_prefix].to(prefix.dtype)).expand(groups, -1, -1)
+    hidden_suffix = (suffix + positions[n_prefix:n_prefix + n_suffix].to(suffix.dtype))[None]  # (1, C, S, D)
+    allowed = torch.ones(n_suffix, n_suffix, dtype=torch.bool, device=suffix.device).tril()
+    for index, layer in enumerate(layers):
+        if 0 < index <= len(deep) and deep[index - 1] is not None:
+            hidden_prefix = _splice(hidden_prefix, deep[index - 1], prompt_start)
+        pooled = eot if index == len(layers) - 1 else None
+        hidden_prefix, hidden_suffix = _shared_prefix_layer(layer, hidden_prefix, hidden_suffix, allowed, pooled)
+    return model.text_projection(text.final_layer_norm(hidden_suffix))
+
+
+def _shared_prefix_layer(layer: torch.nn.Module, prefix: Tensor, suffix: Tensor, allowed: Tensor,
+                         eot: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One ``CLIPEncoderLayer`` (pre-LN attention and MLP, both residual) on prefix hidden states ``(G, P, D)``
+    and suffix hidden states ``(G or 1, C, S, D)`` (1: the same for every prefix, as at the input); the suffix
+    attends to the whole prefix and causally to itself (``allowed`` ``(S, S)``) and comes back as ``(G, C, S, D)``.
+    With ``eot`` ``(C,)`` (the last layer) only the pooled tokens are computed and the suffix comes back as
+    ``(G, C, D)``; the prefix is then returned unchanged.
+
+    Attention runs in the layout ``(G, H, C, Q, ·)``: the prefix keys are shared by the ``C·Q`` queries of a group
+    (one matmul per group and head, no broadcast copies), the suffix keys by the ``Q`` queries of a class.
+    """
+    attn = layer.self_attn
+    heads, head_dim, scale = attn.num_heads, attn.head_dim, attn.scale
+    n_classes = suffix.shape[1]
+
+    def heads_first(x: Tensor) -> Tensor:  # (G, [C,] L, D) -> (G, H, [C,] L, head_dim)
+        x = x.unflatten(-1, (heads, head_dim))
+        return x.permute(0, 3, 1, 2, 4) if x.dim() == 5 else x.permute(0, 2, 1, 3)
+
+    x_prefix, x_suffix = layer.layer_norm1(prefix), layer.layer_norm1(suffix)
+    k_prefix, v_prefix = heads_first(attn.k_proj(x_prefix)), heads_first(attn.v_proj(x_prefix))  # (G, H, P, hd)
+    k_suffix, v_suffix = heads_first(attn.k_proj(x_suffix)), heads_first(attn.v_proj(x_suffix))  # (G, H, C, S, hd)
+    if eot is None:
+        residual, queries, mask = suffix, x_suffix, allowed
+    else:
+        classes = torch.arange(n_classes, device=eot.device)
+        residual, queries = suffix[:, classes, eot], x_suffix[:, classes, eot, None]  # (G, C, D), (G, C, 1, D)
+        mask = allowed[eot][:, None]  # (C, 1, S)
+    q = heads_first(attn.q_proj(queries)) * scale  # (G, H, C, Q, hd)
+    n_queries = q.shape[3]
+    to_prefix = (q.flatten(2, 3) @ k_prefix.transpose(-1, -2)).unflatten(2, (n_classes, n_queries))
+    to_suffix = (q @ k_suffix.transpose(-1, -2)).masked_fill(~mask, float("-inf"))  # (G or 1, H, C, Q, S)
+    to_suffix = to_suffix.expand(*to_prefix.shape[:-1], to_suffix.shape[-1])
+    weights = torch.softmax(torch.cat([to_prefix, to_suffix], -1), dim=-1, dtype=torch.float32).to(q.dtype)
+    n_prefix = prefix.shape[1]
+    from_prefix = (weights[..., :n_prefix].flatten(2, 3) @ v_prefix).unflatten(2, (n_classes, n_queries))
+    attended = from_prefix + weights[..., n_prefix:] @ v_suffix  # (G, H, C, Q, hd)
+    attended = attn.out_proj(attended.permute(0, 2, 3, 1, 4).flatten(-2))  # (G, C, Q, D)
+    if eot is None:
+        suffix = suffix + attended
+        own = torch.nn.functional.scaled_dot_product_attention(heads_first(attn.q_proj(x_prefix)), k_prefix,
+                                                               v_prefix, is_causal=True, scale=scale)
+        prefix = prefix + attn.out_proj(own.transpose(1, 2).flatten(-2))
+        prefix = prefix + layer.mlp(layer.layer_norm2(prefix))
+    else:
+        suffix = residual + attended[:, :, 0]
+    return prefix, suffix + layer.mlp(layer.layer_norm2(suffix))
+
+
 def image_features(
     model: CLIPModel,
     pixel_values: Tensor,

@@ -7,7 +7,13 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 from recorders.backbone import Backbone, load_backbone
-from recorders.clip_paths import eot_positions, image_features, text_features, token_embeddings
+from recorders.clip_paths import (
+    eot_positions,
+    image_features,
+    shared_prefix_text_features,
+    text_features,
+    token_embeddings,
+)
 from recorders.pretrain import random_checkpoint
 from recorders.world import CLASSES
 
@@ -149,3 +155,37 @@ def test_world_tokenizer_text_path(random_backbone: Backbone) -> None:
     expected = model.get_text_features(input_ids=ids).pooler_output
     got = text_features(model, token_embeddings(model, ids), ids)
     assert torch.max(torch.abs(got - expected)) <= TOL
+
+
+@pytest.mark.parametrize("n_layers", [1, 3])
+@pytest.mark.parametrize("per_image", [False, True], ids=["shared-prefix", "prefix-per-image"])
+def test_shared_prefix_path_equals_the_full_text_path(n_layers: int, per_image: bool) -> None:
+    """G prefixes × C classes, with deep prompts (shared and per image), against text_features on the G·C
+    concatenated sequences; classes of different lengths pool at different positions."""
+    model = _random_model(eos_token_id=63)
+    model.text_model.encoder.layers = model.text_model.encoder.layers[:n_layers]
+    g = torch.Generator().manual_seed(5)
+    groups, n_ctx = 3, 4
+    ids = _ids([8, 11, 7, 9], 63, context=12)  # 4 classes; the suffix starts after BOS + 4 context tokens
+    n_prefix = 1 + n_ctx
+    embeds = token_embeddings(model, ids)
+    ctx = torch.randn(groups if per_image else 1, n_ctx, 32, generator=g)
+    prefix = torch.cat([embeds[:1, :1].expand(len(ctx), -1, -1), ctx], 1)
+    deep = [torch.randn(*((groups,) if per_image else ()), n_ctx, 32, generator=g) for _ in range(n_layers - 1)]
+    full = torch.cat([prefix[:, None].expand(groups, 4, -1, -1), embeds[None, :, n_prefix:].expand(groups, -1, -1, -1)],
+                     2).flatten(0, 1)
+    per_sequence = [d.repeat_interleave(4, 0) if d.dim() == 3 else d for d in deep]  # group-major, like `full`
+    want = text_features(model, full, ids.repeat(groups, 1), deep_prompts=per_sequence).view(groups, 4, -1)
+    eot = eot_positions(model, ids) - n_prefix
+    got = shared_prefix_text_features(model, prefix, embeds[:, n_prefix:], eot, deep_prompts=deep)
+    assert got.shape == (groups if per_image else 1, 4, 24)  # one prefix: one set of class features
+    assert torch.max(torch.abs(got - want)) <= TOL
+
+
+def test_shared_prefix_path_refuses_prompts_past_the_prefix() -> None:
+    model = _random_model(eos_token_id=63)
+    ids = _ids([8], 63, context=12)
+    embeds = token_embeddings(model, ids)
+    with pytest.raises(ValueError, match="past the shared prefix"):
+        shared_prefix_text_features(model, embeds[:, :3], embeds[:, 3:], torch.tensor([4]),
+                                    deep_prompts=[torch.zeros(4, 32)])

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recorders.clip_paths import text_features
 from recorders.config import METHODS, build_config
 from recorders.errors import ConfigError
 from recorders.methods.registry import METHODS as REGISTRY
@@ -131,9 +132,10 @@ def test_batched_cocoop_equals_the_reference_per_image_loop(tiny_backbone):
     batched = method(image, classes).logits
     normed = F.normalize(image, dim=-1)
     looped = []
-    for b in range(len(image)):  # the reference: one text forward per image
+    for b in range(len(image)):  # the reference: one plain text forward of the full prompts per image
         ctx, _ = method.instance_context(normed[b: b + 1])
-        looped.append(method.logit_scale() * normed[b] @ method.text_features(classes, ctx[0]).T)
+        text = text_features(method.clip, method.splice(classes, ctx[0]), classes.input_ids)
+        looped.append(method.logit_scale() * normed[b] @ F.normalize(text, dim=-1).T)
     looped = torch.stack(looped)
     torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-5)
     assert abs((F.cross_entropy(batched, labels) - F.cross_entropy(looped, labels)).item()) < 1e-5

@@ -189,14 +189,22 @@ class PromptMethod(nn.Module):
     def text_features(
         self, classes: ClassPrompts, ctx: torch.Tensor, deep_prompts: Sequence[torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """Normalised class text features: ``(C, E)`` for ``ctx (n, D)``; ``(B, C, E)`` for ``(B, n, D)``."""
-        from recorders.clip_paths import text_features
+        """Normalised class text features: ``(C, E)`` for ``ctx (n, D)``; ``(B, C, E)`` for ``(B, n, D)``.
 
-        ids = classes.input_ids if ctx.dim() == 2 else classes.input_ids.repeat(ctx.shape[0], 1)
-        feats = text_features(self.clip, self.splice(classes, ctx), ids, deep_prompts=deep_prompts, prompt_start=1)
-        if ctx.dim() == 3:
-            feats = feats.view(ctx.shape[0], len(classes), -1)
-        return F.normalize(feats.float(), dim=-1)
+        The start token and the context are the same for every class, so they form a shared prefix that the text
+        encoder runs once per context, not once per class (:func:`~recorders.clip_paths.shared_prefix_text_features`,
+        equal to the full forward of the spliced prompts).
+        """
+        from recorders.clip_paths import eot_positions, shared_prefix_text_features
+
+        emb = classes.embeds
+        start = 1 + ctx.shape[-2]
+        contexts = ctx.to(emb.dtype) if ctx.dim() == 3 else ctx.to(emb.dtype)[None]
+        prefix = torch.cat([emb[:1, :1].expand(len(contexts), -1, -1), contexts], 1)  # (B or 1, 1 + n, D)
+        eot = eot_positions(self.clip, classes.input_ids) - start
+        feats = shared_prefix_text_features(self.clip, prefix, emb[:, start:], eot, deep_prompts=deep_prompts,
+                                            prompt_start=1)
+        return F.normalize((feats if ctx.dim() == 3 else feats[0]).float(), dim=-1)
 
     def image_features(
         self, inputs: torch.Tensor, vision_prompts: Sequence[torch.Tensor] | None = None

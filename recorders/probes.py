@@ -176,7 +176,7 @@ class Probe:
         """(Re)build the device buffer and each row's destination views for instance batches of ``capacity``.
 
         A row is the concatenation of the pieces below, each a view of the row with the shape of its source;
-        ``self._slots`` maps each piece's key to its columns, ``self._rows[i]`` lists row ``i``'s views in order.
+        ``self._slots`` maps each piece's key to its columns, :meth:`_row` lists row ``i``'s views in order.
         """
         shapes: dict[str, tuple[int, ...]] = {f"loss/{term}": () for term in self.layout.loss_terms}
         shapes.update({key: () for key in self._norm_keys if key.startswith("norm/")})
@@ -197,10 +197,19 @@ class Probe:
             self._slots[key] = slice(start, start + width)
             start += width
         self._buffer = torch.full((self.block, start), float("nan"), dtype=torch.float32, device=self._device)
-        self._rows = [[row[self._slots[key]].view(shape) for key, shape in shapes.items()] for row in self._buffer]
+        self._shapes = shapes
+        self._rows: list[list[torch.Tensor] | None] = [None] * self.block  # built on first use, then reused
         nan = torch.full((max((math.prod(s) for s in shapes.values()), default=1),), float("nan"),
                          dtype=torch.float32, device=self._device)
         self._nan = {key: nan[:math.prod(shape)].view(shape) for key, shape in shapes.items()}
+
+    def _row(self, i: int) -> list[torch.Tensor]:
+        """Row ``i``'s destination views, one per piece, shaped like their sources."""
+        views = self._rows[i]
+        if views is None:
+            row = self._buffer[i]
+            views = self._rows[i] = [row[self._slots[key]].view(shape) for key, shape in self._shapes.items()]
+        return views
 
     def attach(self, writer: rf.RecordingWriter) -> None:
         """Send blocks to ``writer``; its layout must declare every series of :attr:`layout`.
@@ -273,7 +282,7 @@ class Probe:
         with torch.no_grad():
             sources = self._sources(losses, batch)
             if batch == self._capacity:
-                targets = self._rows[len(self._host)]
+                targets = self._row(len(self._host))
             else:
                 sources, targets = self._fit(batch, sources, losses)
             torch._foreach_copy_(targets, sources)
@@ -296,7 +305,7 @@ class Probe:
             self._allocate([max(b, c) for b, c in zip(batch, self._capacity, strict=True)])
             sources = self._sources(losses, [])  # the NaN views of the new buffer
         targets = [t if t.shape == s.shape else t[:s.shape[0]]
-                   for t, s in zip(self._rows[len(self._host)], sources, strict=True)]
+                   for t, s in zip(self._row(len(self._host)), sources, strict=True)]
         return sources, targets
 
     # ------------------------------------------------------------------ per block, on the host

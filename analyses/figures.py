@@ -2,11 +2,14 @@
 
 Kinds (x axis: optimiser step):
 
-- ``gates``: mean gate value σ over the gates of the first gate set;
+- ``gates``: mean gate value σ over the gates of one gate set;
 - ``ratio``: gate/prompt gradient-norm ratio (as :mod:`analyses.diagnostics` defines it), log scale;
 - ``variance``: gate output variance: across inputs (std² of σ, instance gates) or, for static gates, over time
   (variance of σ within a trailing window of ``window_steps`` steps, mean over gates);
 - ``accuracy``: evaluation HM (fractions in [0, 1]).
+
+The gate kinds read the gate set named by ``gate_set`` in every recording (default: each recording's first gate
+set); a recording without that set is a :class:`ConfigError`. ``accuracy`` ignores ``gate_set``.
 
 Each run's curve is read with a stride (at most ``max_points`` rows), interpolated onto the first run's steps of
 its group, and the group's mean and std are drawn. matplotlib's object API (no pyplot state, no display needed).
@@ -31,17 +34,25 @@ _YLABEL = {"gates": "mean gate value σ", "ratio": "|∂L/∂g| / ‖∂L/∂p�
            "accuracy": "HM (base/novel)"}
 
 
-def run_curve(rec: Recording, kind: str, max_points: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps, values)`` of one recording for ``kind``, both ``(k,)``; empty when the run has no such data."""
+def run_curve(rec: Recording, kind: str, max_points: int = 2048,
+              gate_set: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of one recording for ``kind``, both ``(k,)``; empty when the run has no such data.
+
+    ``gate_set``: the gate set the gate kinds read (None: the recording's first); a name the recording lacks is a
+    :class:`ConfigError` naming the sets it has.
+    """
     if kind not in KINDS:
         raise ConfigError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
     if kind == "accuracy":
         ev = rec.eval_table()
         return ev["step"].astype(np.float64), ev["hm"]
+    if gate_set is not None and gate_set not in rec.gate_sets:
+        raise ConfigError(f"{rec.path}: no gate set {gate_set!r} (it has {', '.join(rec.gate_sets) or 'none'}); "
+                          "choose one of those with --gate-set")
     if not rec.gate_sets:
         return np.empty(0), np.empty(0)
     d = diagnose(rec, max_points=max_points)
-    g = next(iter(d.gate_sets.values()))
+    g = d.gate_sets[gate_set or next(iter(rec.gate_sets))]
     if kind == "ratio":
         return g.steps.astype(np.float64), g.ratio
     value = rec.read(gate_path(g.name, "value"), stride=d.stride).astype(np.float64)
@@ -56,8 +67,11 @@ def run_curve(rec: Recording, kind: str, max_points: int = 2048) -> tuple[np.nda
 
 
 def plot_runs(paths: Sequence[str | os.PathLike[str]], kind: str, out: str | os.PathLike[str], *,
-              by: str = "method", max_points: int = 2048) -> Path:
-    """Draw ``kind`` for the recordings under ``paths`` grouped by ``by`` and save to ``out`` (.png/.pdf/.svg)."""
+              by: str = "method", max_points: int = 2048, gate_set: str | None = None) -> Path:
+    """Draw ``kind`` for the recordings under ``paths`` grouped by ``by`` and save to ``out`` (.png/.pdf/.svg).
+
+    ``gate_set``: the gate set of every recording the gate kinds draw (None: each recording's first).
+    """
     from matplotlib.figure import Figure
 
     out = Path(out)
@@ -69,7 +83,7 @@ def plot_runs(paths: Sequence[str | os.PathLike[str]], kind: str, out: str | os.
     runs = []
     for path in iter_recordings(paths):
         with Recording.open(path) as rec:
-            curves[path] = run_curve(rec, kind, max_points)
+            curves[path] = run_curve(rec, kind, max_points, gate_set)
             runs.append(Run(path, rec.status, rec.method, rec.dataset, rec.seed, rec.config, 0.0))
     if not runs:
         raise ConfigError(f"no recordings (*.h5) under {', '.join(map(str, paths))}; check the paths")
@@ -95,7 +109,7 @@ def plot_runs(paths: Sequence[str | os.PathLike[str]], kind: str, out: str | os.
     if kind == "ratio":
         ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel(_YLABEL[kind])
+    ax.set_ylabel(_YLABEL[kind] if gate_set is None or kind == "accuracy" else f"{_YLABEL[kind]} · {gate_set}")
     ax.legend(title=by, fontsize="small")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=150)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -57,3 +60,82 @@ def test_bad_input_is_a_one_line_error(runs, tmp_path, args, needle):
     args = [a if not a.startswith("x.") else str(tmp_path / a) for a in args]
     result = CliRunner().invoke(app, ["plot", str(runs), *args])
     assert isinstance(result.exception, WsError) and needle in str(result.exception)
+
+
+def write_two_gate_sets(path, n_steps: int = 300, seed: int = 0):
+    """A recording with two static gate sets (``length_gates_0``: 4 gates near σ=0.95, ``depth_gates``: 3 gates
+    random-walking around σ=0.5) scaling one prompt set ``ctx``, with gate gradients of different sizes."""
+    from recorders.recording_format import (
+        EPOCH,
+        LR,
+        STEP,
+        GateSetSpec,
+        GroupSpec,
+        Layout,
+        PromptSpec,
+        RecordingWriter,
+        gate_path,
+        prompt_path,
+    )
+
+    rng = np.random.default_rng(seed)
+    sets = {"length_gates_0": (4, 3.0, 1e-3), "depth_gates": (3, 0.0, 1e-1)}  # n_gates, start logit, grad scale
+    layout = Layout(groups=(GroupSpec("ctx", "prompt", 32), GroupSpec("gates", "gate", 7)),
+                    prompts=(PromptSpec("ctx", 4, "ctx"),),
+                    gate_sets=tuple(GateSetSpec(name, n, "length" if name != "depth_gates" else "depth",
+                                                prompt="ctx", group="gates", init_logit=(start,) * n)
+                                    for name, (n, start, _) in sets.items()))
+    block = {STEP: np.arange(n_steps), EPOCH: np.arange(n_steps) // 100, LR: np.full(n_steps, 0.002),
+             prompt_path("ctx", "grad_norm"): rng.uniform(0.01, 0.02, (n_steps, 4))}
+    for name, (n, start, scale) in sets.items():
+        logit = start + np.cumsum(rng.normal(0.0, 0.02, (n_steps, n)), axis=0)
+        value = 1.0 / (1.0 + np.exp(-logit))
+        block |= {gate_path(name, "logit"): logit, gate_path(name, "value"): value,
+                  gate_path(name, "dsigmoid"): value * (1.0 - value),
+                  gate_path(name, "grad"): scale * rng.normal(size=(n_steps, n))}
+    with RecordingWriter(path, layout, config={"method": "adaptive-bimaple", "seed": seed}, method="adaptive-bimaple",
+                         seed=seed, device="cpu") as writer:
+        writer.append_block(block)
+    return path
+
+
+def test_a_named_gate_set_is_drawn_from_its_own_datasets(tmp_path):
+    path = write_two_gate_sets(tmp_path / "two.h5")
+    with h5py.File(path, "r") as f:
+        value = f["gates/depth_gates/value"][:].astype(np.float64)
+        grad = f["gates/depth_gates/grad"][:].astype(np.float64)
+        prompt = f["prompts/ctx/grad_norm"][:].astype(np.float64)
+        first_value = f["gates/length_gates_0/value"][:].astype(np.float64)
+    with Recording.open(path) as rec:
+        gates = run_curve(rec, "gates", gate_set="depth_gates")[1]
+        np.testing.assert_allclose(gates, value.mean(axis=1), rtol=1e-6)
+        np.testing.assert_allclose(run_curve(rec, "gates")[1], first_value.mean(axis=1), rtol=1e-6)
+        assert np.abs(gates - first_value.mean(axis=1)).min() > 0.1  # the two sets really differ
+        ratio = run_curve(rec, "ratio", gate_set="depth_gates")[1]
+        np.testing.assert_allclose(ratio, np.abs(grad).mean(axis=1) / prompt.mean(axis=1), rtol=1e-5)
+        assert np.median(ratio) > 10 * np.median(run_curve(rec, "ratio")[1])
+        variance = run_curve(rec, "variance", gate_set="depth_gates")[1]
+        window = 100  # CollapseThresholds().window_steps at stride 1
+        want = [value[i - window + 1:i + 1].var(axis=0).mean() for i in range(window - 1, len(value))]
+        np.testing.assert_allclose(variance[window - 1:], want, rtol=1e-6)
+        np.testing.assert_allclose(run_curve(rec, "accuracy", gate_set="nope")[1], [])  # accuracy ignores it
+
+
+def test_plot_draws_the_named_gate_set(tmp_path):
+    path = write_two_gate_sets(tmp_path / "two.h5")
+    out = tmp_path / "depth.svg"
+    result = CliRunner().invoke(app, ["plot", str(path), "--kind", "gates", "--gate-set", "depth_gates",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "depth_gates" in out.read_text()  # the y label names the set
+
+
+def test_a_missing_gate_set_is_one_line_exit_2(tmp_path):
+    path = write_two_gate_sets(tmp_path / "two.h5")
+    out = subprocess.run([sys.executable, "-m", "workstation", "plot", str(path), "--kind", "ratio",
+                          "--gate-set", "ctx_gates", "--out", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert str(path) in line and "'ctx_gates'" in line and "length_gates_0, depth_gates" in line
+    assert not (tmp_path / "x.png").exists()

@@ -21,11 +21,14 @@ from recorders.recording_format import (
     LR,
     STEP,
     GateSetSpec,
+    GroupSpec,
     Layout,
+    PromptSpec,
     Recording,
     RecordingWriter,
     gate_path,
     loss_path,
+    prompt_path,
 )
 from workstation.app.app import WsApp
 from workstation.app.screens.compare import CompareScreen
@@ -33,7 +36,7 @@ from workstation.app.screens.recordings import RecordingsScreen
 from workstation.app.screens.run import RunScreen
 from workstation.app.screens.stats import StatsScreen
 from workstation.app.widgets.gatebars import GateBars
-from workstation.app.widgets.plot import StepPlot, fmt
+from workstation.app.widgets.plot import Heatmap, StepPlot, TimePlot, fmt
 from workstation.app.widgets.timeline import Timeline
 
 SIZE = (120, 40)
@@ -391,3 +394,54 @@ async def test_large_runs_are_diagnosed_in_a_child_process_inside_the_app(
     assert calls == [path]
     np.testing.assert_array_equal(got.gate_sets[GATES].ratio, want.gate_sets[GATES].ratio)
     assert got.gate_sets[GATES].onset_step == want.gate_sets[GATES].onset_step
+
+
+def write_bimaple_like(path: Path, n: int = 300) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A recording with two gate sets over one prompt set, as adaptive-bimaple writes them; per set the
+    (value, ratio) each row should show, computed here in float64."""
+    t = np.arange(n, dtype=np.float64)[:, None]
+    logits = {"length_gates_0": 3.0 - 1e-3 * t * np.arange(4), "depth_gates": np.sin(t / 50.0 + np.arange(3))}
+    grads = {"length_gates_0": 1e-4 * np.cos(t / 7.0 + np.arange(4)),
+             "depth_gates": 1e-1 * np.cos(t / 9.0 - np.arange(3))}
+    prompt_grad = 0.01 + 1e-3 * np.sin(t / 11.0 + np.arange(4))
+    layout = Layout(groups=(GroupSpec("ctx", "prompt", 16), GroupSpec("gates", "gate", 7)),
+                    prompts=(PromptSpec("ctx", 4, "ctx"),),
+                    gate_sets=(GateSetSpec("length_gates_0", 4, "length", prompt="ctx", group="gates"),
+                               GateSetSpec("depth_gates", 3, "depth", prompt="ctx", group="gates")))
+    block = {STEP: np.arange(n), EPOCH: np.arange(n) // 100, LR: np.full(n, 0.002),
+             prompt_path("ctx", "grad_norm"): prompt_grad}
+    want = {}
+    for name, logit in logits.items():
+        value = 1.0 / (1.0 + np.exp(-logit))
+        block |= {gate_path(name, "logit"): logit, gate_path(name, "value"): value,
+                  gate_path(name, "dsigmoid"): value * (1.0 - value), gate_path(name, "grad"): grads[name]}
+        want[name] = (value, np.abs(grads[name]).mean(axis=1) / prompt_grad.mean(axis=1))
+    with RecordingWriter(path, layout, config={}, method="adaptive-bimaple", seed=0, device="cpu") as w:
+        w.append_block(block)
+    return want
+
+
+async def test_g_in_compare_moves_each_run_to_its_next_gate_set(tmp_path: Path) -> None:
+    two = tmp_path / "bimaple.h5"
+    want = write_bimaple_like(two)
+    one = write_run(tmp_path / "coop.h5", n_steps=300, n_gates=4, seed=1)
+    app = WsApp([two, one], compare=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        titles = lambda: [screen.query_one(f"#heatmap-{i}").border_title for i in (0, 1)]  # noqa: E731
+        bars = [screen.query_one(f"#gates-{i}", GateBars) for i in (0, 1)]
+        overlay = screen.query_one("#overlay", TimePlot)
+        assert titles() == ["length_gates_0 × step", f"{GATES} × step"]
+        assert np.nanmax(overlay.payload[0].columns.hi) == pytest.approx(want["length_gates_0"][1].max(), rel=1e-5)
+        await pilot.press("L", "right")
+        for name in ("depth_gates", "length_gates_0"):  # g cycles: the second set, then back to the first
+            await pilot.press("g")
+            await settle(app, pilot)
+            assert titles() == [f"{name} × step", f"{GATES} × step"]
+            value, ratio = want[name]
+            np.testing.assert_allclose(bars[0].gates["value"], value[101], rtol=1e-6)
+            np.testing.assert_array_equal(bars[1].gates["value"], file_gates(one, 101)[0])
+            assert screen.query_one("#heatmap-0 Heatmap", Heatmap).payload.shape[0] == len(value[0])
+            assert np.nanmax(overlay.payload[0].columns.hi) == pytest.approx(ratio.max(), rel=1e-5)

@@ -25,26 +25,29 @@ class CompareScreen(StepScreen):
     """Columns of per-run panes (gradient norms, heatmap, gate bars) under one plot of every run's gate ratio.
 
     The cursor moves the reference run (the first); each other run shows the row at the same step
-    (``sync="step"``) or the same fraction of its rows (``sync="fraction"``); f toggles.
+    (``sync="step"``) or the same fraction of its rows (``sync="fraction"``); f toggles. Each run shows one of
+    its gate sets (``shown_sets[i]``, "" without gates) in its heatmap, gate bars and overlay curve; g moves every
+    run to its next gate set.
     """
 
-    BINDINGS = [Binding("f", "toggle_sync", "sync step/fraction")]
+    BINDINGS = [Binding("f", "toggle_sync", "sync step/fraction"),
+                Binding("g", "next_gate_set", "gate set", show=False)]
 
     def __init__(self, runs: Sequence[RunData], *, sync: str = "step") -> None:
         super().__init__(runs)
         self.sync = sync
+        self.shown_sets = [run.gate_sets[0] if run.gate_sets else "" for run in runs]
 
     def compose(self) -> ComposeResult:
         yield Pane("gate / prompt gradient ratio, every run (log)",
                    TimePlot(self._overlay, log=True, id="overlay"), id="overlay-pane")
         with Horizontal(id="compare-runs"):
             for i, run in enumerate(self.runs):
-                gate_set = run.gate_sets[0] if run.gate_sets else ""
                 with Vertical(classes="run-column", id=f"run-{i}"):
                     yield Pane(run.title, TimePlot(partial(self._grads, run), log=True, classes=f"run-{i}"),
                                id=f"grads-{i}")
-                    yield Pane(f"{gate_set or 'no gates'} × step",
-                               Heatmap(partial(self._heatmap, run, gate_set), classes=f"run-{i}"), id=f"heatmap-{i}")
+                    yield Pane(self._heatmap_title(i), Heatmap(partial(self._heatmap, i), classes=f"run-{i}"),
+                               id=f"heatmap-{i}")
                     yield Pane("gates at cursor", GateBars(id=f"gates-{i}"), focusable=False)
         yield Timeline(id="timeline")
         yield Footer()
@@ -53,8 +56,11 @@ class CompareScreen(StepScreen):
     def _grads(run: RunData, width: int, height: int) -> tuple[int, list[Series]]:
         return curves(run, run.grad_paths, width)
 
-    @staticmethod
-    def _heatmap(run: RunData, gate_set: str, width: int, height: int) -> tuple[int, np.ndarray | None]:
+    def _heatmap_title(self, i: int) -> str:
+        return f"{self.shown_sets[i] or 'no gates'} × step"
+
+    def _heatmap(self, i: int, width: int, height: int) -> tuple[int, np.ndarray | None]:
+        run, gate_set = self.runs[i], self.shown_sets[i]
         if not gate_set:
             return run.n_rows, None
         return run.n_rows, heatmap(run.rec, gate_set, width, 2 * height, n_rows=run.n_rows)
@@ -91,9 +97,9 @@ class CompareScreen(StepScreen):
         n_x = self._overlay_rows()
         series = []
         for i, (run, diagnostics) in enumerate(zip(self.runs, self.diagnostics, strict=True)):
-            if diagnostics is None or not diagnostics.gate_sets:
+            if diagnostics is None or self.shown_sets[i] not in diagnostics.gate_sets:
                 continue
-            gs = next(iter(diagnostics.gate_sets.values()))
+            gs = diagnostics.gate_sets[self.shown_sets[i]]
             x = self._x(run, run.rows_of_steps(gs.steps))
             series.append(Series(f"#{i + 1}", downsample(gs.ratio, x, n_x, width), PALETTE[i]))
         if not series:
@@ -112,6 +118,20 @@ class CompareScreen(StepScreen):
         self.query_one("#overlay", TimePlot).reload()
         self.show_row(self.row)
 
+    def action_next_gate_set(self) -> None:
+        """Move each run with several gate sets to its next one (cycling): heatmap, gate bars and overlay curve."""
+        changed = False
+        for i, run in enumerate(self.runs):
+            sets = run.gate_sets
+            if len(sets) > 1:
+                self.shown_sets[i] = sets[(sets.index(self.shown_sets[i]) + 1) % len(sets)]
+                self.query_one(f"#heatmap-{i}", Pane).border_title = self._heatmap_title(i)
+                self.query_one(f"#heatmap-{i} Heatmap", Heatmap).reload()
+                changed = True
+        if changed:
+            self.query_one("#overlay", TimePlot).reload()
+            self.show_row(self.row)
+
     # ------------------------------------------------------------ drawing
     def status(self) -> str:
         return f"{super().status()} · sync by {self.sync}"
@@ -123,8 +143,10 @@ class CompareScreen(StepScreen):
         for i, (run, run_row) in enumerate(zip(self.runs, rows, strict=True)):
             for plot in self.query(f".run-{i}").results(StepPlot):
                 plot.cursor = run_row
-            if run.gate_sets and run.n_rows:
-                self.query_one(f"#gates-{i}", GateBars).show(run.gate_row(run.gate_sets[0], run_row))
+            gate_set = self.shown_sets[i]
+            if gate_set and run.n_rows:
+                labels = list(run.rec.gate_sets[gate_set].labels)
+                self.query_one(f"#gates-{i}", GateBars).show(run.gate_row(gate_set, run_row), labels)
         overlay = self.query_one("#overlay", TimePlot)
         overlay.cursor = int(self._x(self.runs[0], np.array([row]))[0]) if self.n_rows else 0
         timeline = self.query_one(Timeline)

@@ -20,7 +20,7 @@ KEYS = """\
 | [ ] | previous / next event (collapse onset, non-finite values, epoch ends) |
 | p | pin the cursor to the newest step of a running recording |
 | tab / shift+tab | move between panes; z or F10 full-screens the pane |
-| g | next gate set (run view) |
+| g | next gate set (run view; compare: every run moves to its next) |
 | f | sync compare cursors by step or by fraction of training |
 | m, c, s | recordings: mark for compare, compare marked, stats |
 | ctrl+p | command palette: open, compare, stats, export SVG / PNG, theme |

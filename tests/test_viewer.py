@@ -342,8 +342,9 @@ async def test_ctrl_e_exports_the_focused_panes_plot_through_analyses_figures(
             messages = await _export_and_wait(app, pilot, seen)
             png = out_dir / f"run-{kind}.png"
             assert any(m == f"saved {png}" for m in messages), messages
-            # the same figure analyses.figures draws for this recording and kind (same bytes: deterministic PNG)
-            reference = plot_runs([path], kind, tmp_path / f"ref-{kind}.png", by="method")
+            # the same figure analyses.figures draws for this recording, kind and shown gate set (same bytes:
+            # deterministic PNG)
+            reference = plot_runs([path], kind, tmp_path / f"ref-{kind}.png", by="method", gate_set=screen.gate_set)
             assert png.read_bytes() == reference.read_bytes()
         screen.set_focus(screen.query_one("#grads-pane"))
         messages = await _export_and_wait(app, pilot, seen)
@@ -445,3 +446,24 @@ async def test_g_in_compare_moves_each_run_to_its_next_gate_set(tmp_path: Path) 
             np.testing.assert_array_equal(bars[1].gates["value"], file_gates(one, 101)[0])
             assert screen.query_one("#heatmap-0 Heatmap", Heatmap).payload.shape[0] == len(value[0])
             assert np.nanmax(overlay.payload[0].columns.hi) == pytest.approx(ratio.max(), rel=1e-5)
+
+
+async def test_export_draws_the_gate_set_the_run_screen_shows(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from analyses.figures import plot_runs
+
+    path = tmp_path / "bimaple.h5"
+    write_bimaple_like(path)
+    app = WsApp([path], export_dir=tmp_path / "exports")
+    seen = record_notifications(app, monkeypatch)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("g")
+        await settle(app, pilot)
+        app.screen.set_focus(app.screen.query_one("#heatmap-pane"))
+        messages = await _export_and_wait(app, pilot, seen)
+    png = tmp_path / "exports" / "bimaple-gates.png"
+    assert any(m == f"saved {png}" for m in messages), messages
+    second = plot_runs([path], "gates", tmp_path / "second.png", gate_set="depth_gates")
+    first = plot_runs([path], "gates", tmp_path / "first.png")
+    assert png.read_bytes() == second.read_bytes() != first.read_bytes()

@@ -106,6 +106,11 @@ class CompareScreen(StepScreen):
             raise Pending("computing collapse diagnostics…")
         return n_x, series
 
+    def figure_gate_set(self) -> str | None:
+        """The set every run with gates shows, when they agree (otherwise each recording's first)."""
+        shown = {name for name in self.shown_sets if name}
+        return shown.pop() if len(shown) == 1 else None
+
     def figure_grouping(self) -> str:
         return distinguishing_key(self.runs)
 

@@ -95,6 +95,9 @@ class RunScreen(StepScreen):
     def on_option_list_option_selected(self, message: OptionList.OptionSelected) -> None:
         self.action_jump(self.markers[message.option_index].row)
 
+    def figure_gate_set(self) -> str | None:
+        return self.gate_set or None
+
     def action_next_gate_set(self) -> None:
         sets = self.run.gate_sets
         if len(sets) > 1:

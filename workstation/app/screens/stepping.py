@@ -226,6 +226,10 @@ class StepScreen(Screen[None]):
         runs apart."""
         return "method"
 
+    def figure_gate_set(self) -> str | None:
+        """The gate set the exported figure draws: None (each recording's first) unless a screen shows one."""
+        return None
+
     def action_export_png(self) -> None:
         """Save the focused pane's plot as ``<export_dir>/<recording or "compare">-<kind>.png`` through
         :func:`analyses.figures.plot_runs`, in a background thread; a notification names the file."""
@@ -238,14 +242,14 @@ class StepScreen(Screen[None]):
         stem = paths[0].stem if len(paths) == 1 else "compare"
         out = Path(getattr(self.app, "export_dir", Path.cwd())) / f"{stem}-{kind}.png"
         self.notify(f"drawing {kind} to {out.name}…", title="export PNG", timeout=3)
-        self._export(paths, kind, self.figure_grouping(), out)
+        self._export(paths, kind, self.figure_grouping(), self.figure_gate_set(), out)
 
     @work(thread=True, exit_on_error=False, group="export")
-    def _export(self, paths: list[Path], kind: str, by: str, out: Path) -> None:
+    def _export(self, paths: list[Path], kind: str, by: str, gate_set: str | None, out: Path) -> None:
         from analyses.figures import plot_runs  # matplotlib: imported when first asked
 
         try:
-            saved = plot_runs(paths, kind, out, by=by)
+            saved = plot_runs(paths, kind, out, by=by, gate_set=gate_set)
         except (WsError, OSError, ValueError) as exc:
             self.app.call_from_thread(self.notify, str(exc), title="export PNG failed", severity="error")
         else:

@@ -37,6 +37,7 @@ Torch-free; reads only the series it uses.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,10 @@ def diagnose(rec: Recording, thresholds: CollapseThresholds | None = None,
     stride = max(1, math.ceil(n / max_points))
     steps = rec.read(STEP, stride=stride)
     lr = rec.read(LR) if rec.gate_sets else np.empty(0)
-    gate_sets = {name: _diagnose_gates(rec, spec, steps, stride, lr, th)
-                 for name, spec in rec.gate_sets.items()}
+    with warnings.catch_warnings():  # missing rows (NaN) are expected: an all-NaN reduction is NaN, not news
+        warnings.simplefilter("ignore", RuntimeWarning)
+        gate_sets = {name: _diagnose_gates(rec, spec, steps, stride, lr, th)
+                     for name, spec in rec.gate_sets.items()}
     ev = rec.eval_table()
     final_eval = best_eval = None
     if len(ev["step"]):

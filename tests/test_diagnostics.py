@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import h5py
 import numpy as np
@@ -145,3 +146,16 @@ def test_ws_inspect_reports_verdicts_in_json_and_table(tmp_path):
     assert verdicts == {"a.h5": "adaptive", "c.h5": "collapsed"}
     table = CliRunner().invoke(app, ["inspect", str(tmp_path / "c.h5")])
     assert table.exit_code == 0 and "collapsed" in table.output
+
+
+def test_a_gate_never_measured_gives_nan_reasons_without_numpy_warnings(tmp_path):
+    """A gate set whose logits are missing (NaN) at every step, as in a run's first rows: its reasons are NaN,
+    not a RuntimeWarning from an all-NaN reduction on the user's terminal."""
+    path = write_run(tmp_path / "r.h5", n_steps=50)
+    with h5py.File(path, "r+") as f:
+        for series in ("logit", "value", "dsigmoid", "grad"):
+            f[f"gates/{GATES}/{series}"][...] = np.nan
+    with Recording.open(path) as rec, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reasons = diagnose(rec).gate_sets[GATES].reasons
+    assert np.isnan(reasons["max_grad_displacement"])

@@ -467,3 +467,102 @@ async def test_export_draws_the_gate_set_the_run_screen_shows(tmp_path: Path,
     second = plot_runs([path], "gates", tmp_path / "second.png", gate_set="depth_gates")
     first = plot_runs([path], "gates", tmp_path / "first.png")
     assert png.read_bytes() == second.read_bytes() != first.read_bytes()
+
+
+def tree_leaves(screen: RecordingsScreen) -> dict[Path, str]:
+    """The recordings pane's leaves: path → label."""
+    from textual.widgets import Tree
+
+    out: dict[Path, str] = {}
+    stack = [screen.query_one(Tree).root]
+    while stack:
+        node = stack.pop()
+        if node.data is not None:
+            out[node.data] = str(node.label)
+        stack.extend(node.children)
+    return out
+
+
+async def test_r_rescans_the_sources_reading_only_new_or_changed_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import workstation.app.screens.recordings as recordings
+
+    monkeypatch.setattr(recordings, "RESCAN_SECONDS", 3600.0)  # only r rescans here
+    reads: list[Path] = []
+    real_read = recordings.Entry.read
+    monkeypatch.setattr(recordings.Entry, "read", lambda path: reads.append(path) or real_read(path))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    a = write_run(runs / "a.h5", n_steps=50, seed=0)
+    b = write_run(runs / "b.h5", n_steps=50, seed=1)
+    app = WsApp([a, b], sources=[runs])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, RecordingsScreen) and set(tree_leaves(screen)) == {a, b}
+        await pilot.press("down", "down", "down", "m")  # method, variant, then seed 0: mark a
+        assert screen.marked == [a]
+
+        c = write_run(runs / "c.h5", n_steps=50, seed=2)
+        reads.clear()
+        await pilot.press("r")
+        await settle(app, pilot)
+        assert reads == [c]  # a and b are unchanged: their entries come from the cache
+        leaves = tree_leaves(screen)
+        assert set(leaves) == set(runs.glob("*.h5")) == {a, b, c}
+        assert leaves[a].startswith("✓ ") and screen.marked == [a]
+        names = {name for name, _, _ in app.ws_commands()}
+        assert {f"open {p.name}" for p in runs.glob("*.h5")} <= names
+        assert "compare all" in names  # over the three known now
+
+        b.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # b is damaged (size and mtime change)
+        await pilot.press("r")
+        await settle(app, pilot)
+        assert "unreadable" in tree_leaves(screen)[b] and screen.entries[b].error
+        assert screen.query_one("Tree").cursor_node.data == a  # the unreadable leaf above it moved its line
+
+        a.unlink()
+        await pilot.press("r")
+        await settle(app, pilot)
+        assert set(tree_leaves(screen)) == {b, c} and screen.marked == []
+        assert "open a.h5" not in {name for name, _, _ in app.ws_commands()}
+
+
+async def test_the_recordings_pane_rescans_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import workstation.app.screens.recordings as recordings
+
+    monkeypatch.setattr(recordings, "RESCAN_SECONDS", 0.05)
+    a = write_run(tmp_path / "a.h5", n_steps=50, seed=0)
+    b = write_run(tmp_path / "b.h5", n_steps=50, seed=1)
+    app = WsApp([a, b], sources=[tmp_path])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        c = write_run(tmp_path / "c.h5", n_steps=50, seed=2)
+        await pilot.pause(0.3)
+        await settle(app, pilot)
+        assert set(tree_leaves(app.screen)) == {a, b, c}  # type: ignore[arg-type]
+        assert c in app.paths
+
+
+def test_view_without_paths_needs_a_recordings_directory(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "workstation", "view"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "recordings" in out.stderr and "ws record" in out.stderr
+
+
+def test_view_without_paths_opens_recordings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from workstation.cli import app as cli
+
+    (tmp_path / "recordings" / "sweep").mkdir(parents=True)
+    runs = [write_run(tmp_path / "recordings" / name, n_steps=20) for name in ("a.h5", "sweep/b.h5")]
+    got: list[WsApp] = []
+    monkeypatch.setattr(WsApp, "run", lambda self: got.append(self))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["view"])
+    assert result.exit_code == 0, result.output
+    (app,) = got
+    assert app.catalog.sources == [Path("recordings")]
+    assert [p.resolve() for p in app.paths] == [p.resolve() for p in runs]

@@ -12,7 +12,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from recorders.errors import WsError
 from workstation.app.data import RunData
-from workstation.app.screens.recordings import RecordingsScreen
+from workstation.app.screens.recordings import Catalog, RecordingsScreen
 
 Command = tuple[str, str, Callable[[], object]]
 
@@ -38,11 +38,13 @@ class WsCommands(Provider):
 
 
 class WsApp(App[None]):
-    """``ws view``: ``paths`` are recordings (already expanded from directories).
+    """``ws view``: ``paths`` are recordings (already expanded from ``sources``, the files and directories as
+    given; default ``paths`` itself).
 
     One path opens its run view, ``compare`` with 2–4 paths opens the compare view, otherwise the recordings
-    pane. ``live_interval`` is the seconds between refreshes of running recordings; ``export_dir`` is where SVG
-    and PNG exports go.
+    pane. The recordings pane rescans ``sources``, and from then on :attr:`paths` is its latest scan.
+    ``live_interval`` is the seconds between refreshes of running recordings; ``export_dir`` is where SVG and
+    PNG exports go.
     """
 
     TITLE = "ws view"
@@ -55,14 +57,20 @@ class WsApp(App[None]):
         Binding("escape", "back", "back", show=False),
     ]
 
-    def __init__(self, paths: list[Path], *, compare: bool = False, sync: str = "step",
-                 live_interval: float = 1.0, export_dir: Path | None = None) -> None:
+    def __init__(self, paths: list[Path], *, sources: list[Path] | None = None, compare: bool = False,
+                 sync: str = "step", live_interval: float = 1.0, export_dir: Path | None = None) -> None:
         super().__init__()
-        self.paths = paths
+        self.catalog = Catalog(paths if sources is None else sources, paths)
         self.compare = compare
         self.sync = sync
         self.live_interval = live_interval
         self.export_dir = export_dir or Path.cwd()
+
+    @property
+    def paths(self) -> list[Path]:
+        """The recordings known now: the start-up list until the recordings pane has scanned, then its latest
+        scan."""
+        return self.catalog.paths
 
     def on_mount(self) -> None:
         # Straight to the run or comparison asked for; the recordings pane is built when escape asks for it
@@ -72,7 +80,7 @@ class WsApp(App[None]):
         else:
             opened = len(self.paths) == 1 and self.open_run(self.paths[0])
         if not opened:
-            self.push_screen(RecordingsScreen(self.paths))
+            self.push_screen(RecordingsScreen(self.catalog))
 
     def _open(self, path: Path) -> RunData | None:
         try:
@@ -112,7 +120,7 @@ class WsApp(App[None]):
         for path in self.paths:
             yield f"open {path.name}", f"run view of {path}", partial(self.open_run, path)
         if 2 <= len(self.paths) <= 4:
-            yield "compare all", "compare view of the recordings given", partial(self.open_compare, self.paths)
+            yield "compare all", "compare view of the recordings known", partial(self.open_compare, self.paths)
         marked = getattr(self.screen, "marked", [])
         if len(marked) >= 2:
             yield "compare marked", "compare view of the marked recordings", partial(self.open_compare, marked)
@@ -133,7 +141,7 @@ class WsApp(App[None]):
         if len(self.screen_stack) > 2:
             self.pop_screen()
         elif not isinstance(self.screen, RecordingsScreen):
-            self.switch_screen(RecordingsScreen(self.paths))
+            self.switch_screen(RecordingsScreen(self.catalog))
 
     def action_export_svg(self) -> None:
         path = self.save_screenshot(path=str(self.export_dir))

@@ -8,9 +8,12 @@ import typer
 
 from recorders.errors import ConfigError, RecordingError
 
+DEFAULT_DIR = Path("recordings")  # where `ws record` writes by default
+
 
 def view(
-    paths: list[Path] = typer.Argument(..., help="recordings (.h5) or directories holding them"),
+    paths: list[Path] | None = typer.Argument(
+        None, show_default=False, help="recordings (.h5) or directories holding them; default recordings/"),
     compare: bool = typer.Option(False, "--compare", "-c", help="open 2–4 recordings side by side"),
     sync: str = typer.Option("step", help="compare cursor sync: 'step' or 'fraction' of training"),
     refresh: float = typer.Option(1.0, help="seconds between refreshes of running recordings"),
@@ -23,14 +26,15 @@ def view(
         raise ConfigError(f"--sync {sync!r} is not valid; use step or fraction")
     if refresh <= 0:
         raise ConfigError("--refresh must be a positive number of seconds")
-    found = list(iter_recordings(paths))
+    sources = paths or [DEFAULT_DIR]
+    found = list(iter_recordings(sources)) if paths or DEFAULT_DIR.is_dir() else []
     if not found:
-        raise RecordingError(f"no .h5 recordings under {', '.join(map(str, paths))}; run `ws record` first")
+        raise RecordingError(f"no .h5 recordings under {', '.join(map(str, sources))}; run `ws record` first")
     if compare and not 2 <= len(found) <= 4:
         raise ConfigError(f"--compare takes 2 to 4 recordings, got {len(found)}")
     from workstation.app.app import WsApp
 
-    app = WsApp(found, compare=compare, sync=sync, live_interval=refresh)
+    app = WsApp(found, sources=sources, compare=compare, sync=sync, live_interval=refresh)
     if theme not in app.available_themes:
         raise ConfigError(f"unknown theme {theme!r}; use one of {', '.join(sorted(app.available_themes))}")
     app.theme = theme

@@ -22,7 +22,7 @@ KEYS = """\
 | tab / shift+tab | move between panes; z or F10 full-screens the pane |
 | g | next gate set (run view; compare: every run moves to its next) |
 | f | sync compare cursors by step or by fraction of training |
-| m, c, s | recordings: mark for compare, compare marked, stats |
+| m, c, s, r | recordings: mark for compare, compare marked, stats, rescan (also every 5 s) |
 | ctrl+p | command palette: open, compare, stats, export SVG / PNG, theme |
 | ctrl+s | save the screen as SVG |
 | ctrl+e | save the focused pane's plot as PNG (ratio, heatmap → gate values, losses → accuracy) |

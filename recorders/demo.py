@@ -21,7 +21,7 @@ from torch import nn
 
 from recorders.gates import Gate
 from recorders.probes import watch
-from recorders.recording_format import RecordingWriter
+from recorders.recording_format import RECORDINGS_DIR, RecordingWriter
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def demo_optimizer(model: DemoModel, cfg: DemoConfig) -> torch.optim.SGD:
 
 def default_path(seed: int) -> Path:
     """``recordings/demo-random-s<seed>-<YYYYmmdd-HHMMSS>.h5``."""
-    return Path("recordings") / f"demo-random-s{seed}-{datetime.now():%Y%m%d-%H%M%S}.h5"
+    return RECORDINGS_DIR / f"demo-random-s{seed}-{datetime.now():%Y%m%d-%H%M%S}.h5"
 
 
 def run_demo(out: Path | None = None, *, steps: int = 300, seed: int = 0, device: str = "cpu",

@@ -43,6 +43,7 @@ STATUSES = ("running", "complete", "failed")
 ROLES = ("prompt", "gate", "coupling", "meta", "other")
 GATE_KINDS = ("length", "depth", "instance")
 CHUNK_ROWS = 1024
+RECORDINGS_DIR = Path("recordings")  # where ws writes recordings by default (relative to the working directory)
 
 STEP = "steps/step"
 EPOCH = "steps/epoch"

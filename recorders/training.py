@@ -37,7 +37,7 @@ from recorders.errors import ConfigError, WsError
 from recorders.gates import find_gates
 from recorders.methods.base import ClassPrompts, ParamGroup, PromptMethod
 from recorders.methods.registry import build_method
-from recorders.recording_format import RecordingWriter, harmonic_mean
+from recorders.recording_format import RECORDINGS_DIR, RecordingWriter, harmonic_mean
 
 if TYPE_CHECKING:
     from recorders.backbone import Backbone
@@ -83,7 +83,7 @@ def seed_everything(seed: int) -> None:
 
 def default_path(cfg: Config) -> Path:
     """``recordings/<method>-<dataset>-s<seed>-<YYYYmmdd-HHMMSS>.h5``."""
-    return Path("recordings") / f"{cfg.method}-{cfg.dataset}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}.h5"
+    return RECORDINGS_DIR / f"{cfg.method}-{cfg.dataset}-s{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}.h5"
 
 
 def lr_at(step: int, cfg: Config, steps_per_epoch: int) -> float:

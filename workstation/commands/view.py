@@ -8,8 +8,6 @@ import typer
 
 from recorders.errors import ConfigError, RecordingError
 
-DEFAULT_DIR = Path("recordings")  # where `ws record` writes by default
-
 
 def view(
     paths: list[Path] | None = typer.Argument(
@@ -20,14 +18,14 @@ def view(
     theme: str = typer.Option("textual-dark", help="Textual theme, e.g. textual-dark, textual-light, nord"),
 ) -> None:
     """Replay recordings in the terminal: step through a run, compare variants, test across seeds."""
-    from recorders.recording_format import iter_recordings
+    from recorders.recording_format import RECORDINGS_DIR, iter_recordings  # h5py: not at `ws --help`
 
     if sync not in ("step", "fraction"):
         raise ConfigError(f"--sync {sync!r} is not valid; use step or fraction")
     if refresh <= 0:
         raise ConfigError("--refresh must be a positive number of seconds")
-    sources = paths or [DEFAULT_DIR]
-    found = list(iter_recordings(sources)) if paths or DEFAULT_DIR.is_dir() else []
+    sources = paths or [RECORDINGS_DIR]
+    found = list(iter_recordings(sources)) if paths or RECORDINGS_DIR.is_dir() else []
     if not found:
         raise RecordingError(f"no .h5 recordings under {', '.join(map(str, sources))}; run `ws record` first")
     if compare and not 2 <= len(found) <= 4:

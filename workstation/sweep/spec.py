@@ -43,10 +43,11 @@ from typing import Any
 
 from recorders.config import FIELDS, Config, build_config, read_toml, suggest
 from recorders.errors import ConfigError
+from recorders.recording_format import RECORDINGS_DIR
 
 SPEC_KEYS = ("name", "out", "base", "axes", "runs", "resources")
 RESOURCE_KEYS = ("cpus", "gpus")
-DEFAULT_OUT = Path("recordings") / "sweeps"
+DEFAULT_OUT = RECORDINGS_DIR / "sweeps"
 _ID_EXCLUDED = ("out", "device")
 
 

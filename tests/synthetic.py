@@ -152,3 +152,33 @@ def write_group(directory: str | Path, name: str, seeds: Sequence[int], hms: Seq
     config = {key: name, **kwargs.pop("config", {})}
     return [write_run(directory / f"{name}-s{seed}.h5", seed=seed, final=(hm, hm), config=config, **kwargs)
             for seed, hm in zip(seeds, hms, strict=True)]
+
+
+def write_two_gate_sets(path: str | Path, n_steps: int = 300,
+                        seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """An adaptive-bimaple-like recording with two static gate sets scaling one prompt set ``ctx``:
+    ``length_gates_0`` (4 gates near σ=0.95, gradients ~1e-3) and ``depth_gates`` (3 gates random-walking around
+    σ=0.5, gradients ~1e-1). Returns, per set, the float64 ``(value, ratio)`` each row holds: σ ``(n_steps,
+    n_gates)`` and the gate/prompt gradient ratio mean|∂L/∂g| / mean‖∂L/∂p‖ ``(n_steps,)``."""
+    rng = np.random.default_rng(seed)
+    sets = {"length_gates_0": (4, 3.0, 1e-3), "depth_gates": (3, 0.0, 1e-1)}  # n_gates, start logit, grad scale
+    layout = Layout(groups=(GroupSpec(PROMPT_GROUP, "prompt", 32), GroupSpec(GATE_GROUP, "gate", 7)),
+                    prompts=(PromptSpec(PROMPT, 4, PROMPT_GROUP),),
+                    gate_sets=tuple(GateSetSpec(name, n, "length" if name != "depth_gates" else "depth",
+                                                prompt=PROMPT, group=GATE_GROUP, init_logit=(start,) * n)
+                                    for name, (n, start, _) in sets.items()))
+    prompt_grad = rng.uniform(0.01, 0.02, (n_steps, 4))
+    block = {STEP: np.arange(n_steps), EPOCH: np.arange(n_steps) // 100, LR: np.full(n_steps, 0.002),
+             prompt_path(PROMPT, "grad_norm"): prompt_grad}
+    want = {}
+    for name, (n, start, scale) in sets.items():
+        logit = start + np.cumsum(rng.normal(0.0, 0.02, (n_steps, n)), axis=0)
+        value = 1.0 / (1.0 + np.exp(-logit))
+        grad = scale * rng.normal(size=(n_steps, n))
+        block |= {gate_path(name, "logit"): logit, gate_path(name, "value"): value,
+                  gate_path(name, "dsigmoid"): value * (1.0 - value), gate_path(name, "grad"): grad}
+        want[name] = (value, np.abs(grad).mean(axis=1) / prompt_grad.mean(axis=1))
+    with RecordingWriter(path, layout, config={"method": "adaptive-bimaple", "seed": seed},
+                         method="adaptive-bimaple", seed=seed, device="cpu") as writer:
+        writer.append_block(block)
+    return want

@@ -8,7 +8,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from synthetic import GATES, write_group
+from synthetic import GATES, write_group, write_two_gate_sets
 from typer.testing import CliRunner
 
 from analyses.figures import KINDS, run_curve
@@ -62,45 +62,9 @@ def test_bad_input_is_a_one_line_error(runs, tmp_path, args, needle):
     assert isinstance(result.exception, WsError) and needle in str(result.exception)
 
 
-def write_two_gate_sets(path, n_steps: int = 300, seed: int = 0):
-    """A recording with two static gate sets (``length_gates_0``: 4 gates near σ=0.95, ``depth_gates``: 3 gates
-    random-walking around σ=0.5) scaling one prompt set ``ctx``, with gate gradients of different sizes."""
-    from recorders.recording_format import (
-        EPOCH,
-        LR,
-        STEP,
-        GateSetSpec,
-        GroupSpec,
-        Layout,
-        PromptSpec,
-        RecordingWriter,
-        gate_path,
-        prompt_path,
-    )
-
-    rng = np.random.default_rng(seed)
-    sets = {"length_gates_0": (4, 3.0, 1e-3), "depth_gates": (3, 0.0, 1e-1)}  # n_gates, start logit, grad scale
-    layout = Layout(groups=(GroupSpec("ctx", "prompt", 32), GroupSpec("gates", "gate", 7)),
-                    prompts=(PromptSpec("ctx", 4, "ctx"),),
-                    gate_sets=tuple(GateSetSpec(name, n, "length" if name != "depth_gates" else "depth",
-                                                prompt="ctx", group="gates", init_logit=(start,) * n)
-                                    for name, (n, start, _) in sets.items()))
-    block = {STEP: np.arange(n_steps), EPOCH: np.arange(n_steps) // 100, LR: np.full(n_steps, 0.002),
-             prompt_path("ctx", "grad_norm"): rng.uniform(0.01, 0.02, (n_steps, 4))}
-    for name, (n, start, scale) in sets.items():
-        logit = start + np.cumsum(rng.normal(0.0, 0.02, (n_steps, n)), axis=0)
-        value = 1.0 / (1.0 + np.exp(-logit))
-        block |= {gate_path(name, "logit"): logit, gate_path(name, "value"): value,
-                  gate_path(name, "dsigmoid"): value * (1.0 - value),
-                  gate_path(name, "grad"): scale * rng.normal(size=(n_steps, n))}
-    with RecordingWriter(path, layout, config={"method": "adaptive-bimaple", "seed": seed}, method="adaptive-bimaple",
-                         seed=seed, device="cpu") as writer:
-        writer.append_block(block)
-    return path
-
-
 def test_a_named_gate_set_is_drawn_from_its_own_datasets(tmp_path):
-    path = write_two_gate_sets(tmp_path / "two.h5")
+    path = tmp_path / "two.h5"
+    write_two_gate_sets(path)
     with h5py.File(path, "r") as f:
         value = f["gates/depth_gates/value"][:].astype(np.float64)
         grad = f["gates/depth_gates/grad"][:].astype(np.float64)
@@ -122,7 +86,8 @@ def test_a_named_gate_set_is_drawn_from_its_own_datasets(tmp_path):
 
 
 def test_plot_draws_the_named_gate_set(tmp_path):
-    path = write_two_gate_sets(tmp_path / "two.h5")
+    path = tmp_path / "two.h5"
+    write_two_gate_sets(path)
     out = tmp_path / "depth.svg"
     result = CliRunner().invoke(app, ["plot", str(path), "--kind", "gates", "--gate-set", "depth_gates",
                                       "--out", str(out)])
@@ -131,7 +96,8 @@ def test_plot_draws_the_named_gate_set(tmp_path):
 
 
 def test_a_missing_gate_set_is_one_line_exit_2(tmp_path):
-    path = write_two_gate_sets(tmp_path / "two.h5")
+    path = tmp_path / "two.h5"
+    write_two_gate_sets(path)
     out = subprocess.run([sys.executable, "-m", "workstation", "plot", str(path), "--kind", "ratio",
                           "--gate-set", "ctx_gates", "--out", str(tmp_path / "x.png")],
                          capture_output=True, text=True, cwd=tmp_path)

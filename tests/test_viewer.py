@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from synthetic import GATES, write_group, write_run
+from synthetic import GATES, write_group, write_run, write_two_gate_sets
 from textual._compositor import Compositor
 from textual.widgets import DataTable
 from textual.worker import WorkerCancelled
@@ -21,14 +21,11 @@ from recorders.recording_format import (
     LR,
     STEP,
     GateSetSpec,
-    GroupSpec,
     Layout,
-    PromptSpec,
     Recording,
     RecordingWriter,
     gate_path,
     loss_path,
-    prompt_path,
 )
 from workstation.app.app import WsApp
 from workstation.app.screens.compare import CompareScreen
@@ -397,34 +394,9 @@ async def test_large_runs_are_diagnosed_in_a_child_process_inside_the_app(
     assert got.gate_sets[GATES].onset_step == want.gate_sets[GATES].onset_step
 
 
-def write_bimaple_like(path: Path, n: int = 300) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """A recording with two gate sets over one prompt set, as adaptive-bimaple writes them; per set the
-    (value, ratio) each row should show, computed here in float64."""
-    t = np.arange(n, dtype=np.float64)[:, None]
-    logits = {"length_gates_0": 3.0 - 1e-3 * t * np.arange(4), "depth_gates": np.sin(t / 50.0 + np.arange(3))}
-    grads = {"length_gates_0": 1e-4 * np.cos(t / 7.0 + np.arange(4)),
-             "depth_gates": 1e-1 * np.cos(t / 9.0 - np.arange(3))}
-    prompt_grad = 0.01 + 1e-3 * np.sin(t / 11.0 + np.arange(4))
-    layout = Layout(groups=(GroupSpec("ctx", "prompt", 16), GroupSpec("gates", "gate", 7)),
-                    prompts=(PromptSpec("ctx", 4, "ctx"),),
-                    gate_sets=(GateSetSpec("length_gates_0", 4, "length", prompt="ctx", group="gates"),
-                               GateSetSpec("depth_gates", 3, "depth", prompt="ctx", group="gates")))
-    block = {STEP: np.arange(n), EPOCH: np.arange(n) // 100, LR: np.full(n, 0.002),
-             prompt_path("ctx", "grad_norm"): prompt_grad}
-    want = {}
-    for name, logit in logits.items():
-        value = 1.0 / (1.0 + np.exp(-logit))
-        block |= {gate_path(name, "logit"): logit, gate_path(name, "value"): value,
-                  gate_path(name, "dsigmoid"): value * (1.0 - value), gate_path(name, "grad"): grads[name]}
-        want[name] = (value, np.abs(grads[name]).mean(axis=1) / prompt_grad.mean(axis=1))
-    with RecordingWriter(path, layout, config={}, method="adaptive-bimaple", seed=0, device="cpu") as w:
-        w.append_block(block)
-    return want
-
-
 async def test_g_in_compare_moves_each_run_to_its_next_gate_set(tmp_path: Path) -> None:
     two = tmp_path / "bimaple.h5"
-    want = write_bimaple_like(two)
+    want = write_two_gate_sets(two)
     one = write_run(tmp_path / "coop.h5", n_steps=300, n_gates=4, seed=1)
     app = WsApp([two, one], compare=True)
     async with app.run_test(size=SIZE) as pilot:
@@ -453,7 +425,7 @@ async def test_export_draws_the_gate_set_the_run_screen_shows(tmp_path: Path,
     from analyses.figures import plot_runs
 
     path = tmp_path / "bimaple.h5"
-    write_bimaple_like(path)
+    write_two_gate_sets(path)
     app = WsApp([path], export_dir=tmp_path / "exports")
     seen = record_notifications(app, monkeypatch)
     async with app.run_test(size=SIZE) as pilot:

@@ -58,6 +58,15 @@ def _splice(hidden: Tensor, prompts: Tensor, start: int) -> Tensor:
     return torch.cat([hidden[:, :start], prompts, hidden[:, start + n:]], dim=1)
 
 
+def _deep_text_prompts(deep_prompts: Sequence[Tensor | None] | None, n_layers: int) -> list[Tensor | None]:
+    """``deep_prompts`` as a list, checked to fit a text encoder of ``n_layers`` layers (at most one per layer
+    after the first)."""
+    deep = list(deep_prompts or [])
+    if len(deep) > n_layers - 1:
+        raise ValueError(f"{len(deep)} deep text prompts for {n_layers} layers: at most {n_layers - 1}")
+    return deep
+
+
 def text_features(
     model: CLIPModel,
     token_embeds: Tensor,
@@ -76,9 +85,7 @@ def text_features(
     """
     text = model.text_model
     layers = text.encoder.layers
-    deep = list(deep_prompts or [])
-    if len(deep) > len(layers) - 1:
-        raise ValueError(f"{len(deep)} deep text prompts for {len(layers)} layers: at most {len(layers) - 1}")
+    deep = _deep_text_prompts(deep_prompts, len(layers))
     hidden = text.embeddings(inputs_embeds=token_embeds)
     mask = create_causal_mask(config=text.config, inputs_embeds=hidden, attention_mask=None, cache=None)
     for index, layer in enumerate(layers):
@@ -115,9 +122,7 @@ def shared_prefix_text_features(
     """
     text = model.text_model
     layers = text.encoder.layers
-    deep = list(deep_prompts or [])
-    if len(deep) > len(layers) - 1:
-        raise ValueError(f"{len(deep)} deep text prompts for {len(layers)} layers: at most {len(layers) - 1}")
+    deep = _deep_text_prompts(deep_prompts, len(layers))
     n_prefix, n_suffix = prefix.shape[1], suffix.shape[1]
     positions = text.embeddings.position_embedding.weight
     if n_prefix + n_suffix > positions.shape[0]:

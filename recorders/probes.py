@@ -169,6 +169,9 @@ class Probe:
         self._raw_plan = [(p, key) for p, key in zip(self._params, self._norm_keys, strict=True)
                           if key.startswith("grad/")]
         self._prompt_plan = [(param, f"prompt/{name}/grad") for name, param in prompts.items()]
+        # per-input instance measurements stay float32 on the host (_batch_statistics sums them in float64)
+        self._per_input_keys = {key for param, _, logit_key, grad_key in self._gate_plan if param is None
+                                for key in (logit_key, grad_key)}
         self._strided_plan = [(name, param, stride) for name, (param, stride) in tensors.items()]
         self._allocate([0] * len(self._instance))
 
@@ -316,8 +319,8 @@ class Probe:
         ``batch`` ``(n, n_instance_sets)``: the captured rows of each instance gate set at each step.
         """
         n = len(raw)
-        instance = {f"gate/{g.spec.name}/{k}" for g in self._gates if g.gate.logits is None for k in ("logit", "grad")}
-        col = {key: raw[:, s] if key in instance else raw[:, s].astype(np.float64) for key, s in self._slots.items()}
+        col = {key: raw[:, s] if key in self._per_input_keys else raw[:, s].astype(np.float64)
+               for key, s in self._slots.items()}
         out = {rf.loss_path(term): col[f"loss/{term}"][:, 0] for term in self.layout.loss_terms}
         squares = np.stack([col[key][:, 0] ** 2 if key.startswith("norm/") else np.sum(col[key] ** 2, axis=1)
                             for key in self._norm_keys], axis=1) if self._params else np.empty((n, 0))
@@ -329,7 +332,7 @@ class Probe:
                                                           np.sqrt(np.nansum(block, 1)))
         tokens = {name: (col[f"prompt/{name}/value"].reshape(n, p.shape[0], -1),
                          col[f"prompt/{name}/grad"].reshape(n, p.shape[0], -1)) for name, p in self._prompts.items()}
-        instance_set = iter(range(batch.shape[1]))
+        batches = iter(batch.T)  # one column per instance gate set, in gate order
         for g in self._gates:
             logit, grad = col[f"gate/{g.spec.name}/logit"], col[f"gate/{g.spec.name}/grad"]
             if g.gate.logits is not None:  # static gates: logit and grad were measured, σ and σ' follow
@@ -337,7 +340,7 @@ class Probe:
                           "grad": grad}
             else:
                 series = _batch_statistics(logit.reshape(n, -1, g.gate.n_gates),
-                                           grad.reshape(n, -1, g.gate.n_gates), batch[:, next(instance_set)])
+                                           grad.reshape(n, -1, g.gate.n_gates), next(batches))
             if g.spec.decomposition:
                 value, prompt_grad = tokens[g.spec.prompt]
                 series["prompt_norm"] = np.linalg.norm(value, axis=2)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -64,7 +65,7 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(cfg.batch, cfg.in_dim, generator=generator).to(device)
     y = torch.randint(cfg.n_classes // 2, (cfg.batch,), generator=generator).to(device)
-    counter = iter(range(10**9))
+    counter = itertools.count()
 
     def chunk(record: bool) -> tuple[float, float]:
         model.instance_gates.capture = record

@@ -197,8 +197,8 @@ def _ratio_denominator(rec: Recording, prompt: str, stride: int) -> tuple[str, n
         return "prompts", _nanmean_rows(np.concatenate(norms, axis=1))
     groups = [g for g, spec in rec.groups.items() if spec.role == "prompt"]
     if groups:
-        norms = np.stack([rec.read(grad_norm_path(g), stride=stride) for g in groups], axis=1)
-        return "groups", np.sqrt(np.sum(norms.astype(np.float64) ** 2, axis=1))
+        stacked = np.stack([rec.read(grad_norm_path(g), stride=stride) for g in groups], axis=1)
+        return "groups", np.sqrt(np.sum(stacked.astype(np.float64) ** 2, axis=1))
     return "none", None
 
 

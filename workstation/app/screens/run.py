@@ -116,8 +116,8 @@ class RunScreen(StepScreen):
         timeline.cursor = row
         timeline.status = self.status()
         if self.gate_set and self.n_rows:
-            labels = list(self.run.rec.gate_sets[self.gate_set].labels)
-            self.query_one(GateBars).show(self.run.gate_row(self.gate_set, row), labels)
+            self.query_one(GateBars).show(self.run.gate_row(self.gate_set, row),
+                                          self.run.rec.gate_sets[self.gate_set].labels)
 
     def reload(self) -> None:
         for plot in self.query(StepPlot):

@@ -6,6 +6,7 @@ A line-API scroll view: only the visible lines are rendered, so a 1,024-gate set
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from rich.segment import Segment
@@ -40,7 +41,7 @@ class GateBars(ScrollView, can_focus=True):
         self.gates: dict[str, np.ndarray] = {}
         self.labels: list[str] = []
 
-    def show(self, gates: dict[str, np.ndarray], labels: list[str] | None = None) -> None:
+    def show(self, gates: dict[str, np.ndarray], labels: Sequence[str] | None = None) -> None:
         """Display one step's gates (arrays of equal length ``n``); ``labels`` default to ``g0..g{n-1}``."""
         n = len(gates["value"])
         self.gates = gates

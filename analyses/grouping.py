@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from analyses.diagnostics import GateSetDiagnostics, diagnose
-from recorders.errors import ConfigError, RecordingError
-from recorders.recording_format import Recording, iter_recordings, loss_path
+from recorders.format.errors import ConfigError, RecordingError
+from recorders.format.recording import Recording, iter_recordings, loss_path
 
 ATTR_KEYS = ("method", "dataset", "seed", "status")
 EVAL_METRICS = {f"{when}_{col}": (when, f"{col}_acc" if col != "hm" else "hm")

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import special, stats
 
 from analyses.grouping import MISSING, Run, group_runs, load_runs, metric_names
-from recorders.errors import ConfigError
+from recorders.format.errors import ConfigError
 
 __all__ = ["ComparisonReport", "ComparisonRow", "GroupSummary", "adjust_pvalues", "compare", "compare_values",
            "hedges_g", "metric_names", "permutation_p", "summarize"]
@@ -278,7 +278,7 @@ def compare(paths: Sequence[str | os.PathLike[str]], by: str, metric: str, *, ba
             correction: str = "auto") -> ComparisonReport:
     """Group the recordings under ``paths`` by ``by``, reduce each to ``metric`` and compare the groups.
 
-    Raises :class:`~recorders.errors.WsError` (one line) when nothing useful can be computed: no recordings,
+    Raises :class:`~recorders.format.errors.WsError` (one line) when nothing useful can be computed: no recordings,
     unknown key or metric, mixed datasets or splits, fewer than two groups with at least two runs, an unknown
     baseline. Incomplete (running or failed) recordings are excluded unless ``include_incomplete``.
     """

@@ -46,7 +46,7 @@ def main() -> None:
         os.environ["WS_CACHE"] = str(root / "cache")
         backbone = args.backbone
         if not backbone:
-            from recorders.pretrain import random_checkpoint
+            from recorders.clip.pretrain import random_checkpoint
 
             backbone = str(random_checkpoint(root / "clip"))
         timed(sweep(root, "warm", backbone, 1), LocalExecutor(1))  # fills the feature cache once

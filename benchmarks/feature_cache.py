@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
-from recorders.backbone import Backbone, builtin_dir, load_backbone
-from recorders.clip_paths import image_features, text_features, token_embeddings
-from recorders.datasets import load_dataset
-from recorders.feature_cache import cached_features
-from recorders.fewshot import base_to_novel
-from recorders.pretrain import CONTEXT_LENGTH, random_checkpoint, save_checkpoint, world_tokenizer
-from recorders.transforms import load_batch, train_transform
+from recorders.clip.backbone import Backbone, builtin_dir, load_backbone
+from recorders.clip.encoders import image_features, text_features, token_embeddings
+from recorders.clip.pretrain import CONTEXT_LENGTH, random_checkpoint, save_checkpoint, world_tokenizer
+from recorders.data.datasets import load_dataset
+from recorders.data.feature_cache import cached_features
+from recorders.data.fewshot import base_to_novel
+from recorders.data.transforms import load_batch, train_transform
 
 N_CTX = 4
 BATCH = 32

@@ -18,7 +18,7 @@ import time
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from recorders.clip_paths import image_features, text_features, token_embeddings
+from recorders.clip.encoders import image_features, text_features, token_embeddings
 
 EOT = 49407
 

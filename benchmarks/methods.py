@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recorders.backbone import Backbone, load_backbone
-from recorders.config import METHODS, build_config
+from recorders.clip.backbone import Backbone, load_backbone
+from recorders.format.recording import RecordingWriter
 from recorders.methods.registry import build_method
-from recorders.probes import watch
-from recorders.recording_format import RecordingWriter
-from recorders.training import loss_terms, make_optimizer
+from recorders.train.config import METHODS, build_config
+from recorders.train.loop import loss_terms, make_optimizer
+from recorders.train.probes import watch
 
 WORLD_BASE = 18
 
@@ -100,7 +100,7 @@ def cocoop_batched_vs_loop(backbone: Backbone, classnames: list[str], repeats: i
     ``PromptMethod.text_features``), batching alone (the B·C spliced prompts in one plain text forward), a loop over
     images on our cut prompts, and the reference formulation (a loop over images, one plain text forward of the C
     prompts padded to the model's full context length per image, as in CoCoOp's code)."""
-    from recorders.clip_paths import text_features, token_embeddings
+    from recorders.clip.encoders import text_features, token_embeddings
     from recorders.methods.base import ClassPrompts
 
     s = Stepper(backbone, "cocoop", classnames, batch=8)
@@ -187,7 +187,7 @@ def vit_b16(device: torch.device) -> Backbone:
     """A random-init CLIP ViT-B/16 (transformers' default CLIPConfig with patch 16) on ``device``, bf16 autocast."""
     from transformers import CLIPConfig, CLIPModel
 
-    from recorders.tokenizer import build_tokenizer
+    from recorders.clip.tokenizer import build_tokenizer
 
     words = [f"class{i}" for i in range(100)]
     tokenizer = build_tokenizer(["a", "photo", "of", *words], 77)
@@ -242,7 +242,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone(args.backbone, args.device)
-    from recorders.world import load_world
+    from recorders.data.world import load_world
 
     classnames = load_world().classnames[:WORLD_BASE]
     step_times(backbone, classnames, args.steps)

@@ -2,7 +2,7 @@
 
     python benchmarks/recording_overhead.py [--steps 32] [--repeats 120] [--device cpu|cuda] [--threads 1]
 
-1. Trains the synthetic demo model (``recorders.demo``) in alternating (ABBA) chunks of ``--steps`` steps with
+1. Trains the synthetic demo model (``recorders.train.demo``) in alternating (ABBA) chunks of ``--steps`` steps with
    recording off and with every gate set, group and prompt recorded each step (blocks of 256 rows flushed to a
    real file), in one process, and prints the time ratio over all chunks (target <= 1.05) with a 95% bootstrap
    interval, and the time spent in ``Probe.after_backward``. Short chunks pair up under a shared machine's drift.
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recorders import probes
-from recorders.demo import DemoConfig, DemoModel, demo_optimizer, run_demo
-from recorders.recording_format import STEP, Layout, PromptSpec, RecordingWriter
+from recorders.format.recording import STEP, Layout, PromptSpec, RecordingWriter
+from recorders.train import probes
+from recorders.train.demo import DemoConfig, DemoModel, demo_optimizer, run_demo
 
 DEMO_STEPS = 1000
 

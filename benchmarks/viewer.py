@@ -28,7 +28,7 @@ TARGETS = {"first_paint_s": 1.5, "cursor_step_ms": 50.0, "cursor_step_during_dia
 
 def make_recording(path: Path, n_steps: int, n_gates: int, block: int = 4096) -> None:
     """A collapsing run written block by block (memory stays at one block)."""
-    from recorders.recording_format import (
+    from recorders.format.recording import (
         EPOCH,
         LR,
         STEP,

@@ -74,7 +74,7 @@ def write_split_dataset(
 
 def make_eurosat(root: Path, counts: tuple[int, int, int] = (6, 2, 3), raw_names: bool = True) -> Path:
     """``root/eurosat`` with all 10 classes; ``raw_names`` puts folder names ("AnnualCrop") in the JSON."""
-    from recorders.datasets import EUROSAT_CLASSNAMES
+    from recorders.data.datasets import EUROSAT_CLASSNAMES
 
     classes = [(f, f if raw_names else EUROSAT_CLASSNAMES[f]) for f in EUROSAT_FOLDERS]
     return write_split_dataset(root / "eurosat", "2750", "split_zhou_EuroSAT.json", classes, counts)

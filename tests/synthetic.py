@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from recorders.recording_format import (
+from recorders.format.recording import (
     EPOCH,
     LR,
     STEP,

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from recorders.backbone import Backbone, fingerprint, load_backbone, resolve_device
-from recorders.clip_paths import image_features, text_features, token_embeddings
-from recorders.errors import ConfigError, DataError
-from recorders.pretrain import random_checkpoint
-from recorders.world import CLASSES
+from recorders.clip.backbone import Backbone, fingerprint, load_backbone, resolve_device
+from recorders.clip.encoders import image_features, text_features, token_embeddings
+from recorders.clip.pretrain import random_checkpoint
+from recorders.data.world import CLASSES
+from recorders.format.errors import ConfigError, DataError
 
 TOL = 1e-5
 
@@ -80,7 +80,7 @@ def test_builtin_is_built_once_into_ws_cache(pretrained: Path, tmp_path: Path,
     """`builtin` loads from $WS_CACHE; a missing checkpoint is built there (here: copied from the fixture)."""
     import shutil
 
-    import recorders.pretrain as pretrain
+    import recorders.clip.pretrain as pretrain
 
     calls: list[Path] = []
 
@@ -142,7 +142,7 @@ def test_contrastive_loss_matches_a_float64_reference() -> None:
     its target evenly over its images; the mean of the two. Checked against explicit float64 log-softmaxes."""
     from scipy.special import log_softmax
 
-    from recorders.pretrain import contrastive_loss
+    from recorders.clip.pretrain import contrastive_loss
 
     generator = torch.Generator().manual_seed(0)
     image = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=-1)
@@ -156,8 +156,8 @@ def test_contrastive_loss_matches_a_float64_reference() -> None:
 
 
 def test_render_bank_orders_scenes_by_caption_pair() -> None:
-    from recorders.pretrain import render_bank
-    from recorders.world import DOMAINS, SEEN
+    from recorders.clip.pretrain import render_bank
+    from recorders.data.world import DOMAINS, SEEN
 
     scenes, pixels = render_bank(2, 16, np.random.default_rng(0))
     pairs = [(name, domain) for name in SEEN for domain in DOMAINS]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from recorders.errors import ConfigError
-from recorders.recording_format import Recording
+from recorders.format.errors import ConfigError
+from recorders.format.recording import Recording
 from workstation.sweep.spec import load_spec, parse_spec
 
 # Short runs: a random-init tiny CLIP with the world's tokenizer, 1 shot per class, one epoch.
@@ -22,7 +22,7 @@ FAST = {"dataset": "world", "shots": 1, "epochs": 1, "warmup_epochs": 0, "views"
 
 @pytest.fixture(scope="module")
 def backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recorders.pretrain import random_checkpoint
+    from recorders.clip.pretrain import random_checkpoint
 
     return random_checkpoint(tmp_path_factory.mktemp("batch-clip"))
 

@@ -106,7 +106,7 @@ def test_light_commands_do_not_import_torch(args: tuple[str, ...], demo_recordin
 
 def test_the_import_check_can_see_torch() -> None:
     """The check above would notice: the demo module does import torch."""
-    result = subprocess.run([sys.executable, "-c", "import sys, recorders.demo; print('torch' in sys.modules)"],
+    result = subprocess.run([sys.executable, "-c", "import sys, recorders.train.demo; print('torch' in sys.modules)"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "True"
 

@@ -6,16 +6,16 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from recorders.backbone import Backbone, load_backbone
-from recorders.clip_paths import (
+from recorders.clip.backbone import Backbone, load_backbone
+from recorders.clip.encoders import (
     eot_positions,
     image_features,
     shared_prefix_text_features,
     text_features,
     token_embeddings,
 )
-from recorders.pretrain import random_checkpoint
-from recorders.world import CLASSES
+from recorders.clip.pretrain import random_checkpoint
+from recorders.data.world import CLASSES
 
 TOL = 1e-5
 

@@ -22,8 +22,8 @@ from fake_datasets import (
 )
 from PIL import Image
 
-from recorders.datasets import EUROSAT_CLASSNAMES, data_root, load_dataset
-from recorders.errors import ConfigError, DataError
+from recorders.data.datasets import EUROSAT_CLASSNAMES, data_root, load_dataset
+from recorders.format.errors import ConfigError, DataError
 
 
 def test_eurosat_has_ten_classes_renamed_as_coop(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_fingerprint_changes_with_the_item_list(tmp_path: Path) -> None:
 def test_listing_is_identical_in_another_process(tmp_path: Path) -> None:
     make_imagefolder(tmp_path / "pets", per_class=10)
     code = (
-        "import sys; from recorders.datasets import load_dataset; "
+        "import sys; from recorders.data.datasets import load_dataset; "
         "print(load_dataset('imagefolder', __import__('pathlib').Path(sys.argv[1])).fingerprint)"
     )
     out = subprocess.run(

@@ -11,12 +11,12 @@ import pytest
 import torch
 from fake_datasets import make_imagefolder
 
-from recorders import feature_cache as fc
-from recorders import transforms as T
-from recorders.backbone import Backbone, load_backbone
-from recorders.datasets import load_dataset
-from recorders.errors import ConfigError
-from recorders.pretrain import random_checkpoint
+from recorders.clip.backbone import Backbone, load_backbone
+from recorders.clip.pretrain import random_checkpoint
+from recorders.data import feature_cache as fc
+from recorders.data import transforms as T
+from recorders.data.datasets import load_dataset
+from recorders.format.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fake_datasets import make_caltech101, make_eurosat
 
-from recorders.datasets import load_dataset
-from recorders.errors import DataError
-from recorders.fewshot import base_to_novel
+from recorders.data.datasets import load_dataset
+from recorders.data.fewshot import base_to_novel
+from recorders.format.errors import DataError
 
 
 @pytest.fixture
@@ -71,8 +71,8 @@ def test_shots_larger_than_a_class_is_a_data_error(eurosat) -> None:
 
 def test_sample_is_identical_in_another_process(tmp_path: Path, eurosat) -> None:
     code = (
-        "import sys, pathlib; from recorders.datasets import load_dataset; "
-        "from recorders.fewshot import base_to_novel; "
+        "import sys, pathlib; from recorders.data.datasets import load_dataset; "
+        "from recorders.data.fewshot import base_to_novel; "
         "t = base_to_novel(load_dataset('eurosat', pathlib.Path(sys.argv[1])), shots=3, seed=7); "
         "print(' '.join(it.key for it in t.train + t.val))"
     )

@@ -12,20 +12,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recorders.clip_paths import text_features
-from recorders.config import METHODS, build_config
-from recorders.errors import ConfigError
+from recorders.clip.encoders import text_features
+from recorders.format.errors import ConfigError
 from recorders.methods.registry import METHODS as REGISTRY
 from recorders.methods.registry import build_method
-from recorders.training import make_optimizer
+from recorders.train.config import METHODS, build_config
+from recorders.train.loop import make_optimizer
 
 CLASSES = ["red circle", "green square", "blue triangle", "big yellow star"]
 
 
 def random_backbone(tmp_path_factory: pytest.TempPathFactory):
     """A frozen random-init tiny CLIP with the world tokenizer, on CPU."""
-    from recorders.backbone import load_backbone
-    from recorders.pretrain import random_checkpoint
+    from recorders.clip.backbone import load_backbone
+    from recorders.clip.pretrain import random_checkpoint
 
     return load_backbone(str(random_checkpoint(tmp_path_factory.mktemp("tiny-clip"), seed=0)), "cpu")
 

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from scipy.special import expit
 from torch import nn
 
-from recorders import recording_format as rf
-from recorders.demo import run_demo
-from recorders.gates import Gate
-from recorders.probes import watch
+from recorders.format import recording as rf
+from recorders.methods.gates import Gate
+from recorders.train.demo import run_demo
+from recorders.train.probes import watch
 
 
 class Tiny(nn.Module):
@@ -73,7 +73,7 @@ def norm_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Both ways a gradient norm is measured: a small parameter's gradient copied whole (its norm taken on the
     host) and a large one's norm taken on the device by ``_foreach_norm`` (forced here by a limit of 0)."""
     if request.param == "device":
-        monkeypatch.setattr("recorders.probes.RAW_GRADIENT_LIMIT", 0)
+        monkeypatch.setattr("recorders.train.probes.RAW_GRADIENT_LIMIT", 0)
     return str(request.param)
 
 
@@ -256,7 +256,7 @@ def test_instance_gates_with_changing_batch_sizes(tmp_path: Path) -> None:
 def test_slow_steps_are_flushed_after_flush_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A partial block goes out once the writer's flush_seconds have passed (the clock is faked, not waited on)."""
     now = [0.0]
-    monkeypatch.setattr("recorders.probes.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("recorders.train.probes.time.monotonic", lambda: now[0])
     model = Tiny()
     optimizer = _optimizer(model)
     probe = watch(model, optimizer, block=100)

@@ -11,14 +11,14 @@ import pytest
 from test_methods import expected_counts
 from typer.testing import CliRunner
 
-from recorders.errors import ConfigError
-from recorders.recording_format import Recording
+from recorders.format.errors import ConfigError
+from recorders.format.recording import Recording
 from workstation.cli import app
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from recorders.pretrain import random_checkpoint
+    from recorders.clip.pretrain import random_checkpoint
 
     return str(random_checkpoint(tmp_path_factory.mktemp("tiny-clip"), seed=0))
 
@@ -30,7 +30,7 @@ def invoke(*args: str):
 def test_record_runs_and_prints_path_accuracies_and_gates(checkpoint, tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from recorders import training
+    from recorders.train import loop as training
 
     load_task = training.load_task
 
@@ -108,7 +108,7 @@ def test_console_prints_one_line_and_exits_2(tmp_path):
 
 
 def test_examples_are_valid_configs():
-    from recorders.config import build_config
+    from recorders.train.config import build_config
 
     examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.toml"))
     assert examples

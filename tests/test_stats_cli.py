@@ -10,7 +10,7 @@ import pytest
 from synthetic import write_group, write_run
 from typer.testing import CliRunner
 
-from recorders.errors import WsError
+from recorders.format.errors import WsError
 from workstation.cli import app
 
 runner = CliRunner()

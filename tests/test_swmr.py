@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recorders import recording_format as rf
-from recorders.errors import RecordingError
+from recorders.format import recording as rf
+from recorders.format.errors import RecordingError
 
 WRITER = '''
 import sys
 import numpy as np
 import pytest
-from recorders import recording_format as rf
-from recorders.errors import RecordingError
+from recorders.format import recording as rf
+from recorders.format.errors import RecordingError
 
 path, block, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 layout = rf.Layout(loss_terms=("total",), gate_sets=(rf.GateSetSpec("g", 8, "length"),),

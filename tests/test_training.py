@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from test_methods import random_backbone
 
-from recorders.config import METHODS, build_config
-from recorders.errors import ConfigError, WsError
-from recorders.gates import equilibrium_scale
-from recorders.recording_format import Recording, gate_path, loss_path
-from recorders.training import build_run, lr_at, prepare_data, train, train_batches
+from recorders.format.errors import ConfigError, WsError
+from recorders.format.recording import Recording, gate_path, loss_path
+from recorders.methods.gates import equilibrium_scale
+from recorders.train.config import METHODS, build_config
+from recorders.train.loop import build_run, lr_at, prepare_data, train, train_batches
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def tiny_task():
     """1 shot of 8 base classes as training images (labels span all 18 base classes) and 4 test images per half."""
-    from recorders.fewshot import base_to_novel
-    from recorders.world import load_world
+    from recorders.data.fewshot import base_to_novel
+    from recorders.data.world import load_world
 
     task = base_to_novel(load_world(), shots=1, seed=1)
     return replace(task, train=task.train[:8], test_base=task.test_base[:4], test_novel=task.test_novel[:4])

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from recorders import transforms as T
-from recorders.data_types import Item
+from recorders.data import transforms as T
+from recorders.data.types import Item
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)

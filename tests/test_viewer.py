@@ -16,7 +16,7 @@ from textual.widgets import DataTable
 from textual.worker import WorkerCancelled
 
 import analyses.diagnostics
-from recorders.recording_format import (
+from recorders.format.recording import (
     EPOCH,
     LR,
     STEP,

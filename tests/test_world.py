@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from recorders.errors import DataError
-from recorders.tokenizer import build_tokenizer, learn_merges
-from recorders.world import (
+from recorders.clip.tokenizer import build_tokenizer, learn_merges
+from recorders.data.world import (
     CLASSES,
     DOMAINS,
     DOWNSTREAM_DOMAIN,
@@ -24,10 +23,11 @@ from recorders.world import (
     render_key,
     sample_scene,
 )
+from recorders.format.errors import DataError
 
 KEYS = [f"world:{name}:{domain}:{index}" for name in ("red circle", "green triangle") for domain in DOMAINS
         for index in (0, 7)]
-_DIGEST = "import hashlib, sys; from recorders.world import render_key; " \
+_DIGEST = "import hashlib, sys; from recorders.data.world import render_key; " \
           "print(hashlib.sha256(b''.join(render_key(k).tobytes() for k in sys.argv[1:])).hexdigest())"
 
 

@@ -1,7 +1,7 @@
 """The ``ws`` command line. Thin: each command lives in ``workstation/commands/`` and imports heavy modules
 (torch, transformers, textual) inside its body, so ``ws --help``, ``ws inspect`` and ``ws stats`` stay light.
 
-Every :class:`~recorders.errors.WsError` becomes one line on stderr and exit code 2, without a traceback.
+Every :class:`~recorders.format.errors.WsError` becomes one line on stderr and exit code 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from recorders.errors import WsError
+from recorders.format.errors import WsError
 from workstation.commands import backbone, batch, inspect, plot, record, stats, view
 
 app = typer.Typer(

@@ -1,7 +1,7 @@
 """What every prompt-learning method shares: class prompts, context init, gates (and their variants), groups.
 
 A method is an ``nn.Module`` holding only its trainable parameters; the frozen CLIP lives in
-``self.backbone`` (a :class:`~recorders.backbone.Backbone`, deliberately not a submodule, so
+``self.backbone`` (a :class:`~recorders.clip.backbone.Backbone`, deliberately not a submodule, so
 ``parameters()`` is exactly what trains).
 
 Data contract of :meth:`PromptMethod.forward`: ``inputs`` are unnormalised image features ``(B, embed_dim)``
@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recorders.config import Config
-from recorders.errors import ConfigError
-from recorders.gates import Gate
+from recorders.format.errors import ConfigError
+from recorders.methods.gates import Gate
+from recorders.train.config import Config
 
 if TYPE_CHECKING:
     from transformers import CLIPModel
 
-    from recorders.backbone import Backbone
+    from recorders.clip.backbone import Backbone
 
 
 @dataclass
@@ -141,7 +141,7 @@ class PromptMethod(nn.Module):
                 f"ctx_init {self.cfg.ctx_init!r} has {len(tokens)} tokens but n_ctx = {self.n_ctx}; "
                 'use a longer ctx_init, a smaller n_ctx, or ctx_init = "" for random init'
             )
-        from recorders.clip_paths import token_embeddings
+        from recorders.clip.encoders import token_embeddings
 
         with torch.no_grad():
             embeds = token_embeddings(self.clip, tokens[None, : self.n_ctx])[0]
@@ -149,7 +149,7 @@ class PromptMethod(nn.Module):
 
     def encode_classes(self, names: Sequence[str]) -> ClassPrompts:
         """Prompts ``"{ctx_init} {name}."`` (or ``n_ctx`` placeholders + ``"{name}."``) for every class."""
-        from recorders.clip_paths import token_embeddings
+        from recorders.clip.encoders import token_embeddings
 
         init = self._init_tokens()
         if len(init):
@@ -192,10 +192,10 @@ class PromptMethod(nn.Module):
         """Normalised class text features: ``(C, E)`` for ``ctx (n, D)``; ``(B, C, E)`` for ``(B, n, D)``.
 
         The start token and the context are the same for every class, so they form a shared prefix that the text
-        encoder runs once per context, not once per class (:func:`~recorders.clip_paths.shared_prefix_text_features`,
+        encoder runs once per context, not once per class (:func:`~recorders.clip.encoders.shared_prefix_text_features`,
         equal to the full forward of the spliced prompts).
         """
-        from recorders.clip_paths import eot_positions, shared_prefix_text_features
+        from recorders.clip.encoders import eot_positions, shared_prefix_text_features
 
         emb = classes.embeds
         start = 1 + ctx.shape[-2]
@@ -211,7 +211,7 @@ class PromptMethod(nn.Module):
     ) -> torch.Tensor:
         """Normalised image features ``(B, E)`` from cached features, or from pixels with vision prompts."""
         if self.needs_pixels:
-            from recorders.clip_paths import image_features
+            from recorders.clip.encoders import image_features
 
             inputs = image_features(self.clip, inputs, vision_prompts=vision_prompts)
         return F.normalize(inputs.float(), dim=-1)

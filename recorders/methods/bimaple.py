@@ -20,8 +20,8 @@ from torch import nn
 from recorders.methods.maple import MaPLe
 
 if TYPE_CHECKING:
-    from recorders.backbone import Backbone
-    from recorders.config import Config
+    from recorders.clip.backbone import Backbone
+    from recorders.train.config import Config
 
 
 class BiMaPLe(MaPLe):

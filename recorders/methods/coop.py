@@ -13,8 +13,8 @@ from torch import nn
 from recorders.methods.base import ClassPrompts, MethodOutput, PromptMethod
 
 if TYPE_CHECKING:
-    from recorders.backbone import Backbone
-    from recorders.config import Config
+    from recorders.clip.backbone import Backbone
+    from recorders.train.config import Config
 
 
 class CoOp(PromptMethod):

@@ -13,8 +13,8 @@ from torch import nn
 from recorders.methods.coop import CoOp
 
 if TYPE_CHECKING:
-    from recorders.backbone import Backbone
-    from recorders.config import Config
+    from recorders.clip.backbone import Backbone
+    from recorders.train.config import Config
 
 
 class CoOpGating(CoOp):

@@ -18,8 +18,8 @@ from torch import nn
 from recorders.methods.base import ClassPrompts, MethodOutput, PromptMethod
 
 if TYPE_CHECKING:
-    from recorders.backbone import Backbone
-    from recorders.config import Config
+    from recorders.clip.backbone import Backbone
+    from recorders.train.config import Config
 
 
 def prompt_depth(backbone: Backbone, requested: int) -> int:

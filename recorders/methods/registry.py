@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from recorders.config import Config
 from recorders.methods.base import PromptMethod
 from recorders.methods.bimaple import AdaptiveBiMaPLe, BiMaPLe
 from recorders.methods.cocoop import CoCoOp
@@ -14,9 +13,10 @@ from recorders.methods.cocoop_gating import CoCoOpGating
 from recorders.methods.coop import CoOp
 from recorders.methods.coop_gating import CoOpGating
 from recorders.methods.maple import MaPLe
+from recorders.train.config import Config
 
 if TYPE_CHECKING:
-    from recorders.backbone import Backbone
+    from recorders.clip.backbone import Backbone
 
 METHODS: dict[str, type[PromptMethod]] = {
     "coop": CoOp,

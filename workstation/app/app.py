@@ -10,7 +10,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from recorders.errors import WsError
+from recorders.format.errors import WsError
 from workstation.app.data import RunData
 from workstation.app.screens.recordings import Catalog, RecordingsScreen
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from recorders.errors import RecordingError
-from recorders.recording_format import (
+from recorders.format.errors import RecordingError
+from recorders.format.recording import (
     EPOCH,
     Event,
     Recording,
@@ -159,7 +159,7 @@ class RunData:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RunData:
-        """Open a recording; raises :class:`~recorders.errors.RecordingError` for anything unreadable.
+        """Open a recording; raises :class:`~recorders.format.errors.RecordingError` for anything unreadable.
 
         h5py can raise ``RuntimeError``/``OSError`` past ``Recording.open`` on a damaged superblock; those become
         a ``RecordingError`` too, so a bad file never takes the viewer down.
@@ -257,7 +257,7 @@ def distinguishing_key(runs: list[RunData]) -> str:
 _CHILD = """
 import pickle, sys
 from analyses.diagnostics import diagnose
-from recorders.recording_format import Recording
+from recorders.format.recording import Recording
 try:
     with Recording.open(sys.argv[1]) as rec:
         out = diagnose(rec)
@@ -272,7 +272,7 @@ def diagnose_in_subprocess(path: str | os.PathLike[str]) -> Any:
 
     A plain subprocess rather than multiprocessing: inside a Textual app ``sys.stderr`` is a capture object,
     which multiprocessing's resource tracker cannot pass to its own child. Exceptions raised in the child
-    (a :class:`~recorders.errors.RecordingError` for a bad file) are raised here.
+    (a :class:`~recorders.format.errors.RecordingError` for a bad file) are raised here.
     """
     child = subprocess.run([sys.executable, "-c", _CHILD, os.fspath(path)], stdin=subprocess.DEVNULL,
                            capture_output=True, check=False)

@@ -22,8 +22,8 @@ def pretrain(
     eval_images: Annotated[int | None, typer.Option(min=1, help="Zero-shot test images per class and domain.")] = None,
 ) -> None:
     """Pretrain the tiny CLIP on the built-in world and save it in the Hugging Face layout, with metrics.json."""
-    from recorders import pretrain as recipe
-    from recorders.backbone import builtin_dir
+    from recorders.clip import pretrain as recipe
+    from recorders.clip.backbone import builtin_dir
 
     directory = out if out is not None else builtin_dir()
     metrics = recipe.pretrain(directory, steps=steps or recipe.DEFAULT_STEPS, seconds=seconds, seed=seed,
@@ -44,7 +44,7 @@ def check(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Load a backbone (offline) and print its widths, image size, normalisation and fingerprint."""
-    from recorders.backbone import load_backbone
+    from recorders.clip.backbone import load_backbone
 
     backbone = load_backbone(spec, device=device)
     typer.echo(f"{backbone.name}: fingerprint {backbone.fingerprint}, device {backbone.device}, "

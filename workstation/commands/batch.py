@@ -31,7 +31,7 @@ def batch(
     """Run every run of a sweep spec that is not yet complete, with a live table, then summarise the sweep."""
     from rich.console import Console
 
-    from recorders.errors import WsError
+    from recorders.format.errors import WsError
     from workstation.sweep.runner import execute
     from workstation.sweep.spec import load_spec
 
@@ -67,7 +67,7 @@ def _executor(name: ExecutorName, jobs: int, address: str | None, cpus: float, g
     if name is ExecutorName.ray:
         return RayExecutor(None if address in (None, "") else address, cpus, gpus)
     if address:
-        from recorders.errors import ConfigError
+        from recorders.format.errors import ConfigError
 
         raise ConfigError("--address is for --executor ray; drop it or add --executor ray")
     return LocalExecutor(jobs)

@@ -102,11 +102,11 @@ def record(
     """Train a method on a frozen CLIP and record every step (gates, gradients, losses, evaluations)."""
     from rich.console import Console
 
-    from recorders.config import build_config
+    from recorders.train.config import build_config
 
     console = Console()
     if demo:
-        from recorders.demo import run_demo
+        from recorders.train.demo import run_demo
 
         path = run_demo(out, seed=seed if seed is not None else 0, device=device or "cpu")
         console.print(f"recording: {path}")
@@ -136,7 +136,7 @@ def record(
     if dry_run:
         _dry_run(cfg, console)
         return
-    from recorders.training import build_run, train
+    from recorders.train.loop import build_run, train
 
     run = build_run(cfg)
     console.print(
@@ -157,8 +157,8 @@ def _dry_run(cfg, console) -> None:
     """Print the trainable parameter count per group (and, for ``param-matched``, the gated count too)."""
     from rich.table import Table
 
-    from recorders.backbone import load_backbone
-    from recorders.training import describe, gated_counterpart
+    from recorders.clip.backbone import load_backbone
+    from recorders.train.loop import describe, gated_counterpart
 
     bb = load_backbone(cfg.backbone, cfg.device)
     groups = describe(cfg, bb)

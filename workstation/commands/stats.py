@@ -25,7 +25,7 @@ def stats(
 ) -> None:
     """Compare groups of runs on one metric, the seed as the unit: tests, effect sizes, small-n warnings."""
     from analyses.stats import compare
-    from recorders.errors import ConfigError
+    from recorders.format.errors import ConfigError
 
     if as_json + as_csv + as_markdown > 1:
         raise ConfigError("choose one of --json, --csv and --markdown")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from recorders.errors import ConfigError
+from recorders.format.errors import ConfigError
 
 EXECUTORS = ("local", "ray")
 

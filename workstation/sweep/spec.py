@@ -25,7 +25,7 @@ cpus = 1
 gpus = 0
 ```
 
-Each run's config is validated with :func:`recorders.config.build_config` before anything runs. A run's id is
+Each run's config is validated with :func:`recorders.train.config.build_config` before anything runs. A run's id is
 derived from its full resolved config (the ``out`` and ``device`` keys excluded), so editing the spec adds runs
 instead of overwriting old ones. Named-axis labels are stored in the run's ``tags`` (``tags.intervention``), which
 ``ws stats --by tags.intervention`` groups by.
@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorders.config import FIELDS, Config, build_config, read_toml, suggest
-from recorders.errors import ConfigError
-from recorders.recording_format import RECORDINGS_DIR
+from recorders.format.errors import ConfigError
+from recorders.format.recording import RECORDINGS_DIR
+from recorders.train.config import FIELDS, Config, build_config, read_toml, suggest
 
 SPEC_KEYS = ("name", "out", "base", "axes", "runs", "resources")
 RESOURCE_KEYS = ("cpus", "gpus")

@@ -14,7 +14,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Checkbox, DataTable, Footer, Select, Static
 
-from recorders.errors import WsError
+from recorders.format.errors import WsError
 from workstation.app.widgets.plot import fmt
 
 ALL_PAIRS = "(every pair)"

@@ -16,7 +16,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.worker import get_current_worker
 
-from recorders.errors import WsError
+from recorders.format.errors import WsError
 from workstation.app.data import Marker, RunData
 from workstation.app.widgets.plot import StepPlot
 

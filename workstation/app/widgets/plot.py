@@ -25,7 +25,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.worker import get_current_worker
 
-from recorders.errors import WsError
+from recorders.format.errors import WsError
 from workstation.app.data import Columns, column_of, row_of_column
 
 GUTTER = 9

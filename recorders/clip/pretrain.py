@@ -1,7 +1,7 @@
 """The built-in tiny CLIP: a small ``transformers.CLIPModel`` pretrained contrastively on the built-in world.
 
 The recipe is deterministic for a given seed and step count. It first renders a bank of
-:data:`BANK_IMAGES` scenes per (seen composition, domain) (:data:`recorders.world.SEEN` × all five domains, 7200
+:data:`BANK_IMAGES` scenes per (seen composition, domain) (:data:`recorders.data.world.SEEN` × all five domains, 7200
 images), then each step draws a batch from the bank (randomly mirrored) and scores it against one caption per
 (composition, domain) — 150 captions, each with a random template — so every image meets every other class as a
 negative, not only the few that share its batch (with 64 images from 150 classes, in-batch negatives rarely differ
@@ -9,7 +9,7 @@ from an image in shape alone, and the model learned colour but not shape). The l
 contrastive loss (:func:`contrastive_loss`), AdamW with warm-up and a cosine schedule.
 The checkpoint is saved in the Hugging Face layout (``config.json``,
 ``model.safetensors``, tokenizer files, ``preprocessor_config.json``) plus ``metrics.json`` (zero-shot accuracy on
-seen and held-out compositions), so :func:`recorders.backbone.load_backbone` loads it like any CLIP checkpoint.
+seen and held-out compositions), so :func:`recorders.clip.backbone.load_backbone` loads it like any CLIP checkpoint.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-from recorders.backbone import CLIP_MEAN, CLIP_STD
-from recorders.clip_paths import image_features, text_features, token_embeddings
-from recorders.tokenizer import build_tokenizer
-from recorders.world import (
+from recorders.clip.backbone import CLIP_MEAN, CLIP_STD
+from recorders.clip.encoders import image_features, text_features, token_embeddings
+from recorders.clip.tokenizer import build_tokenizer
+from recorders.data.world import (
     CLASSES,
     DOMAINS,
     DOWNSTREAM_DOMAIN,
@@ -42,7 +42,7 @@ from recorders.world import (
 )
 
 RECIPE_VERSION = "v3"  # bump whenever the recipe, the config or the world's renderer changes
-IMAGE_SIZE = 24  # shapes fill the frame (recorders.world.sample_scene), so 24 px keep them legible
+IMAGE_SIZE = 24  # shapes fill the frame (recorders.data.world.sample_scene), so 24 px keep them legible
 PATCH_SIZE = 4  # 6×6 patches: at 4×4 patches (32 px, patch 8) the tiny ViT learned colour but hardly any shape
 CONTEXT_LENGTH = 24
 DEFAULT_STEPS = 600
@@ -55,7 +55,7 @@ EVAL_IMAGES = 8  # per composition and domain
 
 def world_tokenizer() -> CLIPTokenizer:
     """The CLIP BPE tokenizer for the world's words (each one token), context length :data:`CONTEXT_LENGTH`."""
-    from recorders.world import WORDS
+    from recorders.data.world import WORDS
 
     return build_tokenizer(WORDS, CONTEXT_LENGTH)
 

@@ -3,10 +3,10 @@
 Precedence, lowest first: the dataclass defaults, the method's preset (the reference hyperparameters), a
 TOML file (``--config``: flat ``key = value`` lines using the field names below), ``--set key=value``
 overrides in order, then the explicit command-line flags. Every key and value is checked before anything is
-built or written; a bad one raises :class:`~recorders.errors.ConfigError` with a one-line message (unknown
+built or written; a bad one raises :class:`~recorders.format.errors.ConfigError` with a one-line message (unknown
 keys list their near matches).
 
-Only :meth:`Config.validate` imports torch (to parse ``gate_init`` with :class:`~recorders.gates.GateInit`).
+Only :meth:`Config.validate` imports torch (to parse ``gate_init`` with :class:`~recorders.methods.gates.GateInit`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from recorders.errors import ConfigError
+from recorders.format.errors import ConfigError
 
 METHODS = ("coop", "cocoop", "maple", "bimaple", "adaptive-bimaple", "coop-gating", "cocoop-gating")
 GATED_METHODS = ("adaptive-bimaple", "coop-gating", "cocoop-gating")
@@ -124,7 +124,7 @@ class Config:
             raise ConfigError(f"gate_weight_decay = {gwd} must be a finite, non-negative number")
         if self.seed < 0:
             raise ConfigError(f"seed = {self.seed} must be >= 0 (0 is a valid seed)")
-        from recorders.gates import GateInit
+        from recorders.methods.gates import GateInit
 
         GateInit.parse(self.gate_init)
         if self.method not in GATED_METHODS:

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recorders.gates import Gate
-from recorders.probes import watch
-from recorders.recording_format import RECORDINGS_DIR, RecordingWriter
+from recorders.format.recording import RECORDINGS_DIR, RecordingWriter
+from recorders.methods.gates import Gate
+from recorders.train.probes import watch
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Datasets in the layout CoOp users already have on disk, any ``root/<class>/*`` tree, and the world.
 
-Torch-free. Every loader returns a :class:`~recorders.data_types.DatasetSplits` whose items are keyed by their
+Torch-free. Every loader returns a :class:`~recorders.data.types.DatasetSplits` whose items are keyed by their
 path relative to the dataset's own folder (``$DATA/<folder>``), so keys, few-shot samples and cache entries
 are the same on every machine. Layouts (see ``docs/datasets.md``)::
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from recorders.data_types import DatasetSplits, Item
-from recorders.errors import ConfigError, DataError
+from recorders.data.types import DatasetSplits, Item
+from recorders.format.errors import ConfigError, DataError
 
 DATASETS: tuple[str, ...] = ("world", "imagenet", "caltech101", "eurosat", "imagefolder")
 
@@ -77,7 +77,7 @@ def load_dataset(name: str, root: Path | None) -> DatasetSplits:
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     if name == "world":
-        from recorders.world import load_world
+        from recorders.data.world import load_world
 
         return load_world()
     if root is None:

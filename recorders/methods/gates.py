@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from recorders.errors import ConfigError
+from recorders.format.errors import ConfigError
 
 EQUILIBRIUM_EPS = 1e-8
 EQUILIBRIUM_CAP = 10.0

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recorders.data_types import DatasetSplits, FewShotTask, Item
-from recorders.errors import ConfigError, DataError
+from recorders.data.types import DatasetSplits, FewShotTask, Item
+from recorders.format.errors import ConfigError, DataError
 
 VAL_SHOTS_MAX = 4
 _STREAM = {"train": 0, "val": 1}

@@ -1,9 +1,9 @@
 """Probes: the torch side of recording, usable on anyone's training loop.
 
-``watch(model, optimizer)`` derives a :class:`~recorders.recording_format.Layout` from the optimizer's parameter
-groups, the :class:`~recorders.gates.Gate` modules inside ``model`` and the prompt parameters you name, and returns
-a :class:`Probe`. Call :meth:`Probe.after_backward` once per optimiser step, after ``loss.backward()`` (and after
-``scaler.unscale_(optimizer)`` under AMP), before gradient clipping and ``optimizer.step()``::
+``watch(model, optimizer)`` derives a :class:`~recorders.format.recording.Layout` from the optimizer's parameter
+groups, the :class:`~recorders.methods.gates.Gate` modules inside ``model`` and the prompt parameters you name, and
+returns a :class:`Probe`. Call :meth:`Probe.after_backward` once per optimiser step, after ``loss.backward()`` (and
+after ``scaler.unscale_(optimizer)`` under AMP), before gradient clipping and ``optimizer.step()``::
 
     probe = watch(model, optimizer, prompts={"ctx": model.ctx})
     with RecordingWriter(path, probe.layout, config=cfg, method="coop", seed=0, device="cuda") as writer:
@@ -34,8 +34,8 @@ import torch
 from scipy.special import expit
 from torch import nn
 
-from recorders import recording_format as rf
-from recorders.gates import Gate, find_gates
+from recorders.format import recording as rf
+from recorders.methods.gates import Gate, find_gates
 
 RAW_GRADIENT_LIMIT = 4096  # parameters up to this many elements have their gradient copied, its norm taken on the host
 _EMPTY_PROMPTS: Mapping[str, nn.Parameter] = {}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from recorders.data_types import Item
+from recorders.data.types import Item
 
 BICUBIC = Image.Resampling.BICUBIC
 Box = tuple[int, int, int, int]  # (left, top, width, height) in pixels

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from recorders.data_types import DatasetSplits, Item
-from recorders.errors import DataError
+from recorders.data.types import DatasetSplits, Item
+from recorders.format.errors import DataError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 80, 220),
@@ -169,7 +169,7 @@ def render_key(key: str, size: int = IMAGE_SIZE) -> Image.Image:
     parts = key.split(":")
     if len(parts) != 4 or parts[0] != "world" or parts[1] not in CLASSES or parts[2] not in DOMAINS:
         raise DataError(f"not a world image key: {key!r}: expected world:<class>:<domain>:<index> with a class "
-                        f"from recorders.world.CLASSES and a domain from {sorted(DOMAINS)}")
+                        f"from recorders.data.world.CLASSES and a domain from {sorted(DOMAINS)}")
     return render(sample_scene(parts[1], parts[2], np.random.default_rng(key_seed(key))), size)
 
 

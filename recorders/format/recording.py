@@ -35,7 +35,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from recorders.errors import RecordingError
+from recorders.format.errors import RecordingError
 
 FORMAT_NAME = "ws-recording"
 SCHEMA_VERSION = 1
@@ -466,7 +466,7 @@ class Recording:
     """A lazily read recording; works on complete, running (follow with :meth:`refresh`) and killed files.
 
     Series are read by row range (``read(path, start, stop)``), never whole unless asked. ``n_steps`` is the number
-    of committed rows. Raises :class:`~recorders.errors.RecordingError` for anything that is not a readable ws
+    of committed rows. Raises :class:`~recorders.format.errors.RecordingError` for anything that is not a readable ws
     recording of a supported schema version.
     """
 

@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from recorders.data_types import Item
-from recorders.datasets import cache_home
-from recorders.errors import ConfigError
-from recorders.transforms import EvalTransform, TrainTransform, load_batch, test_transform, train_transform
+from recorders.data.datasets import cache_home
+from recorders.data.transforms import EvalTransform, TrainTransform, load_batch, test_transform, train_transform
+from recorders.data.types import Item
+from recorders.format.errors import ConfigError
 
 KINDS = ("train", "test")
 FORMAT_VERSION = 1  # bump when the computation changes in a way the key does not capture
@@ -50,7 +50,7 @@ def cached_features(
     progress: bool = True,
     crop_scale: float = 0.08,
 ) -> torch.Tensor:
-    """Image features of ``items`` from ``backbone`` (a :class:`recorders.backbone.Backbone`), cached on disk.
+    """Image features of ``items`` from ``backbone`` (a :class:`recorders.clip.backbone.Backbone`), cached on disk.
 
     ``kind="train"``: ``(len(items), views, embed_dim)``, view ``v`` of item ``i`` under the training
     transform with generator ``default_rng([seed, i, v])``. ``kind="test"``: ``(len(items), embed_dim)``
@@ -115,7 +115,7 @@ def compute_features(
     progress: bool = True,
 ) -> np.ndarray:
     """Features ``(len(items) * views, embed_dim)`` float32, ordered item-major (row ``i * views + v``)."""
-    from recorders.clip_paths import image_features
+    from recorders.clip.encoders import image_features
 
     jobs = [(i, v) for i in range(len(items)) for v in range(views)]
     augment = isinstance(transform, TrainTransform)

@@ -31,16 +31,16 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from recorders.config import Config
-from recorders.data_types import FewShotTask, Item
-from recorders.errors import ConfigError, WsError
-from recorders.gates import find_gates
+from recorders.data.types import FewShotTask, Item
+from recorders.format.errors import ConfigError, WsError
+from recorders.format.recording import RECORDINGS_DIR, RecordingWriter, harmonic_mean
 from recorders.methods.base import ClassPrompts, ParamGroup, PromptMethod
+from recorders.methods.gates import find_gates
 from recorders.methods.registry import build_method
-from recorders.recording_format import RECORDINGS_DIR, RecordingWriter, harmonic_mean
+from recorders.train.config import Config
 
 if TYPE_CHECKING:
-    from recorders.backbone import Backbone
+    from recorders.clip.backbone import Backbone
 
 #: Parameters larger than this store their full gradient proportionally less often than ``tensor_stride``.
 TENSOR_BUDGET = 16384
@@ -141,8 +141,8 @@ class TaskData:
 
 def load_task(cfg: Config, cache_dir: Path | None = None) -> FewShotTask:
     """The few-shot base-to-novel task of ``cfg`` (dataset, shots, seed)."""
-    from recorders.datasets import data_root, load_dataset
-    from recorders.fewshot import base_to_novel
+    from recorders.data.datasets import data_root, load_dataset
+    from recorders.data.fewshot import base_to_novel
 
     root = None if cfg.dataset == "world" else data_root(cfg.data_root or None)
     return base_to_novel(load_dataset(cfg.dataset, root), cfg.shots, cfg.seed, cache_dir)
@@ -161,7 +161,7 @@ def prepare_data(
             for half, items in halves:
                 data.test_inputs[half] = _pixels(method, items, task.dataset.load_image, None, cfg)
         return data
-    from recorders.feature_cache import cached_features
+    from recorders.data.feature_cache import cached_features
 
     features = partial(
         cached_features,
@@ -182,7 +182,7 @@ def prepare_data(
 def _pixels(
     method: PromptMethod, items: list[Item], load_image: Callable, rngs: list | None, cfg: Config
 ) -> torch.Tensor:
-    from recorders.transforms import load_batch, test_transform, train_transform
+    from recorders.data.transforms import load_batch, test_transform, train_transform
 
     bb = method.backbone
     if rngs is not None:
@@ -249,7 +249,7 @@ def evaluate(method: PromptMethod, base: ClassPrompts, novel: ClassPrompts, data
 def gate_summary(method: PromptMethod) -> str:
     """One line: per gate set (named as in the recording), mean σ, its range and how many gates are saturated
     (σ < 0.05 or > 0.95)."""
-    from recorders.probes import gate_set_name
+    from recorders.train.probes import gate_set_name
 
     parts = []
     for name, gate in find_gates(method).items():
@@ -288,7 +288,7 @@ def build_run(
         )
     seed_everything(cfg.seed)
     if backbone is None:
-        from recorders.backbone import load_backbone
+        from recorders.clip.backbone import load_backbone
 
         backbone = load_backbone(cfg.backbone, cfg.device)
     task = task if task is not None else load_task(cfg, cache_dir)
@@ -307,7 +307,7 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: bool = True) -> 
     Raises :class:`WsError` when ``on_nan = "stop"`` meets a non-finite loss or gradient (the recording is then
     closed with status ``failed``); any other exception also leaves a ``failed`` recording.
     """
-    from recorders.probes import watch
+    from recorders.train.probes import watch
 
     cfg, method = run.cfg, run.method
     base = method.encode_classes(run.task.base_classnames)

@@ -5,7 +5,7 @@ local_files_only=True)`` plus the directory's CLIP tokenizer and image mean/std.
 must already be in the local Hugging Face cache. The returned model is frozen (``requires_grad`` False everywhere,
 ``eval()``), kept in float32, and runs under bf16 autocast on CUDA (fp16 where bf16 is unsupported).
 
-The built-in checkpoint is built on first use by :mod:`recorders.pretrain` into ``$WS_CACHE/backbones/`` (default
+The built-in checkpoint is built on first use by :mod:`recorders.clip.pretrain` into ``$WS_CACHE/backbones/`` (default
 ``~/.cache/ws/backbones/``) and loaded from there afterwards.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import transformers
 
-from recorders.datasets import cache_home
-from recorders.errors import ConfigError, DataError
+from recorders.data.datasets import cache_home
+from recorders.format.errors import ConfigError, DataError
 
 # CLIP's own normalisation, used when a checkpoint directory has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -91,7 +91,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 def builtin_dir() -> Path:
     """The built-in tiny CLIP's checkpoint directory (versioned by the pretraining recipe)."""
-    from recorders.pretrain import RECIPE_VERSION
+    from recorders.clip.pretrain import RECIPE_VERSION
 
     return cache_home() / "backbones" / f"builtin-{RECIPE_VERSION}"
 
@@ -106,7 +106,7 @@ def load_backbone(spec: str = "builtin", device: str = "auto") -> Backbone:
     if spec == "builtin":
         directory = builtin_dir()
         if not (directory / "config.json").is_file():
-            from recorders.pretrain import build_builtin
+            from recorders.clip.pretrain import build_builtin
 
             build_builtin(directory)
     elif spec.strip() and Path(spec).expanduser().exists():

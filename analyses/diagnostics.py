@@ -66,13 +66,13 @@ PHASES = ("early", "middle", "late")
 class CollapseThresholds:
     """Parameters of the onset and verdict rules (see the module docstring)."""
 
-    ratio_max: float = 1e-2          # gate/prompt gradient-norm ratio below this counts as vanished
-    value_change_max: float = 1e-3   # a gate value (σ) moving less than this within a window counts as frozen
-    window_steps: int = 100          # window of the onset rule, in optimiser steps
-    displacement_min: float = 0.1    # gradient-caused logit displacement that counts as having moved
-    instance_std_min: float = 1e-3   # across-input std of σ below this: instance gates gave up on the input
-    saturation_low: float = 0.05     # σ below this is saturated (off)
-    saturation_high: float = 0.95    # σ above this is saturated (on)
+    ratio_max: float = 1e-2  # gate/prompt gradient-norm ratio below this counts as vanished
+    value_change_max: float = 1e-3  # a gate value (σ) moving less than this within a window counts as frozen
+    window_steps: int = 100  # window of the onset rule, in optimiser steps
+    displacement_min: float = 0.1  # gradient-caused logit displacement that counts as having moved
+    instance_std_min: float = 1e-3  # across-input std of σ below this: instance gates gave up on the input
+    saturation_low: float = 0.05  # σ below this is saturated (off)
+    saturation_high: float = 0.95  # σ above this is saturated (on)
 
     def __post_init__(self) -> None:
         if self.window_steps < 1 or not 0 <= self.saturation_low < self.saturation_high <= 1:
@@ -85,21 +85,21 @@ class GateSetDiagnostics:
 
     name: str
     kind: str
-    verdict: str                          # one of VERDICTS
-    reasons: dict[str, float]             # the numbers that decided the verdict
-    onset_step: int | None                # step of collapse onset, None when there is none
-    steps: np.ndarray                     # (k,) int64 steps of the series
-    ratio: np.ndarray                     # (k,) gate/prompt gradient-norm ratio (NaN where unmeasured)
-    ratio_source: str                     # "prompt:<name>", "prompts", "groups" or "none"
-    phases: dict[str, float]              # median ratio in the early/middle/late third
-    saturated_fraction: np.ndarray        # (k,) fraction of gates with σ outside [low, high]
-    l_eff: np.ndarray                     # (k,) Σσ
-    distance_from_init: np.ndarray        # (k,) mean |g − g(0)| in logits
-    value_variance_time: np.ndarray       # (n_gates,) variance of σ over the strided rows
-    value_std_inputs: np.ndarray | None   # (k,) mean over gates of the across-input std of σ (instance gates)
-    displacement: np.ndarray              # (n_gates,) g(last row) − g(0)
-    decay_displacement: np.ndarray        # (n_gates,) what weight decay alone would have done (NaN: unknown)
-    grad_displacement: np.ndarray         # (n_gates,) displacement − decay_displacement
+    verdict: str  # one of VERDICTS
+    reasons: dict[str, float]  # the numbers that decided the verdict
+    onset_step: int | None  # step of collapse onset, None when there is none
+    steps: np.ndarray  # (k,) int64 steps of the series
+    ratio: np.ndarray  # (k,) gate/prompt gradient-norm ratio (NaN where unmeasured)
+    ratio_source: str  # "prompt:<name>", "prompts", "groups" or "none"
+    phases: dict[str, float]  # median ratio in the early/middle/late third
+    saturated_fraction: np.ndarray  # (k,) fraction of gates with σ outside [low, high]
+    l_eff: np.ndarray  # (k,) Σσ
+    distance_from_init: np.ndarray  # (k,) mean |g − g(0)| in logits
+    value_variance_time: np.ndarray  # (n_gates,) variance of σ over the strided rows
+    value_std_inputs: np.ndarray | None  # (k,) mean over gates of the across-input std of σ (instance gates)
+    displacement: np.ndarray  # (n_gates,) g(last row) − g(0)
+    decay_displacement: np.ndarray  # (n_gates,) what weight decay alone would have done (NaN: unknown)
+    grad_displacement: np.ndarray  # (n_gates,) displacement − decay_displacement
 
     def to_dict(self, series: bool = False) -> dict[str, Any]:
         """JSON-ready summary with the final value of each series; ``series`` adds the per-row lists."""
@@ -120,13 +120,13 @@ class RecordingDiagnostics:
     dataset: str
     seed: int
     n_steps: int
-    stride: int                                  # row stride of the series (1 = every row)
+    stride: int  # row stride of the series (1 = every row)
     gate_sets: dict[str, GateSetDiagnostics]
-    final_eval: dict[str, Any] | None          # last evaluation: step, base_acc, novel_acc, hm
-    best_eval: dict[str, Any] | None           # evaluation with the highest hm
-    final_loss: float                            # total loss at the last row (NaN if none)
-    nonfinite_events: int                        # events of kind "nonfinite"
-    group_grad_late: dict[str, float]            # median gradient norm per group over the late third
+    final_eval: dict[str, Any] | None  # last evaluation: step, base_acc, novel_acc, hm
+    best_eval: dict[str, Any] | None  # evaluation with the highest hm
+    final_loss: float  # total loss at the last row (NaN if none)
+    nonfinite_events: int  # events of kind "nonfinite"
+    group_grad_late: dict[str, float]  # median gradient norm per group over the late third
     thresholds: CollapseThresholds = field(default_factory=CollapseThresholds)
 
     def to_dict(self, series: bool = False) -> dict[str, Any]:
@@ -138,8 +138,9 @@ class RecordingDiagnostics:
         return out
 
 
-def diagnose(rec: Recording, thresholds: CollapseThresholds | None = None,
-             max_points: int = 4096) -> RecordingDiagnostics:
+def diagnose(
+    rec: Recording, thresholds: CollapseThresholds | None = None, max_points: int = 4096
+) -> RecordingDiagnostics:
     """Diagnose every gate set of ``rec`` from at most ``max_points`` strided rows of each series it needs."""
     th = thresholds or CollapseThresholds()
     n = rec.n_steps
@@ -148,8 +149,7 @@ def diagnose(rec: Recording, thresholds: CollapseThresholds | None = None,
     lr = rec.read(LR) if rec.gate_sets else np.empty(0)
     with warnings.catch_warnings():  # missing rows (NaN) are expected: an all-NaN reduction is NaN, not news
         warnings.simplefilter("ignore", RuntimeWarning)
-        gate_sets = {name: _diagnose_gates(rec, spec, steps, stride, lr, th)
-                     for name, spec in rec.gate_sets.items()}
+        gate_sets = {name: _diagnose_gates(rec, spec, steps, stride, lr, th) for name, spec in rec.gate_sets.items()}
     ev = rec.eval_table()
     final_eval = best_eval = None
     if len(ev["step"]):
@@ -159,13 +159,23 @@ def diagnose(rec: Recording, thresholds: CollapseThresholds | None = None,
     total = loss_path("total")
     final_loss = float(rec.row(total, -1)) if n and rec.has(total) else math.nan
     late = slice(2 * n // 3, n)
-    group_grad_late = {g: _nanmedian(rec.read(grad_norm_path(g), late.start, late.stop, stride))
-                       for g in rec.groups}
+    group_grad_late = {g: _nanmedian(rec.read(grad_norm_path(g), late.start, late.stop, stride)) for g in rec.groups}
     return RecordingDiagnostics(
-        path=rec.path, status=rec.status, method=rec.method, dataset=rec.dataset, seed=rec.seed, n_steps=n,
-        stride=stride, gate_sets=gate_sets, final_eval=final_eval, best_eval=best_eval, final_loss=final_loss,
-        nonfinite_events=sum(e.kind == "nonfinite" for e in rec.events()), group_grad_late=group_grad_late,
-        thresholds=th)
+        path=rec.path,
+        status=rec.status,
+        method=rec.method,
+        dataset=rec.dataset,
+        seed=rec.seed,
+        n_steps=n,
+        stride=stride,
+        gate_sets=gate_sets,
+        final_eval=final_eval,
+        best_eval=best_eval,
+        final_loss=final_loss,
+        nonfinite_events=sum(e.kind == "nonfinite" for e in rec.events()),
+        group_grad_late=group_grad_late,
+        thresholds=th,
+    )
 
 
 def decay_only_factor(lr: np.ndarray, group: GroupSpec) -> float:
@@ -202,8 +212,9 @@ def _ratio_denominator(rec: Recording, prompt: str, stride: int) -> tuple[str, n
     return "none", None
 
 
-def _diagnose_gates(rec: Recording, spec: GateSetSpec, steps: np.ndarray, stride: int, lr: np.ndarray,
-                    th: CollapseThresholds) -> GateSetDiagnostics:
+def _diagnose_gates(
+    rec: Recording, spec: GateSetSpec, steps: np.ndarray, stride: int, lr: np.ndarray, th: CollapseThresholds
+) -> GateSetDiagnostics:
     read = lambda series: rec.read(gate_path(spec.name, series), stride=stride).astype(np.float64)  # noqa: E731
     grad, value, logit = read("grad"), read("value"), read("logit")
     k = len(steps)
@@ -242,13 +253,24 @@ def _diagnose_gates(rec: Recording, spec: GateSetSpec, steps: np.ndarray, stride
     verdict = _verdict(onset_row is not None, reasons, instance, th)
     low, high = th.saturation_low, th.saturation_high
     return GateSetDiagnostics(
-        name=spec.name, kind=spec.kind, verdict=verdict, reasons=reasons,
-        onset_step=int(steps[onset_row]) if onset_row is not None else None, steps=steps, ratio=ratio,
-        ratio_source=source, phases=phases, saturated_fraction=((value < low) | (value > high)).mean(axis=1),
-        l_eff=value.sum(axis=1), distance_from_init=np.abs(logit - init).mean(axis=1),
+        name=spec.name,
+        kind=spec.kind,
+        verdict=verdict,
+        reasons=reasons,
+        onset_step=int(steps[onset_row]) if onset_row is not None else None,
+        steps=steps,
+        ratio=ratio,
+        ratio_source=source,
+        phases=phases,
+        saturated_fraction=((value < low) | (value > high)).mean(axis=1),
+        l_eff=value.sum(axis=1),
+        distance_from_init=np.abs(logit - init).mean(axis=1),
         value_variance_time=value.var(axis=0) if k else np.full(spec.n_gates, math.nan),
-        value_std_inputs=std_inputs, displacement=displacement, decay_displacement=decay,
-        grad_displacement=grad_disp)
+        value_std_inputs=std_inputs,
+        displacement=displacement,
+        decay_displacement=decay,
+        grad_displacement=grad_disp,
+    )
 
 
 def _onset_row(ratio: np.ndarray, value: np.ndarray, window: int, th: CollapseThresholds) -> int | None:
@@ -257,7 +279,7 @@ def _onset_row(ratio: np.ndarray, value: np.ndarray, window: int, th: CollapseTh
     if k < window:
         return None
     pad = lambda a: np.concatenate([a, np.repeat(a[-1:], window - 1, axis=0)])  # noqa: E731
-    values = sliding_window_view(pad(value), window, axis=0)            # (k, n_gates, window)
+    values = sliding_window_view(pad(value), window, axis=0)  # (k, n_gates, window)
     quiet = np.ptp(values, axis=-1).max(axis=1) < th.value_change_max
     if np.isfinite(ratio).any():
         with np.errstate(all="ignore"):

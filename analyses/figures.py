@@ -30,12 +30,17 @@ from recorders.format.recording import Recording, gate_path, iter_recordings
 
 KINDS = ("gates", "ratio", "variance", "accuracy")
 FORMATS = (".png", ".pdf", ".svg")
-_YLABEL = {"gates": "mean gate value σ", "ratio": "|∂L/∂g| / ‖∂L/∂p‖", "variance": "gate output variance",
-           "accuracy": "HM (base/novel)"}
+_YLABEL = {
+    "gates": "mean gate value σ",
+    "ratio": "|∂L/∂g| / ‖∂L/∂p‖",
+    "variance": "gate output variance",
+    "accuracy": "HM (base/novel)",
+}
 
 
-def run_curve(rec: Recording, kind: str, max_points: int = 2048,
-              gate_set: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def run_curve(
+    rec: Recording, kind: str, max_points: int = 2048, gate_set: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(steps, values)`` of one recording for ``kind``, both ``(k,)``; empty when the run has no such data.
 
     ``gate_set``: the gate set the gate kinds read (None: the recording's first); a name the recording lacks is a
@@ -47,8 +52,10 @@ def run_curve(rec: Recording, kind: str, max_points: int = 2048,
         ev = rec.eval_table()
         return ev["step"].astype(np.float64), ev["hm"]
     if gate_set is not None and gate_set not in rec.gate_sets:
-        raise ConfigError(f"{rec.path}: no gate set {gate_set!r} (it has {', '.join(rec.gate_sets) or 'none'}); "
-                          "choose one of those with --gate-set")
+        raise ConfigError(
+            f"{rec.path}: no gate set {gate_set!r} (it has {', '.join(rec.gate_sets) or 'none'}); "
+            "choose one of those with --gate-set"
+        )
     if not rec.gate_sets:
         return np.empty(0), np.empty(0)
     d = diagnose(rec, max_points=max_points)
@@ -59,15 +66,22 @@ def run_curve(rec: Recording, kind: str, max_points: int = 2048,
     if kind == "gates":
         return g.steps.astype(np.float64), value.mean(axis=1)
     if g.value_std_inputs is not None:
-        return g.steps.astype(np.float64), g.value_std_inputs ** 2
+        return g.steps.astype(np.float64), g.value_std_inputs**2
     window = max(2, round(CollapseThresholds().window_steps / d.stride))
     padded = np.concatenate([np.repeat(value[:1], window - 1, axis=0), value])
     windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)  # (k, n_gates, window)
     return g.steps.astype(np.float64), windows.var(axis=-1).mean(axis=1)
 
 
-def plot_runs(paths: Sequence[str | os.PathLike[str]], kind: str, out: str | os.PathLike[str], *,
-              by: str = "method", max_points: int = 2048, gate_set: str | None = None) -> Path:
+def plot_runs(
+    paths: Sequence[str | os.PathLike[str]],
+    kind: str,
+    out: str | os.PathLike[str],
+    *,
+    by: str = "method",
+    max_points: int = 2048,
+    gate_set: str | None = None,
+) -> Path:
     """Draw ``kind`` for the recordings under ``paths`` grouped by ``by`` and save to ``out`` (.png/.pdf/.svg).
 
     ``gate_set``: the gate set of every recording the gate kinds draw (None: each recording's first).
@@ -98,14 +112,15 @@ def plot_runs(paths: Sequence[str | os.PathLike[str]], kind: str, out: str | os.
         x = series[0][0]
         ys = np.stack([np.interp(x, s, v) for s, v in series])
         mean = np.nanmean(ys, axis=0)
-        line, = ax.plot(x, mean, label=f"{name} (n={len(series)})")
+        (line,) = ax.plot(x, mean, label=f"{name} (n={len(series)})")
         if len(series) > 1:
             std = np.nanstd(ys, axis=0, ddof=1)
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.25, linewidth=0)
         drawn += 1
     if not drawn:
-        raise ConfigError(f"none of the recordings has data for --kind {kind} (no gate sets or no evaluations); "
-                          "choose another kind")
+        raise ConfigError(
+            f"none of the recordings has data for --kind {kind} (no gate sets or no evaluations); choose another kind"
+        )
     if kind == "ratio":
         ax.set_yscale("log")
     ax.set_xlabel("step")

@@ -25,8 +25,11 @@ from recorders.format.errors import ConfigError, RecordingError
 from recorders.format.recording import Recording, iter_recordings, loss_path
 
 ATTR_KEYS = ("method", "dataset", "seed", "status")
-EVAL_METRICS = {f"{when}_{col}": (when, f"{col}_acc" if col != "hm" else "hm")
-                for when in ("final", "best") for col in ("hm", "base", "novel")}
+EVAL_METRICS = {
+    f"{when}_{col}": (when, f"{col}_acc" if col != "hm" else "hm")
+    for when in ("final", "best")
+    for col in ("hm", "base", "novel")
+}
 DIAGNOSTIC_METRICS: dict[str, Callable[[GateSetDiagnostics], float]] = {
     "early_ratio": lambda g: g.phases["early"],
     "late_ratio": lambda g: g.phases["late"],
@@ -79,8 +82,10 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_metric(metric: str) -> None:
     """Raise :class:`ConfigError` listing the valid metrics when ``metric`` is not one of them."""
     if metric.partition("@")[0] not in metric_names():
-        raise ConfigError(f"unknown metric {metric!r}; valid metrics: {', '.join(metric_names())} "
-                          "(diagnostic metrics take @<gate set>, e.g. late_ratio@ctx_gates)")
+        raise ConfigError(
+            f"unknown metric {metric!r}; valid metrics: {', '.join(metric_names())} "
+            "(diagnostic metrics take @<gate set>, e.g. late_ratio@ctx_gates)"
+        )
 
 
 def run_metric(rec: Recording, metric: str) -> float:
@@ -114,8 +119,17 @@ def load_runs(paths: Sequence[str | os.PathLike[str]], metric: str) -> list[Run]
     runs = []
     for path in iter_recordings(paths):
         with Recording.open(path) as rec:
-            runs.append(Run(path=path, status=rec.status, method=rec.method, dataset=rec.dataset,
-                            seed=rec.seed, config=rec.config, value=run_metric(rec, metric)))
+            runs.append(
+                Run(
+                    path=path,
+                    status=rec.status,
+                    method=rec.method,
+                    dataset=rec.dataset,
+                    seed=rec.seed,
+                    config=rec.config,
+                    value=run_metric(rec, metric),
+                )
+            )
     if not runs:
         raise RecordingError(f"no recordings (*.h5) under {', '.join(map(str, paths))}; check the paths")
     return runs

@@ -40,8 +40,18 @@ from scipy import special, stats
 from analyses.grouping import MISSING, Run, group_runs, load_runs, metric_names
 from recorders.format.errors import ConfigError
 
-__all__ = ["ComparisonReport", "ComparisonRow", "GroupSummary", "adjust_pvalues", "compare", "compare_values",
-           "hedges_g", "metric_names", "permutation_p", "summarize"]
+__all__ = [
+    "ComparisonReport",
+    "ComparisonRow",
+    "GroupSummary",
+    "adjust_pvalues",
+    "compare",
+    "compare_values",
+    "hedges_g",
+    "metric_names",
+    "permutation_p",
+    "summarize",
+]
 
 EXACT_LIMIT = 200_000
 MONTE_CARLO_RESAMPLES = 20_000
@@ -61,10 +71,10 @@ class GroupSummary:
     values: list[float]
     paths: list[str]
     mean: float
-    std: float                     # sample standard deviation (ddof 1); NaN for n = 1
-    ci_low: float                  # 95% t-interval of the mean
+    std: float  # sample standard deviation (ddof 1); NaN for n = 1
+    ci_low: float  # 95% t-interval of the mean
     ci_high: float
-    iqm: float                     # interquartile mean, scipy.stats.trim_mean(values, 0.25)
+    iqm: float  # interquartile mean, scipy.stats.trim_mean(values, 0.25)
 
 
 @dataclass
@@ -79,12 +89,12 @@ class ComparisonRow:
     welch_t: float
     welch_p: float
     perm_p: float
-    perm_resamples: int | None     # None: exact enumeration; else Monte Carlo with this many resamples
-    mwu_u: float                   # U statistic of a
+    perm_resamples: int | None  # None: exact enumeration; else Monte Carlo with this many resamples
+    mwu_u: float  # U statistic of a
     mwu_p: float
     hedges_g: float
-    prob_improvement: float        # P(a > b) + ½P(a = b)
-    pi_low: float                  # 95% bootstrap interval of prob_improvement
+    prob_improvement: float  # P(a > b) + ½P(a = b)
+    pi_low: float  # 95% bootstrap interval of prob_improvement
     pi_high: float
     paired: bool = False
     n_pairs: int = 0
@@ -111,21 +121,29 @@ class ComparisonReport:
     groups: dict[str, GroupSummary]
     rows: list[ComparisonRow]
     warnings: list[str] = field(default_factory=list)
-    excluded: list[str] = field(default_factory=list)   # "path: reason" for runs left out
+    excluded: list[str] = field(default_factory=list)  # "path: reason" for runs left out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN → None)."""
-        return _plain({"by": self.by, "metric": self.metric, "baseline": self.baseline,
-                       "groups": {k: asdict(g) for k, g in self.groups.items()},
-                       "rows": [asdict(r) for r in self.rows], "warnings": self.warnings,
-                       "excluded": self.excluded})
+        return _plain(
+            {
+                "by": self.by,
+                "metric": self.metric,
+                "baseline": self.baseline,
+                "groups": {k: asdict(g) for k, g in self.groups.items()},
+                "rows": [asdict(r) for r in self.rows],
+                "warnings": self.warnings,
+                "excluded": self.excluded,
+            }
+        )
 
     def to_csv(self) -> str:
         """One line per comparison, with both groups' n, mean and std."""
         out = io.StringIO()
         fields = list(ComparisonRow.__dataclass_fields__)
-        writer = csv.DictWriter(out, [*fields[:4], "mean_a", "std_a", "mean_b", "std_b", *fields[4:]],
-                                lineterminator="\n")
+        writer = csv.DictWriter(
+            out, [*fields[:4], "mean_a", "std_a", "mean_b", "std_b", *fields[4:]], lineterminator="\n"
+        )
         writer.writeheader()
         for row in self.rows:
             a, b = self.groups[row.a], self.groups[row.b]
@@ -138,20 +156,32 @@ class ComparisonReport:
         title = f"**{self.metric}** by **{self.by}**"
         if self.baseline is not None:
             title += f", baseline **{self.baseline}**"
-        lines = [title, "", "| group | n | seeds | values | mean ± std | 95% CI | IQM |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = [
+            title,
+            "",
+            "| group | n | seeds | values | mean ± std | 95% CI | IQM |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for g in self.groups.values():
-            lines.append(f"| {g.name} | {g.n} | {', '.join(map(str, g.seeds))} | "
-                         f"{', '.join(_fmt(v) for v in g.values)} | {_fmt(g.mean)} ± {_fmt(g.std)} | "
-                         f"[{_fmt(g.ci_low)}, {_fmt(g.ci_high)}] | {_fmt(g.iqm)} |")
-        lines += ["", "| comparison | diff | Welch p | perm p | MWU p | paired t p | Wilcoxon p | Hedges g | "
-                  "P(improve) [95% CI] | adj. p |", "|---|---|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {g.name} | {g.n} | {', '.join(map(str, g.seeds))} | "
+                f"{', '.join(_fmt(v) for v in g.values)} | {_fmt(g.mean)} ± {_fmt(g.std)} | "
+                f"[{_fmt(g.ci_low)}, {_fmt(g.ci_high)}] | {_fmt(g.iqm)} |"
+            )
+        lines += [
+            "",
+            "| comparison | diff | Welch p | perm p | MWU p | paired t p | Wilcoxon p | Hedges g | "
+            "P(improve) [95% CI] | adj. p |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in self.rows:
-            lines.append(f"| {r.a} vs {r.b} | {_fmt(r.mean_diff)} | {_fmt(r.welch_p)} | {_fmt(r.perm_p)}"
-                         f"{'' if r.perm_resamples is None else ' (MC)'} | {_fmt(r.mwu_p)} | "
-                         f"{_fmt(r.paired_p)} | {_fmt(r.wilcoxon_p)} | {_fmt(r.hedges_g)} | "
-                         f"{_fmt(r.prob_improvement)} [{_fmt(r.pi_low)}, {_fmt(r.pi_high)}] | "
-                         f"{_fmt(r.p_adjusted)} ({r.correction}) |")
+            lines.append(
+                f"| {r.a} vs {r.b} | {_fmt(r.mean_diff)} | {_fmt(r.welch_p)} | {_fmt(r.perm_p)}"
+                f"{'' if r.perm_resamples is None else ' (MC)'} | {_fmt(r.mwu_p)} | "
+                f"{_fmt(r.paired_p)} | {_fmt(r.wilcoxon_p)} | {_fmt(r.hedges_g)} | "
+                f"{_fmt(r.prob_improvement)} [{_fmt(r.pi_low)}, {_fmt(r.pi_high)}] | "
+                f"{_fmt(r.p_adjusted)} ({r.correction}) |"
+            )
         lines += [""] + [f"- {w}" for w in self.warnings + [f"excluded {e}" for e in self.excluded]]
         return "\n".join(lines).rstrip() + "\n"
 
@@ -164,9 +194,18 @@ def summarize(name: str, runs: Sequence[Run]) -> GroupSummary:
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if n > 1 else math.nan
     half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
-    return GroupSummary(name=name, n=n, seeds=[r.seed for r in runs], values=x.tolist(),
-                        paths=[str(r.path) for r in runs], mean=mean, std=std, ci_low=mean - half,
-                        ci_high=mean + half, iqm=float(stats.trim_mean(x, 0.25)))
+    return GroupSummary(
+        name=name,
+        n=n,
+        seeds=[r.seed for r in runs],
+        values=x.tolist(),
+        paths=[str(r.path) for r in runs],
+        mean=mean,
+        std=std,
+        ci_low=mean - half,
+        ci_high=mean + half,
+        iqm=float(stats.trim_mean(x, 0.25)),
+    )
 
 
 def hedges_g(a: np.ndarray, b: np.ndarray) -> float:
@@ -211,8 +250,14 @@ def _prob_improvement(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarra
     return (ranks[..., :n].sum(axis=-1) - n * (n + 1) / 2) / (n * m)
 
 
-def compare_values(a: np.ndarray, b: np.ndarray, *, name_a: str = "a", name_b: str = "b",
-                   pairs: tuple[np.ndarray, np.ndarray] | None = None) -> ComparisonRow:
+def compare_values(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    name_a: str = "a",
+    name_b: str = "b",
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+) -> ComparisonRow:
     """Every test of ``a`` (n,) against ``b`` (m,), n, m ≥ 2; ``pairs`` = seed-matched (a_i, b_i) for the
     paired tests. Deterministic (seeded resampling)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -223,14 +268,32 @@ def compare_values(a: np.ndarray, b: np.ndarray, *, name_a: str = "a", name_b: s
     perm_p, resamples = permutation_p(a, b)
     mwu = stats.mannwhitneyu(a, b, alternative="two-sided")
     pi = float(mwu.statistic) / (n * m)
-    boot = stats.bootstrap((a, b), _prob_improvement, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES,
-                           method="percentile", rng=np.random.default_rng(0))
+    boot = stats.bootstrap(
+        (a, b),
+        _prob_improvement,
+        vectorized=True,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    )
     ci = boot.confidence_interval
-    row = ComparisonRow(a=name_a, b=name_b, n_a=n, n_b=m, mean_diff=float(a.mean() - b.mean()),
-                        welch_t=float(welch.statistic), welch_p=float(welch.pvalue),
-                        perm_p=perm_p, perm_resamples=resamples,
-                        mwu_u=float(mwu.statistic), mwu_p=float(mwu.pvalue), hedges_g=hedges_g(a, b),
-                        prob_improvement=pi, pi_low=float(ci.low), pi_high=float(ci.high))
+    row = ComparisonRow(
+        a=name_a,
+        b=name_b,
+        n_a=n,
+        n_b=m,
+        mean_diff=float(a.mean() - b.mean()),
+        welch_t=float(welch.statistic),
+        welch_p=float(welch.pvalue),
+        perm_p=perm_p,
+        perm_resamples=resamples,
+        mwu_u=float(mwu.statistic),
+        mwu_p=float(mwu.pvalue),
+        hedges_g=hedges_g(a, b),
+        prob_improvement=pi,
+        pi_low=float(ci.low),
+        pi_high=float(ci.high),
+    )
     if pairs is not None:
         pa, pb = np.asarray(pairs[0], np.float64), np.asarray(pairs[1], np.float64)
         row.paired, row.n_pairs = True, len(pa)
@@ -273,9 +336,16 @@ def min_two_sided_p(n: int, m: int) -> float:
 
 
 # ---------------------------------------------------------------------- recordings → report
-def compare(paths: Sequence[str | os.PathLike[str]], by: str, metric: str, *, baseline: str | None = None,
-            paired: bool = False, include_incomplete: bool = False,
-            correction: str = "auto") -> ComparisonReport:
+def compare(
+    paths: Sequence[str | os.PathLike[str]],
+    by: str,
+    metric: str,
+    *,
+    baseline: str | None = None,
+    paired: bool = False,
+    include_incomplete: bool = False,
+    correction: str = "auto",
+) -> ComparisonReport:
     """Group the recordings under ``paths`` by ``by``, reduce each to ``metric`` and compare the groups.
 
     Raises :class:`~recorders.format.errors.WsError` (one line) when nothing useful can be computed: no recordings,
@@ -289,20 +359,25 @@ def compare(paths: Sequence[str | os.PathLike[str]], by: str, metric: str, *, ba
     excluded: list[str] = []
     incomplete = [r for r in runs if r.status != "complete"]
     if incomplete and include_incomplete:
-        warnings.append(f"included {len(incomplete)} incomplete recording(s) (running or failed): "
-                        + ", ".join(f"{r.path.name} [{r.status}]" for r in incomplete))
+        warnings.append(
+            f"included {len(incomplete)} incomplete recording(s) (running or failed): "
+            + ", ".join(f"{r.path.name} [{r.status}]" for r in incomplete)
+        )
     elif incomplete:
         excluded += [f"{r.path}: status {r.status} (pass --include-incomplete to use it)" for r in incomplete]
         runs = [r for r in runs if r.status == "complete"]
         if not runs:
-            raise ConfigError(f"all {len(incomplete)} recordings are running or failed; "
-                              "pass --include-incomplete to compare them anyway")
+            raise ConfigError(
+                f"all {len(incomplete)} recordings are running or failed; "
+                "pass --include-incomplete to compare them anyway"
+            )
     no_value = [r for r in runs if not math.isfinite(r.value)]
     excluded += [f"{r.path}: no {metric} (no evaluation or no gate set)" for r in no_value]
     runs = [r for r in runs if math.isfinite(r.value)]
     if not runs:
-        raise ConfigError(f"no recording has a value of {metric!r}; choose another metric "
-                          f"({', '.join(metric_names())})")
+        raise ConfigError(
+            f"no recording has a value of {metric!r}; choose another metric ({', '.join(metric_names())})"
+        )
     groups, missing = group_runs(runs, by)
     excluded += [f"{r.path}: no key {by!r}" for r in missing]
     _check_same_split([r for g in groups.values() for r in g], by)
@@ -315,22 +390,29 @@ def compare(paths: Sequence[str | os.PathLike[str]], by: str, metric: str, *, ba
         warnings.append(f"group(s) {', '.join(single)} have one run: no spread, no test; record more seeds")
     usable = [name for name in groups if name not in single]
     if baseline in single or len(usable) < 2:
-        raise ConfigError(f"need at least two groups of {by!r} with two or more runs each to compare "
-                          f"(runs per group: {', '.join(f'{k}={s.n}' for k, s in summaries.items())}); "
-                          "record more seeds or choose another key")
-    pairs_to_test = ([(name, baseline) for name in usable if name != baseline] if baseline is not None
-                     else list(combinations(usable, 2)))
+        raise ConfigError(
+            f"need at least two groups of {by!r} with two or more runs each to compare "
+            f"(runs per group: {', '.join(f'{k}={s.n}' for k, s in summaries.items())}); "
+            "record more seeds or choose another key"
+        )
+    pairs_to_test = (
+        [(name, baseline) for name in usable if name != baseline]
+        if baseline is not None
+        else list(combinations(usable, 2))
+    )
     rows = [_compare_groups(groups[a], groups[b], a, b, paired, warnings) for a, b in pairs_to_test]
     method = correction if correction != "auto" else ("holm" if len(rows) <= HOLM_MAX else "bh")
     for row, p in zip(rows, adjust_pvalues([r.primary_p for r in rows], method), strict=True):
         row.p_adjusted, row.correction = float(p), method
     warnings += _small_n_warnings(rows)
-    return ComparisonReport(by=by, metric=metric, baseline=baseline, groups=summaries, rows=rows,
-                            warnings=warnings, excluded=excluded)
+    return ComparisonReport(
+        by=by, metric=metric, baseline=baseline, groups=summaries, rows=rows, warnings=warnings, excluded=excluded
+    )
 
 
-def _compare_groups(a: list[Run], b: list[Run], name_a: str, name_b: str, paired: bool,
-                    warnings: list[str]) -> ComparisonRow:
+def _compare_groups(
+    a: list[Run], b: list[Run], name_a: str, name_b: str, paired: bool, warnings: list[str]
+) -> ComparisonRow:
     seeds_a, seeds_b = [r.seed for r in a], [r.seed for r in b]
     pairs = None
     if paired:
@@ -338,24 +420,29 @@ def _compare_groups(a: list[Run], b: list[Run], name_a: str, name_b: str, paired
             raise ConfigError(f"--paired needs one run per seed, but {name_a} or {name_b} repeats a seed")
         common = sorted(set(seeds_a) & set(seeds_b))
         if len(common) < 2:
-            raise ConfigError(f"--paired: {name_a} and {name_b} share {len(common)} seed(s); pairing needs "
-                              "two or more (record the same seeds in both groups)")
+            raise ConfigError(
+                f"--paired: {name_a} and {name_b} share {len(common)} seed(s); pairing needs "
+                "two or more (record the same seeds in both groups)"
+            )
         if len(common) < max(len(a), len(b)):
             warnings.append(f"{name_a} vs {name_b}: paired tests use the {len(common)} shared seeds only")
         va, vb = {r.seed: r.value for r in a}, {r.seed: r.value for r in b}
         pairs = (np.array([va[s] for s in common]), np.array([vb[s] for s in common]))
     elif sorted(seeds_a) == sorted(seeds_b):
         warnings.append(f"{name_a} and {name_b} have the same seeds; --paired tests them seed against seed")
-    return compare_values(np.array([r.value for r in a]), np.array([r.value for r in b]), name_a=name_a,
-                          name_b=name_b, pairs=pairs)
+    return compare_values(
+        np.array([r.value for r in a]), np.array([r.value for r in b]), name_a=name_a, name_b=name_b, pairs=pairs
+    )
 
 
 def _check_same_split(runs: Sequence[Run], by: str) -> None:
     for key in SPLIT_KEYS:
         if key == by:
             if key == "dataset":
-                raise ConfigError("grouping by dataset compares different tasks, not seeds; "
-                                  "compare within one dataset at a time (pass one dataset's recordings)")
+                raise ConfigError(
+                    "grouping by dataset compares different tasks, not seeds; "
+                    "compare within one dataset at a time (pass one dataset's recordings)"
+                )
             continue
         seen: dict[str, int] = {}
         for r in runs:
@@ -366,8 +453,10 @@ def _check_same_split(runs: Sequence[Run], by: str) -> None:
             detail = ", ".join(f"{v} ({c} runs)" for v, c in seen.items())
             if key == "dataset":
                 raise ConfigError(f"recordings mix datasets ({detail}); compare one dataset at a time")
-            raise ConfigError(f"recordings mix {key} ({detail}); compare runs of one dataset and class split "
-                              f"at a time, or group by {key}")
+            raise ConfigError(
+                f"recordings mix {key} ({detail}); compare runs of one dataset and class split "
+                f"at a time, or group by {key}"
+            )
 
 
 def _small_n_warnings(rows: Sequence[ComparisonRow]) -> list[str]:
@@ -375,14 +464,19 @@ def _small_n_warnings(rows: Sequence[ComparisonRow]) -> list[str]:
     for r in rows:
         floor = min_two_sided_p(r.n_a, r.n_b)
         if floor > 0.05:
-            out.append(f"{r.a} vs {r.b}: with {r.n_a} vs {r.n_b} runs the permutation and Mann-Whitney tests "
-                       f"cannot give p < 0.05 (smallest possible p = {floor:.3g}); record more seeds")
-        if r.paired and 2.0 / 2 ** r.n_pairs > 0.05:
-            out.append(f"{r.a} vs {r.b}: with {r.n_pairs} pairs the Wilcoxon test cannot give p < 0.05 "
-                       f"(smallest possible p = {2.0 / 2 ** r.n_pairs:.3g})")
+            out.append(
+                f"{r.a} vs {r.b}: with {r.n_a} vs {r.n_b} runs the permutation and Mann-Whitney tests "
+                f"cannot give p < 0.05 (smallest possible p = {floor:.3g}); record more seeds"
+            )
+        if r.paired and 2.0 / 2**r.n_pairs > 0.05:
+            out.append(
+                f"{r.a} vs {r.b}: with {r.n_pairs} pairs the Wilcoxon test cannot give p < 0.05 "
+                f"(smallest possible p = {2.0 / 2**r.n_pairs:.3g})"
+            )
     if any(min(r.n_a, r.n_b) <= 5 for r in rows):
-        out.append("bootstrap intervals under-cover at n <= 5 runs per group: read the P(improve) "
-                   "intervals as optimistic")
+        out.append(
+            "bootstrap intervals under-cover at n <= 5 runs per group: read the P(improve) intervals as optimistic"
+        )
     return out
 
 

@@ -24,8 +24,12 @@ FAST = {"dataset": "world", "shots": 1, "epochs": 1, "warmup_epochs": 0, "views"
 
 
 def sweep(root: Path, name: str, backbone: str, runs: int):  # noqa: ANN201 - SweepSpec
-    raw = {"name": name, "out": str(root), "base": {**FAST, "backbone": backbone},
-           "axes": {"seed": list(range(1, runs + 1))}}
+    raw = {
+        "name": name,
+        "out": str(root),
+        "base": {**FAST, "backbone": backbone},
+        "axes": {"seed": list(range(1, runs + 1))},
+    }
     return parse_spec(raw, root / f"{name}.toml")
 
 
@@ -59,10 +63,14 @@ def main() -> None:
             ray_time = timed(sweep(root, "ray", backbone, args.runs), RayExecutor(None, cpus=1, gpus=0))
         finally:
             ray.shutdown()
-    print(f"{args.runs} runs: sequential {sequential:.1f} s, --jobs 2 {parallel:.1f} s, "
-          f"ratio {sequential / parallel:.2f}x")
-    print(f"ray (2 CPUs, 1 per run) {ray_time:.1f} s: overhead vs local --jobs 2 "
-          f"{(ray_time - parallel) / args.runs:+.2f} s per run")
+    print(
+        f"{args.runs} runs: sequential {sequential:.1f} s, --jobs 2 {parallel:.1f} s, "
+        f"ratio {sequential / parallel:.2f}x"
+    )
+    print(
+        f"ray (2 CPUs, 1 per run) {ray_time:.1f} s: overhead vs local --jobs 2 "
+        f"{(ray_time - parallel) / args.runs:+.2f} s per run"
+    )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,23 @@ EOT = 49407
 def vit_b16() -> CLIPConfig:
     """OpenAI CLIP ViT-B/16 shapes: text 512 × 12 layers, vision 768 × 12 layers, patch 16 on 224 px, 512-d."""
     return CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                         num_attention_heads=8, max_position_embeddings=77, eos_token_id=2),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           image_size=224, patch_size=16),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            max_position_embeddings=77,
+            eos_token_id=2,
+        ),
+        vision_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=16,
+        ),
         projection_dim=512,
     )
 
@@ -74,17 +87,30 @@ def main() -> None:
     vision_prompts = [torch.randn(n_ctx, vision_width, device=device, requires_grad=True) for _ in range(depth)]
 
     with torch.no_grad():
-        text_diff = (text_features(model, token_embeddings(model, ids), ids)
-                     - model.get_text_features(input_ids=ids).pooler_output).abs().max().item()
-        image_diff = (image_features(model, pixels) - model.get_image_features(pixel_values=pixels).pooler_output
-                      ).abs().max().item()
-    print(f"device {torch.cuda.get_device_name(device)}, autocast {dtype}; float32 equivalence max |diff|: "
-          f"text {text_diff:.2e}, image {image_diff:.2e}")
+        text_diff = (
+            (
+                text_features(model, token_embeddings(model, ids), ids)
+                - model.get_text_features(input_ids=ids).pooler_output
+            )
+            .abs()
+            .max()
+            .item()
+        )
+        image_diff = (
+            (image_features(model, pixels) - model.get_image_features(pixel_values=pixels).pooler_output)
+            .abs()
+            .max()
+            .item()
+        )
+    print(
+        f"device {torch.cuda.get_device_name(device)}, autocast {dtype}; float32 equivalence max |diff|: "
+        f"text {text_diff:.2e}, image {image_diff:.2e}"
+    )
 
     def text_step() -> None:
         with torch.autocast("cuda", dtype=dtype):
             embeds = token_embeddings(model, ids)
-            embeds = torch.cat([embeds[:, :1], text_prompts[0].expand(len(ids), -1, -1), embeds[:, 1 + n_ctx:]], 1)
+            embeds = torch.cat([embeds[:, :1], text_prompts[0].expand(len(ids), -1, -1), embeds[:, 1 + n_ctx :]], 1)
             out = text_features(model, embeds, ids, deep_prompts=text_prompts[1:])
         out.float().square().mean().backward()
 
@@ -93,8 +119,10 @@ def main() -> None:
             out = image_features(model, pixels, vision_prompts=vision_prompts)
         out.float().square().mean().backward()
 
-    for name, step, count in (("text", text_step, f"{args.classes} prompts"),
-                              ("vision", vision_step, f"{args.images} images")):
+    for name, step, count in (
+        ("text", text_step, f"{args.classes} prompts"),
+        ("vision", vision_step, f"{args.images} images"),
+    ):
         seconds, peak = timed(step, device, args.repeats)
         print(f"{name} path ({count}, fwd+bwd to prompts): {seconds * 1e3:.1f} ms, peak {peak:.2f} GiB")
 

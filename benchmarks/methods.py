@@ -126,12 +126,20 @@ def cocoop_batched_vs_loop(backbone: Backbone, classnames: list[str], repeats: i
 
     def looped(prompts: ClassPrompts) -> torch.Tensor:  # a Python loop, one plain text forward per image
         image, ctx = image_and_context()
-        logits = [m.logit_scale() * image[b] @ F.normalize(
-            text_features(model, m.splice(prompts, ctx[b]), prompts.input_ids), dim=-1).T for b in range(len(image))]
+        logits = [
+            m.logit_scale()
+            * image[b]
+            @ F.normalize(text_features(model, m.splice(prompts, ctx[b]), prompts.input_ids), dim=-1).T
+            for b in range(len(image))
+        ]
         return loss(torch.stack(logits))
 
-    variants = {"ours": ours, "batched": batched_plain, "loop": lambda: looped(classes),
-                "reference": lambda: looped(full)}
+    variants = {
+        "ours": ours,
+        "batched": batched_plain,
+        "loop": lambda: looped(classes),
+        "reference": lambda: looped(full),
+    }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     losses = {name: float(fn().detach()) for name, fn in variants.items()}
     for _ in range(repeats):  # round-robin, so a shared machine's slow spells hit every variant alike
@@ -142,15 +150,21 @@ def cocoop_batched_vs_loop(backbone: Backbone, classnames: list[str], repeats: i
             _sync(backbone.device)
             samples[name].append(time.perf_counter() - start)
     times = {name: statistics.median(values) for name, values in samples.items()}
-    print(f"2. CoCoOp at batch 8, {len(classes)} classes, forward + backward ({classes.input_ids.shape[1]} prompt "
-          f"tokens after the cut, {ids.shape[1]} in full, {1 + m.n_ctx} shared)")
+    print(
+        f"2. CoCoOp at batch 8, {len(classes)} classes, forward + backward ({classes.input_ids.shape[1]} prompt "
+        f"tokens after the cut, {ids.shape[1]} in full, {1 + m.n_ctx} shared)"
+    )
     print(f"   ours (batched, shared prefix): {times['ours'] * 1e3:.1f} ms")
-    for name, label in (("batched", "batched, plain forward of B·C prompts"),
-                        ("loop", "per-image loop, cut prompts"),
-                        ("reference", "reference (per-image loop, full length)")):
+    for name, label in (
+        ("batched", "batched, plain forward of B·C prompts"),
+        ("loop", "per-image loop, cut prompts"),
+        ("reference", "reference (per-image loop, full length)"),
+    ):
         target = " (target >= 5x)" if name == "reference" else ""
-        print(f"   {label}: {times[name] * 1e3:.1f} ms -> ours is {times[name] / times['ours']:.1f}x faster{target}; "
-              f"|loss difference| {abs(losses['ours'] - losses[name]):.2e} (target <= 1e-5)")
+        print(
+            f"   {label}: {times[name] * 1e3:.1f} ms -> ours is {times[name] / times['ours']:.1f}x faster{target}; "
+            f"|loss difference| {abs(losses['ours'] - losses[name]):.2e} (target <= 1e-5)"
+        )
 
 
 def recording_overhead(

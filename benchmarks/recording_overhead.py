@@ -60,8 +60,9 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
     cfg = DemoConfig()
     model = DemoModel(cfg, torch.Generator().manual_seed(0)).to(device)
     optimizer = demo_optimizer(model, cfg)
-    probe = probes.watch(model, optimizer, prompts={"ctx": model.ctx}, loss_terms=("total", "ce"),
-                         tensors={"ctx": (model.ctx, 10)})
+    probe = probes.watch(
+        model, optimizer, prompts={"ctx": model.ctx}, loss_terms=("total", "ce"), tensors={"ctx": (model.ctx, 10)}
+    )
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(cfg.batch, cfg.in_dim, generator=generator).to(device)
     y = torch.randint(cfg.n_classes // 2, (cfg.batch,), generator=generator).to(device)
@@ -85,8 +86,9 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
         return time.perf_counter() - start, in_probe
 
     off, on, in_probe = np.zeros(repeats), np.zeros(repeats), np.zeros(repeats)
-    with RecordingWriter(directory / "overhead.h5", probe.layout, config={}, method="bench", seed=0,
-                         device=device) as writer:
+    with RecordingWriter(
+        directory / "overhead.h5", probe.layout, config={}, method="bench", seed=0, device=device
+    ) as writer:
         probe.attach(writer)
         chunk(record=False)  # warm-up
         for i in range(repeats):
@@ -99,23 +101,30 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
     pairs = np.random.default_rng(0).integers(repeats, size=(10_000, repeats))
     low, high = np.quantile(on[pairs].sum(1) / off[pairs].sum(1), [0.025, 0.975])
     per_step = 1e6 / (repeats * steps)
-    return Overhead(off.sum() * per_step, on.sum() * per_step, in_probe.sum() * per_step,
-                    float(on.sum() / off.sum()), float(low), float(high))
+    return Overhead(
+        off.sum() * per_step,
+        on.sum() * per_step,
+        in_probe.sum() * per_step,
+        float(on.sum() / off.sum()),
+        float(low),
+        float(high),
+    )
 
 
-def writer_rows_per_second(directory: Path, rows: int = 100_000, block: int = 256,
-                           repeats: int = 5) -> tuple[float, float]:
+def writer_rows_per_second(
+    directory: Path, rows: int = 100_000, block: int = 256, repeats: int = 5
+) -> tuple[float, float]:
     """Median rows per wall-clock second and per CPU second of ``append_block`` for rows of 1024 float32 values
     (one prompt set of 512 tokens), including the SWMR flush after each block of ``block`` rows. The CPU figure is
     what the writer costs when other processes share the cores."""
     layout = Layout(loss_terms=(), prompts=(PromptSpec("p", 512),))
     rng = np.random.default_rng(0)
-    data = {path: rng.random((block, *shape)).astype(dtype) for path, (shape, dtype) in
-            layout.step_series().items()}
+    data = {path: rng.random((block, *shape)).astype(dtype) for path, (shape, dtype) in layout.step_series().items()}
     wall, cpu = [], []
     for r in range(repeats):
-        writer = RecordingWriter(directory / f"writer{r}.h5", layout, config={}, method="bench", seed=0,
-                                 device="cpu", flush_every=block)
+        writer = RecordingWriter(
+            directory / f"writer{r}.h5", layout, config={}, method="bench", seed=0, device="cpu", flush_every=block
+        )
         t, c = time.perf_counter(), time.process_time()
         for start in range(0, rows, block):
             data[STEP] = np.arange(start, start + block)
@@ -167,8 +176,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32, help="steps per chunk")
     parser.add_argument("--repeats", type=int, default=120, help="chunks each way")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: steady figures on a machine whose cores are shared)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: steady figures on a machine whose cores are shared)",
+    )
     args = parser.parse_args()
     import torch
 
@@ -176,20 +189,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         o = training_overhead(args.device, directory, args.steps, args.repeats)
-        print(f"demo training on {args.device}, {args.repeats} × {args.steps} steps each way, alternating: "
-              f"{o.off_us:,.0f} µs/step off, {o.on_us:,.0f} µs/step recorded, ratio {o.ratio:.3f} "
-              f"[95% bootstrap {o.ratio_low:.3f}, {o.ratio_high:.3f}] (target <= 1.05); "
-              f"Probe.after_backward {o.probe_us:,.0f} µs/step")
+        print(
+            f"demo training on {args.device}, {args.repeats} × {args.steps} steps each way, alternating: "
+            f"{o.off_us:,.0f} µs/step off, {o.on_us:,.0f} µs/step recorded, ratio {o.ratio:.3f} "
+            f"[95% bootstrap {o.ratio_low:.3f}, {o.ratio_high:.3f}] (target <= 1.05); "
+            f"Probe.after_backward {o.probe_us:,.0f} µs/step"
+        )
         recording = run_demo(directory / "demo.h5", steps=DEMO_STEPS, device=args.device)
-        print(f"bytes per step: {recording.stat().st_size / DEMO_STEPS:,.0f} ({recording.stat().st_size:,} bytes "
-              f"for a {DEMO_STEPS}-step demo recording, including the ctx gradient every 10 steps)")
+        print(
+            f"bytes per step: {recording.stat().st_size / DEMO_STEPS:,.0f} ({recording.stat().st_size:,} bytes "
+            f"for a {DEMO_STEPS}-step demo recording, including the ctx gradient every 10 steps)"
+        )
         wall, cpu = writer_rows_per_second(directory)
-        print(f"writer: {wall:,.0f} rows/s ({cpu:,.0f} per CPU second) for 1024-float32 rows via append_block "
-              "(target >= 100,000)")
+        print(
+            f"writer: {wall:,.0f} rows/s ({cpu:,.0f} per CPU second) for 1024-float32 rows via append_block "
+            "(target >= 100,000)"
+        )
         if args.device.startswith("cuda"):
             calls, outside, in_flush = count_syncs(args.steps, directory)
-            print(f"host syncs: {outside} in {calls} after_backward calls outside block flushes "
-                  f"({outside / max(calls, 1):.3f} per step, target 0); {in_flush} inside the flushes")
+            print(
+                f"host syncs: {outside} in {calls} after_backward calls outside block flushes "
+                f"({outside / max(calls, 1):.3f} per step, target 0); {in_flush} inside the flushes"
+            )
 
 
 if __name__ == "__main__":

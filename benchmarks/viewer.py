@@ -22,8 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-TARGETS = {"first_paint_s": 1.5, "cursor_step_ms": 50.0, "cursor_step_during_diagnostics_max_ms": 50.0,
-           "peak_rss_mb": 400.0}
+TARGETS = {
+    "first_paint_s": 1.5,
+    "cursor_step_ms": 50.0,
+    "cursor_step_during_diagnostics_max_ms": 50.0,
+    "peak_rss_mb": 400.0,
+}
 
 
 def make_recording(path: Path, n_steps: int, n_gates: int, block: int = 4096) -> None:
@@ -44,29 +48,39 @@ def make_recording(path: Path, n_steps: int, n_gates: int, block: int = 4096) ->
         prompt_path,
     )
 
-    layout = Layout(loss_terms=("total", "ce"),
-                    groups=(GroupSpec("ctx", "prompt", n_gates * 512), GroupSpec("gates", "gate", n_gates)),
-                    gate_sets=(GateSetSpec("ctx_gates", n_gates, "length", prompt="ctx", group="gates"),),
-                    prompts=(PromptSpec("ctx", n_gates, "ctx"),))
+    layout = Layout(
+        loss_terms=("total", "ce"),
+        groups=(GroupSpec("ctx", "prompt", n_gates * 512), GroupSpec("gates", "gate", n_gates)),
+        gate_sets=(GateSetSpec("ctx_gates", n_gates, "length", prompt="ctx", group="gates"),),
+        prompts=(PromptSpec("ctx", n_gates, "ctx"),),
+    )
     rng = np.random.default_rng(0)
-    with RecordingWriter(path, layout, config={"variant": "bench"}, method="coop-gating", seed=0, device="cpu",
-                         flush_every=block) as writer:
+    with RecordingWriter(
+        path, layout, config={"variant": "bench"}, method="coop-gating", seed=0, device="cpu", flush_every=block
+    ) as writer:
         for start in range(0, n_steps, block):
             steps = np.arange(start, min(start + block, n_steps))
             n = len(steps)
             logit = (3.0 * np.exp(-steps / n_steps)[:, None] + rng.normal(0, 0.05, (n, n_gates))).astype("f4")
             prompt_grad = rng.lognormal(-4, 0.3, (n, n_gates)).astype("f4")
             gate_grad = prompt_grad * (1e-3 * np.exp(-steps / 5000))[:, None]
-            writer.append_block({
-                STEP: steps, EPOCH: steps // 1000, LR: 0.002 * np.cos(steps / n_steps),
-                loss_path("total"): 2 * np.exp(-steps / 20000) + rng.random(n) * 0.1, loss_path("ce"): np.ones(n),
-                grad_norm_path("ctx"): np.linalg.norm(prompt_grad, axis=1),
-                grad_norm_path("gates"): np.linalg.norm(gate_grad, axis=1),
-                gate_path("ctx_gates", "logit"): logit, gate_path("ctx_gates", "value"): 1 / (1 + np.exp(-logit)),
-                gate_path("ctx_gates", "dsigmoid"): dsigmoid_from_logit(logit),
-                gate_path("ctx_gates", "grad"): gate_grad,
-                prompt_path("ctx", "grad_norm"): prompt_grad, prompt_path("ctx", "norm"): np.ones((n, n_gates), "f4"),
-            })
+            writer.append_block(
+                {
+                    STEP: steps,
+                    EPOCH: steps // 1000,
+                    LR: 0.002 * np.cos(steps / n_steps),
+                    loss_path("total"): 2 * np.exp(-steps / 20000) + rng.random(n) * 0.1,
+                    loss_path("ce"): np.ones(n),
+                    grad_norm_path("ctx"): np.linalg.norm(prompt_grad, axis=1),
+                    grad_norm_path("gates"): np.linalg.norm(gate_grad, axis=1),
+                    gate_path("ctx_gates", "logit"): logit,
+                    gate_path("ctx_gates", "value"): 1 / (1 + np.exp(-logit)),
+                    gate_path("ctx_gates", "dsigmoid"): dsigmoid_from_logit(logit),
+                    gate_path("ctx_gates", "grad"): gate_grad,
+                    prompt_path("ctx", "grad_norm"): prompt_grad,
+                    prompt_path("ctx", "norm"): np.ones((n, n_gates), "f4"),
+                }
+            )
             if start % 20000 == 0:
                 writer.add_event(int(steps[-1]), "epoch_end", "")
 
@@ -165,11 +179,17 @@ def main() -> None:
     if not path.exists():
         t = time.perf_counter()
         make_recording(path, args.steps, args.gates)
-        print(f"wrote {args.steps:,} steps × {args.gates:,} gates ({path.stat().st_size / 2**20:,.0f} MiB) "
-              f"in {time.perf_counter() - t:.1f} s")
+        print(
+            f"wrote {args.steps:,} steps × {args.gates:,} gates ({path.stat().st_size / 2**20:,.0f} MiB) "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
     started = time.time()
-    child = subprocess.run([sys.executable, __file__, "--file", str(path), "--keys", str(args.keys),
-                            "--child", repr(started)], capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, __file__, "--file", str(path), "--keys", str(args.keys), "--child", repr(started)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     figures = json.loads(child.stdout.strip().splitlines()[-1])
     for name, value in figures.items():
         target = TARGETS.get(name)

@@ -80,9 +80,7 @@ def make_eurosat(root: Path, counts: tuple[int, int, int] = (6, 2, 3), raw_names
     return write_split_dataset(root / "eurosat", "2750", "split_zhou_EuroSAT.json", classes, counts)
 
 
-def make_caltech101(
-    root: Path, counts: tuple[int, int, int] = (6, 2, 3), ignored_in_json: bool = False
-) -> Path:
+def make_caltech101(root: Path, counts: tuple[int, int, int] = (6, 2, 3), ignored_in_json: bool = False) -> Path:
     """``root/caltech-101`` with 7 classes plus the ignored ``BACKGROUND_Google`` and ``Faces_easy`` folders
     (in the split JSON too when ``ignored_in_json``; on disk always)."""
     base = root / "caltech-101"

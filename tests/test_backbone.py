@@ -29,9 +29,26 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A built-in checkpoint made through the CLI with a tiny budget (a few steps), like `ws backbone pretrain`."""
     out = tmp_path_factory.mktemp("pretrained")
-    result = subprocess.run([sys.executable, "-m", "workstation", "backbone", "pretrain", "--out", str(out),
-                             "--steps", "4", "--batch-size", "16", "--eval-images", "1"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workstation",
+            "backbone",
+            "pretrain",
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--batch-size",
+            "16",
+            "--eval-images",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "zero-shot" in result.stdout and "held-out" in result.stdout
     return out
@@ -75,8 +92,7 @@ def test_pretrained_checkpoint_paths_match_transformers(pretrained: Path) -> Non
     assert torch.max(torch.abs(image_features(model, pixels) - expected)) <= TOL
 
 
-def test_builtin_is_built_once_into_ws_cache(pretrained: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_builtin_is_built_once_into_ws_cache(pretrained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`builtin` loads from $WS_CACHE; a missing checkpoint is built there (here: copied from the fixture)."""
     import shutil
 
@@ -130,8 +146,12 @@ def test_resolve_device() -> None:
 
 
 def test_cli_bad_backbone_exits_2_without_traceback(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "workstation", "backbone", "check", "not-a-backbone"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "workstation", "backbone", "check", "not-a-backbone"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "builtin" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -43,13 +43,17 @@ def _spec(path: Path, body: str, backbone: Path | None = None, out: Path | None 
 
 
 def _ws(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "workstation", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "workstation", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the spec
 def test_axes_cross_and_named_axes_become_tags(tmp_path: Path) -> None:
-    spec = load_spec(_spec(tmp_path / "s.toml", """
+    spec = load_spec(
+        _spec(
+            tmp_path / "s.toml",
+            """
 [axes]
 method = ["coop-gating", "cocoop-gating"]
 seed = [1, 2]
@@ -59,7 +63,9 @@ lr50 = { gate_lr_scale = 50.0 }
 [[runs]]
 method = "coop"
 seed = 7
-"""))
+""",
+        )
+    )
     assert len(spec.runs) == 2 * 2 * 2 + 1
     assert len({r.run_id for r in spec.runs}) == len(spec.runs)
     lr50 = [r for r in spec.runs if r.labels.get("intervention") == "lr50"]
@@ -80,15 +86,18 @@ def test_run_ids_follow_the_config_so_editing_adds_runs(tmp_path: Path) -> None:
     assert not set(ids) & {r.run_id for r in other.runs}  # a changed key is a different run
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("[axes]\nseed = []\n", "axis 'seed' is empty"),
-    ("[axes]\nmethod = ['coop', 'copo']\n", "unknown method 'copo'"),
-    ("[axes]\nlearning_rate = [0.1]\n", "not a config key"),
-    ("[base]\n", "not valid TOML"),
-    ("colour = 1\n", "unknown spec key 'colour'"),
-    ("[[runs]]\nshotz = 3\n", "unknown config key 'shotz'"),
-    ("[resources]\ngpus = -1\n", "resources.gpus"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[axes]\nseed = []\n", "axis 'seed' is empty"),
+        ("[axes]\nmethod = ['coop', 'copo']\n", "unknown method 'copo'"),
+        ("[axes]\nlearning_rate = [0.1]\n", "not a config key"),
+        ("[base]\n", "not valid TOML"),
+        ("colour = 1\n", "unknown spec key 'colour'"),
+        ("[[runs]]\nshotz = 3\n", "unknown config key 'shotz'"),
+        ("[resources]\ngpus = -1\n", "resources.gpus"),
+    ],
+)
 def test_invalid_specs_are_one_line_errors(tmp_path: Path, body: str, message: str) -> None:
     raw_path = tmp_path / "bad.toml"
     if body.startswith("colour"):
@@ -115,15 +124,20 @@ def test_unknown_key_lists_near_matches() -> None:
 
 # ---------------------------------------------------------------------------------------------- real runs
 def test_local_two_jobs_runs_complete_and_a_failing_run_is_marked_failed(
-        tmp_path: Path, backbone_dir: Path, env: dict[str, str]) -> None:
-    path = _spec(tmp_path / "s.toml", """
+    tmp_path: Path, backbone_dir: Path, env: dict[str, str]
+) -> None:
+    path = _spec(
+        tmp_path / "s.toml",
+        """
 [axes]
 method = ["coop", "coop-gating"]
 [[runs]]
 method = "coop"
 dataset = "eurosat"
 data_root = "/nonexistent/ws-data"
-""", backbone_dir)
+""",
+        backbone_dir,
+    )
     result = _ws("batch", str(path), "--jobs", "2", env=env)
     assert result.returncode == 1, result.stderr  # one run failed; the others finished
     sweep = tmp_path / "sweeps" / "s"
@@ -147,11 +161,16 @@ data_root = "/nonexistent/ws-data"
 
 
 def test_killed_batch_resumes_with_every_run_complete_exactly_once(
-        tmp_path: Path, backbone_dir: Path, env: dict[str, str]) -> None:
+    tmp_path: Path, backbone_dir: Path, env: dict[str, str]
+) -> None:
     path = _spec(tmp_path / "s.toml", "[axes]\nseed = [1, 2]\n", backbone_dir)
     sweep = tmp_path / "sweeps" / "s"
-    proc = subprocess.Popen([sys.executable, "-m", "workstation", "batch", str(path), "--jobs", "1",
-                             "--no-summary"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workstation", "batch", str(path), "--jobs", "1", "--no-summary"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:  # kill it once the first run is complete and the second has begun
@@ -179,8 +198,9 @@ def test_killed_batch_resumes_with_every_run_complete_exactly_once(
     assert entries[0]["attempts"] == 1  # the run finished before the kill was not run again
 
 
-def test_ray_executor_on_a_local_instance(tmp_path: Path, backbone_dir: Path, env: dict[str, str],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_executor_on_a_local_instance(
+    tmp_path: Path, backbone_dir: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     ray = pytest.importorskip("ray")
     from workstation.sweep.executors import RayExecutor
     from workstation.sweep.runner import execute

@@ -57,15 +57,20 @@ def _zeroed_superblock(tmp_path: Path, demo: Path) -> Path:
     return path
 
 
-BAD = {"missing path": (_missing, "no such file"),
-       "damaged superblock": (_zeroed_superblock, "corrupt"), "not HDF5": (_not_hdf5, "not an HDF5 file"),
-       "not a ws recording": (_foreign_hdf5, "not a ws recording"),
-       "newer schema": (_newer_schema, "newer than this ws"), "truncated": (_truncated, "truncated or corrupt")}
+BAD = {
+    "missing path": (_missing, "no such file"),
+    "damaged superblock": (_zeroed_superblock, "corrupt"),
+    "not HDF5": (_not_hdf5, "not an HDF5 file"),
+    "not a ws recording": (_foreign_hdf5, "not a ws recording"),
+    "newer schema": (_newer_schema, "newer than this ws"),
+    "truncated": (_truncated, "truncated or corrupt"),
+}
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, demo_recording: Path,
-                                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_line_and_exit_2(
+    case: str, tmp_path: Path, demo_recording: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     make, problem = BAD[case]
     path = make(tmp_path, demo_recording)
     monkeypatch.setattr(sys, "argv", ["ws", "inspect", str(path)])
@@ -79,8 +84,13 @@ def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, demo_record
 
 def test_bad_input_in_a_real_process(tmp_path: Path, demo_recording: Path) -> None:
     path = _truncated(tmp_path, demo_recording)
-    result = subprocess.run([sys.executable, "-m", "workstation", "inspect", str(path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "workstation", "inspect", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("ws: error: ") and result.stderr.count("\n") == 1 and str(path) in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -88,11 +98,12 @@ def test_bad_input_in_a_real_process(tmp_path: Path, demo_recording: Path) -> No
 
 def _imported_after(*args: str) -> tuple[int, set[str]]:
     """Run ``ws ARGS`` in a fresh interpreter; its exit code and which heavy modules it imported."""
-    code = ("import sys\nfrom workstation.cli import main\nsys.argv = ['ws', *sys.argv[1:]]\ntry:\n    main()\n"
-            "except SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
-            "print('HEAVY', code, *[m for m in ('torch', 'transformers') if m in sys.modules], file=sys.stderr)\n")
-    result = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        "import sys\nfrom workstation.cli import main\nsys.argv = ['ws', *sys.argv[1:]]\ntry:\n    main()\n"
+        "except SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
+        "print('HEAVY', code, *[m for m in ('torch', 'transformers') if m in sys.modules], file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     last = result.stderr.strip().splitlines()[-1].split()
     assert last[0] == "HEAVY", result.stderr
     return int(last[1]), set(last[2:])
@@ -106,8 +117,13 @@ def test_light_commands_do_not_import_torch(args: tuple[str, ...], demo_recordin
 
 def test_the_import_check_can_see_torch() -> None:
     """The check above would notice: the demo module does import torch."""
-    result = subprocess.run([sys.executable, "-c", "import sys, recorders.train.demo; print('torch' in sys.modules)"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, recorders.train.demo; print('torch' in sys.modules)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.stdout.strip() == "True"
 
 
@@ -119,8 +135,19 @@ def _run(*args: str) -> str:
 
 def test_inspect_shows_what_the_recording_holds(demo_recording: Path) -> None:
     out = _run("inspect", str(demo_recording))
-    for fact in ("ws-recording v1", "complete", "demo / random / 0", "40", "ctx_gates", "instance_gates",
-                 "prompt [prompt", "last eval", "step 39", "demo.lr=0.05", "steps=40"):
+    for fact in (
+        "ws-recording v1",
+        "complete",
+        "demo / random / 0",
+        "40",
+        "ctx_gates",
+        "instance_gates",
+        "prompt [prompt",
+        "last eval",
+        "step 39",
+        "demo.lr=0.05",
+        "steps=40",
+    ):
         assert fact in out, fact
 
 
@@ -134,5 +161,3 @@ def test_inspect_json_and_directories(tmp_path: Path, demo_recording: Path) -> N
         shutil.copy(demo_recording, tmp_path / name)
     both = json.loads(_run("inspect", str(tmp_path), "--json"))
     assert [Path(s["path"]).name for s in both] == ["a.h5", "b.h5"]
-
-

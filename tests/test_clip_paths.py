@@ -29,11 +29,25 @@ def random_backbone(tmp_path_factory: pytest.TempPathFactory) -> Backbone:
 def _random_model(eos_token_id: int, seed: int = 0) -> CLIPModel:
     """A tiny random-init CLIP with unequal text/vision widths; ``eos_token_id`` 2 selects the legacy pooling."""
     config = CLIPConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, max_position_embeddings=16, eos_token_id=eos_token_id,
-                         bos_token_id=62, pad_token_id=eos_token_id),
-        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            eos_token_id=eos_token_id,
+            bos_token_id=62,
+            pad_token_id=eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=24,
     )
     torch.manual_seed(seed)
@@ -149,8 +163,9 @@ def test_world_tokenizer_text_path(random_backbone: Backbone) -> None:
     assert ids.shape == (len(CLASSES), random_backbone.context_length)
     eot = random_backbone.tokenizer.eos_token_id
     assert eot == int(ids.max())
-    assert torch.equal(ids[torch.arange(len(ids)), eot_positions(random_backbone.model, ids)],
-                       torch.full((len(ids),), eot))
+    assert torch.equal(
+        ids[torch.arange(len(ids)), eot_positions(random_backbone.model, ids)], torch.full((len(ids),), eot)
+    )
     model = random_backbone.model
     expected = model.get_text_features(input_ids=ids).pooler_output
     got = text_features(model, token_embeddings(model, ids), ids)
@@ -172,8 +187,9 @@ def test_shared_prefix_path_equals_the_full_text_path(n_layers: int, per_image: 
     ctx = torch.randn(groups if per_image else 1, n_ctx, 32, generator=g)
     prefix = torch.cat([embeds[:1, :1].expand(len(ctx), -1, -1), ctx], 1)
     deep = [torch.randn(*((groups,) if per_image else ()), n_ctx, 32, generator=g) for _ in range(n_layers - 1)]
-    full = torch.cat([prefix[:, None].expand(groups, 4, -1, -1), embeds[None, :, n_prefix:].expand(groups, -1, -1, -1)],
-                     2).flatten(0, 1)
+    full = torch.cat(
+        [prefix[:, None].expand(groups, 4, -1, -1), embeds[None, :, n_prefix:].expand(groups, -1, -1, -1)], 2
+    ).flatten(0, 1)
     per_sequence = [d.repeat_interleave(4, 0) if d.dim() == 3 else d for d in deep]  # group-major, like `full`
     want = text_features(model, full, ids.repeat(groups, 1), deep_prompts=per_sequence).view(groups, 4, -1)
     eot = eot_positions(model, ids) - n_prefix
@@ -187,5 +203,6 @@ def test_shared_prefix_path_refuses_prompts_past_the_prefix() -> None:
     ids = _ids([8], 63, context=12)
     embeds = token_embeddings(model, ids)
     with pytest.raises(ValueError, match="past the shared prefix"):
-        shared_prefix_text_features(model, embeds[:, :3], embeds[:, 3:], torch.tensor([4]),
-                                    deep_prompts=[torch.zeros(4, 32)])
+        shared_prefix_text_features(
+            model, embeds[:, :3], embeds[:, 3:], torch.tensor([4]), deep_prompts=[torch.zeros(4, 32)]
+        )

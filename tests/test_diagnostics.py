@@ -53,8 +53,9 @@ def test_adaptive_gates_get_an_adaptive_verdict(tmp_path, kind):
 
 
 def test_instance_gates_collapse_when_their_variance_across_inputs_vanishes(tmp_path):
-    d = _diagnose(write_run(tmp_path / "i.h5", behaviour="collapsed", gate_kind="instance",
-                            onset_step=500)).gate_sets[GATES]
+    d = _diagnose(write_run(tmp_path / "i.h5", behaviour="collapsed", gate_kind="instance", onset_step=500)).gate_sets[
+        GATES
+    ]
     assert d.verdict == "collapsed"
     assert d.reasons["late_input_std"] < CollapseThresholds().instance_std_min
 
@@ -62,8 +63,11 @@ def test_instance_gates_collapse_when_their_variance_across_inputs_vanishes(tmp_
 @pytest.mark.parametrize(("n_steps", "onset", "max_points"), [(2000, 700, 4096), (30000, 11000, 512)])
 def test_onset_is_found_within_the_documented_tolerance(tmp_path, n_steps, onset, max_points):
     th = CollapseThresholds(window_steps=100)
-    d = _diagnose(write_run(tmp_path / "o.h5", behaviour="collapsed", n_steps=n_steps, onset_step=onset),
-                  thresholds=th, max_points=max_points)
+    d = _diagnose(
+        write_run(tmp_path / "o.h5", behaviour="collapsed", n_steps=n_steps, onset_step=onset),
+        thresholds=th,
+        max_points=max_points,
+    )
     g = d.gate_sets[GATES]
     assert d.stride == -(-n_steps // max_points)
     assert len(g.steps) <= max_points
@@ -77,17 +81,25 @@ def test_stricter_thresholds_turn_a_collapse_into_no_onset(tmp_path):
     assert d.onset_step is None and d.verdict == "inconclusive"
 
 
-@pytest.mark.parametrize(("momentum", "dampening", "nesterov", "lr_scale"),
-                         [(0.0, 0.0, False, 1.0), (0.9, 0.0, False, 50.0), (0.9, 0.1, False, 1.0),
-                          (0.8, 0.0, True, 2.0)])
+@pytest.mark.parametrize(
+    ("momentum", "dampening", "nesterov", "lr_scale"),
+    [(0.0, 0.0, False, 1.0), (0.9, 0.0, False, 50.0), (0.9, 0.1, False, 1.0), (0.8, 0.0, True, 2.0)],
+)
 def test_decay_only_factor_matches_torch_sgd_with_a_zero_gradient(momentum, dampening, nesterov, lr_scale):
     torch = pytest.importorskip("torch")
     lr = cosine_lr(400, 0.01)
-    group = GroupSpec("gates", "gate", 3, lr_scale=lr_scale, weight_decay=5e-3, momentum=momentum,
-                      dampening=dampening, nesterov=nesterov)
+    group = GroupSpec(
+        "gates",
+        "gate",
+        3,
+        lr_scale=lr_scale,
+        weight_decay=5e-3,
+        momentum=momentum,
+        dampening=dampening,
+        nesterov=nesterov,
+    )
     p = torch.nn.Parameter(torch.tensor([3.0, -1.0, 0.5], dtype=torch.float64))
-    opt = torch.optim.SGD([p], lr=1.0, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                          weight_decay=5e-3)
+    opt = torch.optim.SGD([p], lr=1.0, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=5e-3)
     for eta in lr:
         opt.param_groups[0]["lr"] = float(eta) * lr_scale
         p.grad = torch.zeros_like(p)
@@ -141,8 +153,9 @@ def test_ws_inspect_reports_verdicts_in_json_and_table(tmp_path):
     write_run(tmp_path / "a.h5", behaviour="adaptive")
     result = CliRunner().invoke(app, ["inspect", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
-    verdicts = {s["path"].rsplit("/", 1)[-1]: s["diagnostics"]["gate_sets"][GATES]["verdict"]
-                for s in json.loads(result.stdout)}
+    verdicts = {
+        s["path"].rsplit("/", 1)[-1]: s["diagnostics"]["gate_sets"][GATES]["verdict"] for s in json.loads(result.stdout)
+    }
     assert verdicts == {"a.h5": "adaptive", "c.h5": "collapsed"}
     table = CliRunner().invoke(app, ["inspect", str(tmp_path / "c.h5")])
     assert table.exit_code == 0 and "collapsed" in table.output

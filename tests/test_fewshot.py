@@ -76,9 +76,7 @@ def test_sample_is_identical_in_another_process(tmp_path: Path, eurosat) -> None
         "t = base_to_novel(load_dataset('eurosat', pathlib.Path(sys.argv[1])), shots=3, seed=7); "
         "print(' '.join(it.key for it in t.train + t.val))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     task = base_to_novel(eurosat, shots=3, seed=7)
     assert out.stdout.split() == [it.key for it in task.train + task.val]
 

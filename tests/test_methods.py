@@ -133,7 +133,7 @@ def test_batched_cocoop_equals_the_reference_per_image_loop(tiny_backbone):
     normed = F.normalize(image, dim=-1)
     looped = []
     for b in range(len(image)):  # the reference: one plain text forward of the full prompts per image
-        ctx, _ = method.instance_context(normed[b: b + 1])
+        ctx, _ = method.instance_context(normed[b : b + 1])
         text = text_features(method.clip, method.splice(classes, ctx[0]), classes.input_ids)
         looped.append(method.logit_scale() * normed[b] @ F.normalize(text, dim=-1).T)
     looped = torch.stack(looped)
@@ -147,8 +147,9 @@ def test_maple_prompts_reach_both_encoders(tiny_backbone):
     image = inputs_for(method, tiny_backbone)
     loss = F.cross_entropy(method(image, classes).logits, torch.tensor([0, 1, 2, 3]))
     loss.backward()
-    assert method.depth == min(9, len(tiny_backbone.model.text_model.encoder.layers),
-                               len(tiny_backbone.model.vision_model.encoder.layers))
+    assert method.depth == min(
+        9, len(tiny_backbone.model.text_model.encoder.layers), len(tiny_backbone.model.vision_model.encoder.layers)
+    )
     for d in range(method.depth):  # deep text prompts and every coupling (vision side) get gradient
         assert method.prompts[d].grad.abs().sum() > 0
         assert method.coupling[d].weight.grad.abs().sum() > 0
@@ -167,8 +168,9 @@ def test_bimaple_cycle_loss_is_the_documented_formula(tiny_backbone):
 
 
 def test_adaptive_bimaple_regularisers(tiny_backbone):
-    method = make(tiny_backbone, "adaptive-bimaple", gate_init="uniform", lambda_sparse=0.1, lambda_smooth=0.2,
-                  gate_entropy=0.3)
+    method = make(
+        tiny_backbone, "adaptive-bimaple", gate_init="uniform", lambda_sparse=0.1, lambda_smooth=0.2, gate_entropy=0.3
+    )
     with torch.no_grad():  # the values of the terms, not their graph
         out = method(inputs_for(method, tiny_backbone), method.encode_classes(CLASSES))
         lengths = torch.cat([torch.sigmoid(g.logits) for g in method.length_gates]).double()

@@ -47,15 +47,18 @@ def test_curves_are_the_recorded_series(runs):
         hm = f["eval/hm"][:]
     with Recording.open(path) as rec:
         np.testing.assert_allclose(run_curve(rec, "gates")[1], value.mean(axis=1), rtol=1e-9)
-        np.testing.assert_allclose(run_curve(rec, "variance")[1], (std ** 2).mean(axis=1), rtol=1e-6)
+        np.testing.assert_allclose(run_curve(rec, "variance")[1], (std**2).mean(axis=1), rtol=1e-6)
         np.testing.assert_allclose(run_curve(rec, "accuracy")[1], hm)
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--kind", "nope", "--out", "x.png"], "use one of gates, ratio"),
-    (["--kind", "gates", "--out", "x.gif"], "unsupported figure format"),
-    (["--kind", "gates", "--out", "x.png", "--by", "nokey"], "keys that exist"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--kind", "nope", "--out", "x.png"], "use one of gates, ratio"),
+        (["--kind", "gates", "--out", "x.gif"], "unsupported figure format"),
+        (["--kind", "gates", "--out", "x.png", "--by", "nokey"], "keys that exist"),
+    ],
+)
 def test_bad_input_is_a_one_line_error(runs, tmp_path, args, needle):
     args = [a if not a.startswith("x.") else str(tmp_path / a) for a in args]
     result = CliRunner().invoke(app, ["plot", str(runs), *args])
@@ -80,8 +83,8 @@ def test_a_named_gate_set_is_drawn_from_its_own_datasets(tmp_path):
         assert np.median(ratio) > 10 * np.median(run_curve(rec, "ratio")[1])
         variance = run_curve(rec, "variance", gate_set="depth_gates")[1]
         window = 100  # CollapseThresholds().window_steps at stride 1
-        want = [value[i - window + 1:i + 1].var(axis=0).mean() for i in range(window - 1, len(value))]
-        np.testing.assert_allclose(variance[window - 1:], want, rtol=1e-6)
+        want = [value[i - window + 1 : i + 1].var(axis=0).mean() for i in range(window - 1, len(value))]
+        np.testing.assert_allclose(variance[window - 1 :], want, rtol=1e-6)
         np.testing.assert_allclose(run_curve(rec, "accuracy", gate_set="nope")[1], [])  # accuracy ignores it
 
 
@@ -89,8 +92,9 @@ def test_plot_draws_the_named_gate_set(tmp_path):
     path = tmp_path / "two.h5"
     write_two_gate_sets(path)
     out = tmp_path / "depth.svg"
-    result = CliRunner().invoke(app, ["plot", str(path), "--kind", "gates", "--gate-set", "depth_gates",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["plot", str(path), "--kind", "gates", "--gate-set", "depth_gates", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "depth_gates" in out.read_text()  # the y label names the set
 
@@ -98,9 +102,24 @@ def test_plot_draws_the_named_gate_set(tmp_path):
 def test_a_missing_gate_set_is_one_line_exit_2(tmp_path):
     path = tmp_path / "two.h5"
     write_two_gate_sets(path)
-    out = subprocess.run([sys.executable, "-m", "workstation", "plot", str(path), "--kind", "ratio",
-                          "--gate-set", "ctx_gates", "--out", str(tmp_path / "x.png")],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workstation",
+            "plot",
+            str(path),
+            "--kind",
+            "ratio",
+            "--gate-set",
+            "ctx_gates",
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()
     assert str(path) in line and "'ctx_gates'" in line and "length_gates_0, depth_gates" in line

@@ -38,11 +38,17 @@ class Tiny(nn.Module):
 
 
 def _optimizer(model: Tiny, wd: float = 5e-4) -> torch.optim.Optimizer:
-    return torch.optim.SGD([
-        {"params": [model.ctx]},
-        {"params": [*model.ctx_gates.parameters(), *model.inst.parameters()], "lr": 0.5},
-        {"params": model.head.parameters(), "name": "head", "role": "coupling"},
-    ], lr=0.1, momentum=0.9, weight_decay=wd, dampening=0.1)
+    return torch.optim.SGD(
+        [
+            {"params": [model.ctx]},
+            {"params": [*model.ctx_gates.parameters(), *model.inst.parameters()], "lr": 0.5},
+            {"params": model.head.parameters(), "name": "head", "role": "coupling"},
+        ],
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=wd,
+        dampening=0.1,
+    )
 
 
 def _batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -90,19 +96,34 @@ def test_recorded_series_match_autograd(tmp_path: Path, norm_path: str) -> None:
             ref_loss = F.cross_entropy(ref(x.double()), y)
             inst_logits = ref.inst.proj(x.double())
             g_gate, g_ctx, g_bias = torch.autograd.grad(ref_loss, [ref.ctx_gates.logits, ref.ctx, ref.inst.proj.bias])
-            group_grads = torch.autograd.grad(F.cross_entropy(ref(x.double()), y),
-                                              [*ref.ctx_gates.parameters(), *ref.inst.parameters()])
+            group_grads = torch.autograd.grad(
+                F.cross_entropy(ref(x.double()), y), [*ref.ctx_gates.parameters(), *ref.inst.parameters()]
+            )
             sig = torch.sigmoid(inst_logits)
-            expected.append({
-                "logit": ref.ctx_gates.logits.detach().numpy(), "grad": g_gate.numpy(), "g_ctx": g_ctx.numpy(),
-                "inst_grad": g_bias.numpy(),  # the bias gradient is ∂L/∂g summed over the batch
-                "inst_logit": inst_logits.detach().mean(0).numpy(), "inst_mean": sig.detach().mean(0).numpy(),
-                "inst_std": sig.detach().std(0, correction=0).numpy(),
-                "group1": torch.linalg.vector_norm(torch.cat([g.flatten() for g in group_grads])).item(),
-                "group0": torch.linalg.vector_norm(g_ctx).item(),
-                "head": torch.linalg.vector_norm(torch.cat([g.flatten() for g in torch.autograd.grad(
-                    F.cross_entropy(ref(x.double()), y), list(ref.head.parameters()))])).item(),
-                "loss": ref_loss.item()})
+            expected.append(
+                {
+                    "logit": ref.ctx_gates.logits.detach().numpy(),
+                    "grad": g_gate.numpy(),
+                    "g_ctx": g_ctx.numpy(),
+                    "inst_grad": g_bias.numpy(),  # the bias gradient is ∂L/∂g summed over the batch
+                    "inst_logit": inst_logits.detach().mean(0).numpy(),
+                    "inst_mean": sig.detach().mean(0).numpy(),
+                    "inst_std": sig.detach().std(0, correction=0).numpy(),
+                    "group1": torch.linalg.vector_norm(torch.cat([g.flatten() for g in group_grads])).item(),
+                    "group0": torch.linalg.vector_norm(g_ctx).item(),
+                    "head": torch.linalg.vector_norm(
+                        torch.cat(
+                            [
+                                g.flatten()
+                                for g in torch.autograd.grad(
+                                    F.cross_entropy(ref(x.double()), y), list(ref.head.parameters())
+                                )
+                            ]
+                        )
+                    ).item(),
+                    "loss": ref_loss.item(),
+                }
+            )
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
@@ -113,6 +134,7 @@ def test_recorded_series_match_autograd(tmp_path: Path, norm_path: str) -> None:
     assert rec.n_steps == 5
     tol = {"rtol": 1e-4, "atol": 1e-7}
     for i, e in enumerate(expected):
+
         def row(gates: str, series: str, i: int = i) -> np.ndarray:
             return rec.row(rf.gate_path(gates, series), i).astype(np.float64)
 
@@ -132,8 +154,11 @@ def test_recorded_series_match_autograd(tmp_path: Path, norm_path: str) -> None:
     np.testing.assert_allclose(rec.read(rf.gate_path("ctx_gates", "dsigmoid")), sigma * (1 - sigma), rtol=1e-6)
     # the imbalance decomposition |∂L/∂g_i| / ‖∂L/∂C_i‖ = (1−σ_i)·‖C_i‖·|cos|, on the recorded numbers
     lhs = np.abs(rec.read(rf.gate_path("ctx_gates", "grad"))) / rec.read(rf.prompt_path("ctx"))
-    rhs = ((1 - rec.read(rf.gate_path("ctx_gates", "value"))) * rec.read(rf.gate_path("ctx_gates", "prompt_norm"))
-           * np.abs(rec.read(rf.gate_path("ctx_gates", "cosine"))))
+    rhs = (
+        (1 - rec.read(rf.gate_path("ctx_gates", "value")))
+        * rec.read(rf.gate_path("ctx_gates", "prompt_norm"))
+        * np.abs(rec.read(rf.gate_path("ctx_gates", "cosine")))
+    )
     np.testing.assert_allclose(lhs, rhs, rtol=1e-3)
     assert rec.read(rf.gate_path("ctx_gates", "cosine")).std() > 0  # not a constant
 
@@ -161,8 +186,9 @@ def test_probe_never_syncs_between_flushes(tmp_path: Path, monkeypatch: pytest.M
     model = Tiny()
     optimizer = _optimizer(model)
     probe = watch(model, optimizer, prompts={"ctx": model.ctx}, tensors={"ctx": (model.ctx, 2)}, block=8)
-    w = rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu",
-                           flush_seconds=1e9)
+    w = rf.RecordingWriter(
+        tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu", flush_seconds=1e9
+    )
     probe.attach(w)
 
     def forbidden(*args: object, **kwargs: object) -> None:
@@ -194,8 +220,9 @@ def test_block_boundaries_and_missing_gradients(tmp_path: Path, norm_path: str) 
     model = Tiny()
     optimizer = _optimizer(model)
     probe = watch(model, optimizer, prompts={"ctx": model.ctx}, block=3)
-    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu",
-                            flush_every=1) as w:
+    with rf.RecordingWriter(
+        tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu", flush_every=1
+    ) as w:
         probe.attach(w)
         for step, (x, y) in enumerate(_batches(7)):
             optimizer.zero_grad(set_to_none=True)
@@ -233,8 +260,15 @@ def test_instance_gates_with_changing_batch_sizes(tmp_path: Path) -> None:
                 logits = ref.inst.proj(x.double())
                 (bias_grad,) = torch.autograd.grad(F.cross_entropy(ref(x.double()), y), [ref.inst.proj.bias])
                 sig = torch.sigmoid(logits).detach()
-                expected.append((logits.detach().mean(0), sig.mean(0), (sig * (1 - sig)).mean(0),
-                                 sig.std(0, correction=0), bias_grad))
+                expected.append(
+                    (
+                        logits.detach().mean(0),
+                        sig.mean(0),
+                        (sig * (1 - sig)).mean(0),
+                        sig.std(0, correction=0),
+                        bias_grad,
+                    )
+                )
                 F.cross_entropy(model(x), y).backward()
             else:
                 model.inst.last_logits = None  # as after a step whose forward skipped the gate
@@ -260,8 +294,9 @@ def test_slow_steps_are_flushed_after_flush_seconds(tmp_path: Path, monkeypatch:
     model = Tiny()
     optimizer = _optimizer(model)
     probe = watch(model, optimizer, block=100)
-    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu",
-                            flush_every=1, flush_seconds=60.0) as w:
+    with rf.RecordingWriter(
+        tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu", flush_every=1, flush_seconds=60.0
+    ) as w:
         probe.attach(w)
         x, y = _batches(1)[0]
         F.cross_entropy(model(x), y).backward()

@@ -41,8 +41,26 @@ def test_record_runs_and_prints_path_accuracies_and_gates(checkpoint, tmp_path, 
     monkeypatch.setattr(training, "load_task", small_task)
     monkeypatch.setenv("WS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run.h5"
-    result = invoke("--backbone", checkpoint, "--shots", "1", "--epochs", "2", "--batch-size", "9", "--seed", "0",
-                    "--device", "cpu", "--out", str(out), "--set", "views=1", "--gate-init", "biased:1")
+    result = invoke(
+        "--backbone",
+        checkpoint,
+        "--shots",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "9",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--set",
+        "views=1",
+        "--gate-init",
+        "biased:1",
+    )
     assert result.exit_code == 0, result.output
     assert f"recording: {out}" in result.output.replace("\n", "")
     assert "before:" in result.output and "after:" in result.output and "HM" in result.output
@@ -53,11 +71,24 @@ def test_record_runs_and_prints_path_accuracies_and_gates(checkpoint, tmp_path, 
         assert rec.gate_sets["gate"].init_logit == (1.0, 1.0, 1.0, 1.0)
 
 
-@pytest.mark.parametrize(("method", "variant"), [("coop-gating", "standard"), ("adaptive-bimaple", "standard"),
-                                                 ("adaptive-bimaple", "param-matched")])
+@pytest.mark.parametrize(
+    ("method", "variant"),
+    [("coop-gating", "standard"), ("adaptive-bimaple", "standard"), ("adaptive-bimaple", "param-matched")],
+)
 def test_dry_run_prints_hand_counted_parameters(checkpoint, tmp_path, method, variant):
-    result = invoke("--backbone", checkpoint, "--device", "cpu", "--method", method, "--variant", variant,
-                    "--out", str(tmp_path / "x.h5"), "--dry-run")
+    result = invoke(
+        "--backbone",
+        checkpoint,
+        "--device",
+        "cpu",
+        "--method",
+        method,
+        "--variant",
+        variant,
+        "--out",
+        str(tmp_path / "x.h5"),
+        "--dry-run",
+    )
     assert result.exit_code == 0, result.output
     from transformers import CLIPConfig
 
@@ -100,8 +131,23 @@ def test_bad_config_file_key_lists_near_matches(tmp_path):
 
 def test_console_prints_one_line_and_exits_2(tmp_path):
     out = tmp_path / "bad.h5"
-    proc = subprocess.run([sys.executable, "-m", "workstation", "record", "--variant", "always-frozen",
-                           "--method", "cocoop", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workstation",
+            "record",
+            "--variant",
+            "always-frozen",
+            "--method",
+            "cocoop",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "needs a gated method" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()

@@ -19,12 +19,24 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "recording-format.md"
 
 LAYOUT = rf.Layout(
     loss_terms=("total", "ce"),
-    groups=(rf.GroupSpec("ctx", "prompt", 8, 1.0, 5e-4, 0.9, 0.0, False),
-            rf.GroupSpec("gates", "gate", 4, 50.0, 0.0, 0.9, 0.1, True)),
-    gate_sets=(rf.GateSetSpec("ctx_gates", 4, "length", prompt="ctx", decomposition=True, group="gates",
-                              init_logit=(0.0, 0.5, 1.0, 3.0), labels=("a", "b", "c", "d")),
-               rf.GateSetSpec("inst", 3, "instance", group="gates"),
-               rf.GateSetSpec("depth", 2, "depth")),
+    groups=(
+        rf.GroupSpec("ctx", "prompt", 8, 1.0, 5e-4, 0.9, 0.0, False),
+        rf.GroupSpec("gates", "gate", 4, 50.0, 0.0, 0.9, 0.1, True),
+    ),
+    gate_sets=(
+        rf.GateSetSpec(
+            "ctx_gates",
+            4,
+            "length",
+            prompt="ctx",
+            decomposition=True,
+            group="gates",
+            init_logit=(0.0, 0.5, 1.0, 3.0),
+            labels=("a", "b", "c", "d"),
+        ),
+        rf.GateSetSpec("inst", 3, "instance", group="gates"),
+        rf.GateSetSpec("depth", 2, "depth"),
+    ),
     prompts=(rf.PromptSpec("ctx", 4, "ctx"),),
     tensors=(rf.TensorSpec("ctx", (4, 2), stride=5),),
 )
@@ -46,8 +58,9 @@ def _write(path: Path, n: int = 30) -> dict[str, np.ndarray]:
     missing_block = rf.gate_path("depth", "value")
     expected[missing_row][3] = np.nan
     expected[missing_block][10:] = np.nan
-    with rf.RecordingWriter(path, LAYOUT, config=CONFIG, method="coop-gating", seed=7, device="cpu",
-                            dataset="world", flush_every=7) as w:
+    with rf.RecordingWriter(
+        path, LAYOUT, config=CONFIG, method="coop-gating", seed=7, device="cpu", dataset="world", flush_every=7
+    ) as w:
         for i in range(10):
             w.append_step({p: v[i] for p, v in expected.items() if not (i == 3 and p == missing_row)})
         w.append_block({p: v[10:] for p, v in expected.items() if p != missing_block})
@@ -66,7 +79,12 @@ def test_round_trip_every_field(tmp_path: Path) -> None:
     with rf.Recording.open(tmp_path / "r.h5") as rec:
         assert rec.layout == LAYOUT
         assert (rec.status, rec.method, rec.seed, rec.dataset, rec.schema_version) == (
-            "complete", "coop-gating", 7, "world", 1)
+            "complete",
+            "coop-gating",
+            7,
+            "world",
+            1,
+        )
         assert rec.config == CONFIG
         attrs = rec.attrs
         assert attrs["format"] == "ws-recording" and attrs["device"] == "cpu" and attrs["error"] == ""
@@ -78,8 +96,9 @@ def test_round_trip_every_field(tmp_path: Path) -> None:
             assert got.dtype == LAYOUT.step_series()[path][1], path
             np.testing.assert_array_equal(got, values, err_msg=path)
         np.testing.assert_array_equal(rec.read(rf.STEP, 5, 20, 3), expected[rf.STEP][5:20:3])
-        np.testing.assert_array_equal(rec.row(rf.gate_path("inst", "value_std"), -1),
-                                      expected[rf.gate_path("inst", "value_std")][-1])
+        np.testing.assert_array_equal(
+            rec.row(rf.gate_path("inst", "value_std"), -1), expected[rf.gate_path("inst", "value_std")][-1]
+        )
         assert rec.row_of_step(112) == 12 and rec.row_of_step(0) == 0 and rec.row_of_step(10**6) == 29
         ev = rec.eval_table()
         np.testing.assert_array_equal(ev["step"], [105, 129])
@@ -87,15 +106,25 @@ def test_round_trip_every_field(tmp_path: Path) -> None:
         np.testing.assert_allclose(ev["hm"], [2 * 0.5 * 0.25 / 0.75, 0.6])
         np.testing.assert_array_equal(ev["novel_acc"], [0.25, 0.5])
         assert [(e.step, e.kind, e.message) for e in rec.events()] == [
-            (101, "note", "début ✓"), (110, "collapse_onset", "ctx_gates"), (129, "eval", "")]
+            (101, "note", "début ✓"),
+            (110, "collapse_onset", "ctx_gates"),
+            (129, "eval", ""),
+        ]
         steps, grads = rec.tensor("ctx")
         np.testing.assert_array_equal(steps, [100, 105, 110])
         np.testing.assert_array_equal(grads[:], np.arange(3)[:, None, None] * np.ones((3, 4, 2)))
         summary = rec.summary()
         assert json.loads(json.dumps(summary))["last_eval"]["step"] == 129
     with h5py.File(tmp_path / "r.h5", "r") as f:  # the layout attributes, as any HDF5 client sees them
-        assert dict(f["grads/gates"].attrs) == {"role": "gate", "n_params": 4, "lr_scale": 50.0, "weight_decay": 0.0,
-                                                "momentum": 0.9, "dampening": 0.1, "nesterov": True}
+        assert dict(f["grads/gates"].attrs) == {
+            "role": "gate",
+            "n_params": 4,
+            "lr_scale": 50.0,
+            "weight_decay": 0.0,
+            "momentum": 0.9,
+            "dampening": 0.1,
+            "nesterov": True,
+        }
         g = f["gates/ctx_gates"].attrs
         assert (g["kind"], g["n_gates"], g["prompt"], g["group"]) == ("length", 4, "ctx", "gates")
         np.testing.assert_array_equal(g["init_logit"], [0.0, 0.5, 1.0, 3.0])
@@ -131,8 +160,10 @@ def test_writer_rejects_rows_that_do_not_fit_the_layout(tmp_path: Path) -> None:
 def _documented_patterns() -> list[re.Pattern[str]]:
     """Every dataset path the docs name (``/a/<name>/b``), as a regex with ``<...>`` matching one component."""
     paths = set(re.findall(r"`(/[a-z_]+(?:/[^`\s]+)*)`", DOCS.read_text()))
-    return [re.compile("^" + re.sub(r"<[^>]+>", "[^/]+", re.escape(p).replace(r"\<", "<").replace(r"\>", ">"))
-                       + "$") for p in sorted(paths)]
+    return [
+        re.compile("^" + re.sub(r"<[^>]+>", "[^/]+", re.escape(p).replace(r"\<", "<").replace(r"\>", ">")) + "$")
+        for p in sorted(paths)
+    ]
 
 
 @pytest.mark.skipif(shutil.which("h5ls") is None, reason="h5ls (hdf5-tools) is not installed")

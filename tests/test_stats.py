@@ -123,8 +123,7 @@ def test_swapping_groups_flips_effects_and_a_shift_changes_nothing(a, b, c):
     assert ba.prob_improvement == pytest.approx(1 - ab.prob_improvement)
     for name in ("welch_p", "perm_p", "mwu_p"):
         assert getattr(ba, name) == pytest.approx(getattr(ab, name), nan_ok=True)
-    unchanged = ("mean_diff", "welch_p", "perm_p", "mwu_p", "hedges_g", "prob_improvement", "pi_low",
-                 "pi_high")
+    unchanged = ("mean_diff", "welch_p", "perm_p", "mwu_p", "hedges_g", "prob_improvement", "pi_low", "pi_high")
     for name in unchanged:
         assert getattr(shifted, name) == pytest.approx(getattr(ab, name), nan_ok=True, abs=1e-9)
 

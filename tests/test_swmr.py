@@ -17,7 +17,7 @@ import pytest
 from recorders.format import recording as rf
 from recorders.format.errors import RecordingError
 
-WRITER = '''
+WRITER = """
 import sys
 import numpy as np
 import pytest
@@ -43,7 +43,7 @@ for b in range(int(sys.argv[4])):
     w.flush()
     print(f"flushed {(b + 1) * block}", flush=True)
 w.close()
-'''
+"""
 
 
 def _start(tmp_path: Path, block: int, mode: str, blocks: int) -> tuple[subprocess.Popen[str], Path]:
@@ -51,8 +51,13 @@ def _start(tmp_path: Path, block: int, mode: str, blocks: int) -> tuple[subproce
     script.write_text(WRITER)
     path = tmp_path / "live.h5"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, str(script), str(path), str(block), mode, str(blocks)], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path), str(block), mode, str(blocks)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "created"
     return proc, path
 

@@ -43,8 +43,16 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config(method: str, out: Path, **overrides):
-    values = {"method": method, "epochs": 1, "warmup_epochs": 0, "batch_size": 8, "views": 2, "lr": 0.01,
-              "out": str(out), **overrides}
+    values = {
+        "method": method,
+        "epochs": 1,
+        "warmup_epochs": 0,
+        "batch_size": 8,
+        "views": 2,
+        "lr": 0.01,
+        "out": str(out),
+        **overrides,
+    }
     return build_config(list(values.items()))
 
 
@@ -80,8 +88,9 @@ GATED = ["coop-gating", "cocoop-gating", "adaptive-bimaple"]
 
 
 @pytest.mark.parametrize("name", GATED)
-def test_recorded_gate_grads_equal_autograd_and_equilibrium_rescales_exactly(tiny_backbone, tiny_task, cache,
-                                                                            tmp_path, name):
+def test_recorded_gate_grads_equal_autograd_and_equilibrium_rescales_exactly(
+    tiny_backbone, tiny_task, cache, tmp_path, name
+):
     cfg = config(name, tmp_path / "plain.h5", gate_init="uniform", eval_at_start=False)
     expected, reference = autograd_gate_grads(tiny_backbone, tiny_task, cache, cfg)
     record(tiny_backbone, tiny_task, cache, cfg)

@@ -36,9 +36,7 @@ def source_coords(offset: float, length: float, size: int) -> np.ndarray:
     return offset + (np.arange(size) + 0.5) * length / size - 0.5
 
 
-def assert_ramp(
-    out: np.ndarray, xs: np.ndarray, ys: np.ndarray, size: tuple[int, int], margin: float
-) -> None:
+def assert_ramp(out: np.ndarray, xs: np.ndarray, ys: np.ndarray, size: tuple[int, int], margin: float) -> None:
     """``out`` (S, S, 3) grey levels equal the ramp at source coordinates ``xs`` (columns), ``ys`` (rows),
     within one grey level and without bias (against PIL's round-half-up), wherever the kernel stays
     ``margin`` pixels inside the ``size`` source image."""
@@ -130,8 +128,6 @@ def test_load_batch_equals_per_item_transforms_on_threads() -> None:
     single = torch.stack([train(images[it.key], np.random.default_rng([1, i])) for i, it in enumerate(items)])
     torch.testing.assert_close(batch, single, rtol=0, atol=0)
     test = T.test_transform(16, MEAN, STD)
-    torch.testing.assert_close(
-        T.load_batch(items, load, test), torch.stack([test(im) for im in images.values()])
-    )
+    torch.testing.assert_close(T.load_batch(items, load, test), torch.stack([test(im) for im in images.values()]))
     with pytest.raises(ValueError, match="Generator"):
         T.load_batch(items, load, train)

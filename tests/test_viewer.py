@@ -63,8 +63,17 @@ async def test_cursor_keys_move_the_step_and_show_the_file_gates(tmp_path: Path)
         screen = app.screen
         assert isinstance(screen, RunScreen)
         expected = 0
-        for key, delta in [("right", 1), ("l", 1), ("right", 1), ("L", 100), ("shift+right", 100), ("left", -1),
-                           ("h", -1), ("H", -100), ("shift+left", -100)]:
+        for key, delta in [
+            ("right", 1),
+            ("l", 1),
+            ("right", 1),
+            ("L", 100),
+            ("shift+right", 100),
+            ("left", -1),
+            ("h", -1),
+            ("H", -100),
+            ("shift+left", -100),
+        ]:
             await pilot.press(key)
             expected = min(max(expected + delta, 0), 599)
             assert screen.row == expected, key
@@ -89,8 +98,15 @@ async def test_events_jump_and_timeline_click(tmp_path: Path) -> None:
     path = tmp_path / "events.h5"
     with RecordingWriter(path, layout, config={}, method="demo", seed=1, device="cpu") as w:
         n = 400
-        w.append_block({STEP: np.arange(n) * 2, EPOCH: np.arange(n) // 100, LR: np.full(n, 0.1),
-                        loss_path("total"): np.linspace(2, 1, n), gate_path("g", "value"): np.full((n, 2), 0.5)})
+        w.append_block(
+            {
+                STEP: np.arange(n) * 2,
+                EPOCH: np.arange(n) // 100,
+                LR: np.full(n, 0.1),
+                loss_path("total"): np.linspace(2, 1, n),
+                gate_path("g", "value"): np.full((n, 2), 0.5),
+            }
+        )
         for epoch in range(4):
             w.add_event(epoch * 200 + 198, "epoch_end", f"epoch {epoch}")
         w.add_event(501, "nonfinite", "loss is NaN")
@@ -133,8 +149,9 @@ async def test_compare_keeps_cursors_in_sync_by_step_and_fraction(tmp_path: Path
 async def test_stats_screen_shows_the_numbers_of_analyses_compare(tmp_path: Path) -> None:
     from analyses.stats import compare
 
-    paths = (write_group(tmp_path, "gated", [0, 1, 2], [0.70, 0.72, 0.71], n_steps=200)
-             + write_group(tmp_path, "plain", [0, 1, 2], [0.60, 0.62, 0.65], n_steps=200))
+    paths = write_group(tmp_path, "gated", [0, 1, 2], [0.70, 0.72, 0.71], n_steps=200) + write_group(
+        tmp_path, "plain", [0, 1, 2], [0.60, 0.62, 0.65], n_steps=200
+    )
     report = compare([tmp_path], "variant", "final_hm")
     app = WsApp(paths)
     async with app.run_test(size=SIZE) as pilot:
@@ -202,8 +219,7 @@ async def test_bad_file_notifies_and_the_app_keeps_running(tmp_path: Path, kind:
         assert not app.open_run(path)
         await pilot.pause()
         messages = [n.message for n in app._notifications]
-        assert any(str(path) in m and n.severity == "error" for n, m in zip(app._notifications, messages,
-                                                                             strict=True))
+        assert any(str(path) in m and n.severity == "error" for n, m in zip(app._notifications, messages, strict=True))
         assert isinstance(app.screen, RecordingsScreen) and app.is_running
         assert app.open_run(good)  # and it still opens good files
         await settle(app, pilot)
@@ -243,29 +259,34 @@ async def test_help_zoom_palette_and_svg_export(tmp_path: Path) -> None:
 
 
 def test_view_imports_no_torch() -> None:
-    code = ("import sys, workstation.cli, workstation.app.app, workstation.app.screens.run, "
-            "workstation.app.screens.compare, workstation.app.screens.stats; "
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, workstation.cli, workstation.app.app, workstation.app.screens.run, "
+        "workstation.app.screens.compare, workstation.app.screens.stats; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["view", "missing.h5"], "no such file or directory"),
-    (["view", "--compare", "{good}"], "--compare takes 2 to 4 recordings"),
-    (["view", "--sync", "nope", "{good}"], "--sync 'nope' is not valid"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["view", "missing.h5"], "no such file or directory"),
+        (["view", "--compare", "{good}"], "--compare takes 2 to 4 recordings"),
+        (["view", "--sync", "nope", "{good}"], "--sync 'nope' is not valid"),
+    ],
+)
 def test_cli_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
     good = write_run(tmp_path / "good.h5", n_steps=20)
     argv = [a.format(good=good) for a in args]
-    out = subprocess.run([sys.executable, "-m", "workstation", *argv], capture_output=True, text=True,
-                         cwd=tmp_path)
+    out = subprocess.run([sys.executable, "-m", "workstation", *argv], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2
     assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
 
 
 async def test_a_cursor_step_repaints_part_of_the_screen_and_diagnostics_wait_for_the_plots(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Responsiveness guards: a cursor step never re-composes the whole screen (a repainting reactive on the
     screen did, costing ~100 ms a step on a large run), and the diagnostics start only once every plot has its
     first data (on two cores they would otherwise delay the first paint)."""
@@ -284,8 +305,9 @@ async def test_a_cursor_step_repaints_part_of_the_screen_and_diagnostics_wait_fo
         assert seen_at_start == [True]
         full: list[int] = []
         real_full = Compositor.render_full_update
-        monkeypatch.setattr(Compositor, "render_full_update", lambda self, *a, **k: full.append(1) or real_full(
-            self, *a, **k))
+        monkeypatch.setattr(
+            Compositor, "render_full_update", lambda self, *a, **k: full.append(1) or real_full(self, *a, **k)
+        )
         partial = 0
         real_partial = Compositor.render_partial_update
 
@@ -324,7 +346,8 @@ async def _export_and_wait(app: WsApp, pilot, seen: list[str]) -> list[str]:  # 
 
 
 async def test_ctrl_e_exports_the_focused_panes_plot_through_analyses_figures(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from analyses.figures import plot_runs
 
     path = write_run(tmp_path / "run.h5", n_steps=400, n_gates=4, eval_every=100)
@@ -374,7 +397,8 @@ async def test_compare_export_draws_one_curve_per_run(tmp_path: Path, monkeypatc
 
 
 async def test_large_runs_are_diagnosed_in_a_child_process_inside_the_app(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Inside a running Textual app (stderr captured) the child process starts and its diagnostics arrive."""
     import workstation.app.data as data
 
@@ -420,8 +444,7 @@ async def test_g_in_compare_moves_each_run_to_its_next_gate_set(tmp_path: Path) 
             assert np.nanmax(overlay.payload[0].columns.hi) == pytest.approx(ratio.max(), rel=1e-5)
 
 
-async def test_export_draws_the_gate_set_the_run_screen_shows(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_export_draws_the_gate_set_the_run_screen_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from analyses.figures import plot_runs
 
     path = tmp_path / "bimaple.h5"
@@ -456,7 +479,8 @@ def tree_leaves(screen: RecordingsScreen) -> dict[Path, str]:
 
 
 async def test_r_rescans_the_sources_reading_only_new_or_changed_files(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import workstation.app.screens.recordings as recordings
 
     monkeypatch.setattr(recordings, "RESCAN_SECONDS", 3600.0)  # only r rescans here

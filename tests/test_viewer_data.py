@@ -102,7 +102,6 @@ def test_gate_row_matches_the_file(tmp_path: Path) -> None:
             np.testing.assert_array_equal(run.gate_row(GATES, 321)[series], f[f"gates/{GATES}/{series}"][321])
 
 
-
 def test_diagnose_in_subprocess_equals_diagnose_and_raises_the_childs_errors(tmp_path: Path) -> None:
     from analyses.diagnostics import diagnose
 

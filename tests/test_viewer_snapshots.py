@@ -42,8 +42,9 @@ def test_compare_view(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
 
 
 def test_stats_screen(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
-    paths = (write_group(tmp_path, "gated", [0, 1, 2, 3], [0.70, 0.72, 0.71, 0.74], n_steps=100)
-             + write_group(tmp_path, "plain", [0, 1, 2, 3], [0.60, 0.62, 0.65, 0.61], n_steps=100))
+    paths = write_group(tmp_path, "gated", [0, 1, 2, 3], [0.70, 0.72, 0.71, 0.74], n_steps=100) + write_group(
+        tmp_path, "plain", [0, 1, 2, 3], [0.60, 0.62, 0.65, 0.61], n_steps=100
+    )
     app = WsApp(sorted(paths))
 
     async def run_before(pilot) -> None:  # noqa: ANN001

@@ -25,17 +25,31 @@ from recorders.data.world import (
 )
 from recorders.format.errors import DataError
 
-KEYS = [f"world:{name}:{domain}:{index}" for name in ("red circle", "green triangle") for domain in DOMAINS
-        for index in (0, 7)]
-_DIGEST = "import hashlib, sys; from recorders.data.world import render_key; " \
-          "print(hashlib.sha256(b''.join(render_key(k).tobytes() for k in sys.argv[1:])).hexdigest())"
+KEYS = [
+    f"world:{name}:{domain}:{index}"
+    for name in ("red circle", "green triangle")
+    for domain in DOMAINS
+    for index in (0, 7)
+]
+_DIGEST = (
+    "import hashlib, sys; from recorders.data.world import render_key; "
+    "print(hashlib.sha256(b''.join(render_key(k).tobytes() for k in sys.argv[1:])).hexdigest())"
+)
 
 
 def test_images_are_identical_across_processes() -> None:
     """Two fresh interpreters (different hash seeds) render the same bytes for the same keys."""
-    digests = {subprocess.run([sys.executable, "-c", _DIGEST, *KEYS], capture_output=True, text=True, check=True,
-                              env={"PYTHONHASHSEED": str(seed), "PATH": ""}, timeout=120).stdout.strip()
-               for seed in (1, 2)}
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", _DIGEST, *KEYS],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": str(seed), "PATH": ""},
+            timeout=120,
+        ).stdout.strip()
+        for seed in (1, 2)
+    }
     here = hashlib.sha256(b"".join(render_key(k).tobytes() for k in KEYS)).hexdigest()
     assert digests == {here}
 
@@ -96,8 +110,10 @@ def test_load_world_splits() -> None:
     assert load_world().fingerprint == world.fingerprint != ""
 
 
-@pytest.mark.parametrize("key", ["world:red circle:photo", "world:pink circle:photo:1", "world:red circle:x:1",
-                                 "imagenet:red circle:photo:1"])
+@pytest.mark.parametrize(
+    "key",
+    ["world:red circle:photo", "world:pink circle:photo:1", "world:red circle:x:1", "imagenet:red circle:photo:1"],
+)
 def test_bad_keys_are_data_errors(key: str) -> None:
     with pytest.raises(DataError, match="world:<class>:<domain>:<index>"):
         render_key(key)

@@ -38,15 +38,21 @@ def print_summary(s: dict[str, Any]) -> None:
         ("status", s["status"] + (f" — {s['error']}" if s["error"] else "")),
         ("method / dataset / seed", f"{s['method']} / {s['dataset'] or '-'} / {s['seed']}"),
         ("device, created", f"{s['device']}, {s['created']}"),
-        ("rows (steps)", f"{s['rows']}" + (f"  (step {s['step_range'][0]}…{s['step_range'][1]})"
-                                           if s["step_range"] else "")),
+        (
+            "rows (steps)",
+            f"{s['rows']}" + (f"  (step {s['step_range'][0]}…{s['step_range'][1]})" if s["step_range"] else ""),
+        ),
         ("loss terms", ", ".join(s["loss_terms"])),
         ("groups", ", ".join(f"{k} [{v['role']}, {v['n_params']:,} params]" for k, v in s["groups"].items()) or "-"),
         ("gate sets", ", ".join(f"{k} [{v['kind']} × {v['n_gates']}]" for k, v in s["gate_sets"].items()) or "-"),
         ("prompts", ", ".join(f"{k} [{v} tokens]" for k, v in s["prompts"].items()) or "-"),
         ("config", config_summary(s["config"])),
-        ("last eval", "-" if ev is None else
-         f"step {ev['step']}: base {ev['base_acc']:.4f}  novel {ev['novel_acc']:.4f}  HM {ev['hm']:.4f}"),
+        (
+            "last eval",
+            "-"
+            if ev is None
+            else f"step {ev['step']}: base {ev['base_acc']:.4f}  novel {ev['novel_acc']:.4f}  HM {ev['hm']:.4f}",
+        ),
         ("events", str(s["events"])),
     ]
     for key, value in rows:

@@ -28,8 +28,11 @@ from recorders.format.errors import ConfigError, DataError
 # CLIP's own normalisation, used when a checkpoint directory has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-VALID_FORMS = ("'builtin'", "a local checkpoint directory (config.json + model.safetensors + tokenizer files)",
-               "a hub id already in the local Hugging Face cache, e.g. openai/clip-vit-base-patch16")
+VALID_FORMS = (
+    "'builtin'",
+    "a local checkpoint directory (config.json + model.safetensors + tokenizer files)",
+    "a hub id already in the local Hugging Face cache, e.g. openai/clip-vit-base-patch16",
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -59,8 +62,9 @@ class Backbone:
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids ``(N, context_length)`` int64 on ``device``: BOS, tokens, EOT, then padding (truncated to fit,
         keeping EOT)."""
-        ids = self.tokenizer(list(texts), padding="max_length", max_length=self.context_length, truncation=True,
-                             return_tensors="pt")["input_ids"]
+        ids = self.tokenizer(
+            list(texts), padding="max_length", max_length=self.context_length, truncation=True, return_tensors="pt"
+        )["input_ids"]
         return ids.to(device=self.device, dtype=torch.int64)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -84,8 +88,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise ConfigError(f"device {spec!r} requested but CUDA is not available: use --device cpu (or auto)")
     index = int(match.group(1) or 0)
     if index >= torch.cuda.device_count():
-        raise ConfigError(f"device {spec!r} does not exist ({torch.cuda.device_count()} CUDA device(s)): "
-                          f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        raise ConfigError(
+            f"device {spec!r} does not exist ({torch.cuda.device_count()} CUDA device(s)): "
+            f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+        )
     return torch.device("cuda", index)
 
 
@@ -112,8 +118,10 @@ def load_backbone(spec: str = "builtin", device: str = "auto") -> Backbone:
     elif spec.strip() and Path(spec).expanduser().exists():
         directory = Path(spec).expanduser()
         if not (directory / "config.json").is_file():
-            raise DataError(f"backbone directory {directory} has no config.json: pass a Hugging Face CLIP "
-                            f"checkpoint directory (e.g. one saved by `ws backbone pretrain --out DIR`)")
+            raise DataError(
+                f"backbone directory {directory} has no config.json: pass a Hugging Face CLIP "
+                f"checkpoint directory (e.g. one saved by `ws backbone pretrain --out DIR`)"
+            )
     elif _HUB_ID.match(spec):
         directory = _hub_snapshot(spec)
     else:
@@ -129,9 +137,11 @@ def _hub_snapshot(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
-        raise DataError(f"backbone {repo_id!r} is not in the local Hugging Face cache and ws never downloads: "
-                        f"fetch it once with `huggingface-cli download {repo_id}` (or pass a checkpoint "
-                        f"directory)") from None
+        raise DataError(
+            f"backbone {repo_id!r} is not in the local Hugging Face cache and ws never downloads: "
+            f"fetch it once with `huggingface-cli download {repo_id}` (or pass a checkpoint "
+            f"directory)"
+        ) from None
 
 
 def _load_directory(directory: Path, name: str, device: torch.device) -> Backbone:
@@ -141,8 +151,10 @@ def _load_directory(directory: Path, name: str, device: torch.device) -> Backbon
         tokenizer = transformers.CLIPTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot load a CLIP checkpoint from {directory} ({first_line}): pass a directory with a "
-                        f"CLIP config.json, model.safetensors and CLIP tokenizer files") from None
+        raise DataError(
+            f"cannot load a CLIP checkpoint from {directory} ({first_line}): pass a directory with a "
+            f"CLIP config.json, model.safetensors and CLIP tokenizer files"
+        ) from None
     model.requires_grad_(False)
     model.eval()
     model.to(device)

@@ -55,7 +55,7 @@ def _splice(hidden: Tensor, prompts: Tensor, start: int) -> Tensor:
     n = prompts.shape[1]
     if start < 0 or start + n > hidden.shape[1]:
         raise ValueError(f"prompts of length {n} at position {start} do not fit a sequence of {hidden.shape[1]}")
-    return torch.cat([hidden[:, :start], prompts, hidden[:, start + n:]], dim=1)
+    return torch.cat([hidden[:, :start], prompts, hidden[:, start + n :]], dim=1)
 
 
 def _deep_text_prompts(deep_prompts: Sequence[Tensor | None] | None, n_layers: int) -> list[Tensor | None]:
@@ -129,11 +129,13 @@ def shared_prefix_text_features(
         raise ValueError(f"sequences of {n_prefix + n_suffix} tokens; the model has {positions.shape[0]} positions")
     for prompts in deep:
         if prompts is not None and prompt_start + prompts.shape[-2] > n_prefix:
-            raise ValueError(f"deep prompts at [{prompt_start}, {prompt_start + prompts.shape[-2]}) reach past "
-                             f"the shared prefix of {n_prefix} tokens")
+            raise ValueError(
+                f"deep prompts at [{prompt_start}, {prompt_start + prompts.shape[-2]}) reach past "
+                f"the shared prefix of {n_prefix} tokens"
+            )
     groups = max([prefix.shape[0], *(p.shape[0] for p in deep if p is not None and p.dim() == 3)])
     hidden_prefix = (prefix + positions[:n_prefix].to(prefix.dtype)).expand(groups, -1, -1)
-    hidden_suffix = (suffix + positions[n_prefix:n_prefix + n_suffix].to(suffix.dtype))[None]  # (1, C, S, D)
+    hidden_suffix = (suffix + positions[n_prefix : n_prefix + n_suffix].to(suffix.dtype))[None]  # (1, C, S, D)
     allowed = torch.ones(n_suffix, n_suffix, dtype=torch.bool, device=suffix.device).tril()
     for index, layer in enumerate(layers):
         if 0 < index <= len(deep) and deep[index - 1] is not None:
@@ -143,8 +145,9 @@ def shared_prefix_text_features(
     return model.text_projection(text.final_layer_norm(hidden_suffix))
 
 
-def _shared_prefix_layer(layer: torch.nn.Module, prefix: Tensor, suffix: Tensor, allowed: Tensor,
-                         eot: Tensor | None) -> tuple[Tensor, Tensor]:
+def _shared_prefix_layer(
+    layer: torch.nn.Module, prefix: Tensor, suffix: Tensor, allowed: Tensor, eot: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """One ``CLIPEncoderLayer`` (pre-LN attention and MLP, both residual) on prefix hidden states ``(G, P, D)``
     and suffix hidden states ``(G or 1, C, S, D)`` (1: the same for every prefix, as at the input); the suffix
     attends to the whole prefix and causally to itself (``allowed`` ``(S, S)``) and comes back as ``(G, C, S, D)``.
@@ -183,8 +186,9 @@ def _shared_prefix_layer(layer: torch.nn.Module, prefix: Tensor, suffix: Tensor,
     attended = attn.out_proj(attended.permute(0, 2, 3, 1, 4).flatten(-2))  # (G, C, Q, D)
     if eot is None:
         suffix = suffix + attended
-        own = torch.nn.functional.scaled_dot_product_attention(heads_first(attn.q_proj(x_prefix)), k_prefix,
-                                                               v_prefix, is_causal=True, scale=scale)
+        own = torch.nn.functional.scaled_dot_product_attention(
+            heads_first(attn.q_proj(x_prefix)), k_prefix, v_prefix, is_causal=True, scale=scale
+        )
         prefix = prefix + attn.out_proj(own.transpose(1, 2).flatten(-2))
         prefix = prefix + layer.mlp(layer.layer_norm2(prefix))
     else:
@@ -221,8 +225,10 @@ def image_features(
     for index, layer in enumerate(layers):
         if 0 < index < len(prompts) and prompts[index] is not None:
             if prompts[index].shape[-2] != n_prompt:
-                raise ValueError(f"vision_prompts[{index}] has {prompts[index].shape[-2]} tokens; "
-                                 f"vision_prompts[0] appended {n_prompt}")
+                raise ValueError(
+                    f"vision_prompts[{index}] has {prompts[index].shape[-2]} tokens; "
+                    f"vision_prompts[0] appended {n_prompt}"
+                )
             hidden = _splice(hidden, prompts[index], hidden.shape[1] - n_prompt)
         hidden = layer(hidden, None)
     return model.visual_projection(vision.post_layernorm(hidden[:, 0]))

@@ -66,11 +66,25 @@ def tiny_config(tokenizer: CLIPTokenizer) -> CLIPConfig:
     space; the tokenizer's vocabulary with EOT as the largest id. A 128-image step costs ~0.15 s of one CPU core."""
     eot, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     return CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=192, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=CONTEXT_LENGTH, eos_token_id=eot,
-                         bos_token_id=bos, pad_token_id=eot),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                           image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=96,
+            intermediate_size=192,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=CONTEXT_LENGTH,
+            eos_token_id=eot,
+            bos_token_id=bos,
+            pad_token_id=eot,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH_SIZE,
+        ),
         projection_dim=64,
     )
 
@@ -82,9 +96,14 @@ def save_checkpoint(model: CLIPModel, tokenizer: CLIPTokenizer, out: Path, metri
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     size = model.config.vision_config.image_size
-    preprocessor = {"image_processor_type": "CLIPImageProcessor", "image_mean": list(CLIP_MEAN),
-                    "image_std": list(CLIP_STD), "crop_size": {"height": size, "width": size},
-                    "size": {"shortest_edge": size}, "resample": 3}
+    preprocessor = {
+        "image_processor_type": "CLIPImageProcessor",
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "crop_size": {"height": size, "width": size},
+        "size": {"shortest_edge": size},
+        "resample": 3,
+    }
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     if metrics is not None:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -114,12 +133,14 @@ def encode_texts(model: CLIPModel, tokenizer: CLIPTokenizer, texts: list[str]) -
 def encode_scenes(model: CLIPModel, scenes: list[Scene]) -> torch.Tensor:
     """L2-normalised image features ``(N, embed_dim)`` of rendered scenes."""
     size = model.config.vision_config.image_size
-    return F.normalize(image_features(model, pixels([render(s, size) for s in scenes], size, CLIP_MEAN, CLIP_STD)),
-                       dim=-1)
+    return F.normalize(
+        image_features(model, pixels([render(s, size) for s in scenes], size, CLIP_MEAN, CLIP_STD)), dim=-1
+    )
 
 
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, target: torch.Tensor,
-                     scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    image: torch.Tensor, text: torch.Tensor, target: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """CLIP's symmetric loss against a full caption set. ``image`` ``(B, D)`` and ``text`` ``(C, D)`` are
     normalised features, ``target`` ``(B,)`` the index of each image's caption. Image→text is a C-way cross-entropy
     (every other caption is a negative, not only those that happen to be in the batch); text→image is, for each
@@ -138,8 +159,9 @@ def render_bank(per_pair: int, size: int, rng: np.random.Generator) -> tuple[lis
     return scenes, pixels([render(scene, size) for scene in scenes], size, CLIP_MEAN, CLIP_STD)
 
 
-def zero_shot(model: CLIPModel, tokenizer: CLIPTokenizer, images_per_class: int = EVAL_IMAGES,
-              seed: int = 12345) -> dict[str, float]:
+def zero_shot(
+    model: CLIPModel, tokenizer: CLIPTokenizer, images_per_class: int = EVAL_IMAGES, seed: int = 12345
+) -> dict[str, float]:
     """Zero-shot accuracy, 36-way over all compositions with the matching domain's prompt
     ("a {domain} of a {class}."), averaged over domains: ``seen`` and ``held_out``; and in the downstream domain
     with the generic prompt "a photo of a {class}." (``downstream_generic``) vs the matching one
@@ -163,8 +185,16 @@ def zero_shot(model: CLIPModel, tokenizer: CLIPTokenizer, images_per_class: int 
     return {name: float(np.mean(hits)) for name, hits in correct.items()}
 
 
-def pretrain(out: Path, *, steps: int = DEFAULT_STEPS, seconds: float | None = None, seed: int = 0,
-             batch_size: int = BATCH_SIZE, eval_images: int = EVAL_IMAGES, show_progress: bool = True) -> dict:
+def pretrain(
+    out: Path,
+    *,
+    steps: int = DEFAULT_STEPS,
+    seconds: float | None = None,
+    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
+    eval_images: int = EVAL_IMAGES,
+    show_progress: bool = True,
+) -> dict:
     """Pretrain the tiny CLIP for ``steps`` steps (stopping early after ``seconds`` if given), save it at ``out``
     and return its metrics (zero-shot accuracies, steps done, seconds, parameter count, checkpoint bytes)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -175,27 +205,39 @@ def pretrain(out: Path, *, steps: int = DEFAULT_STEPS, seconds: float | None = N
     model = CLIPModel(tiny_config(tokenizer))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.98), weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP_STEPS) * 0.5 * (
-        1 + np.cos(np.pi * min(s, steps) / steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / WARMUP_STEPS) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))
+    )
     pairs = [(name, domain) for name in SEEN for domain in DOMAINS]  # caption index = bank index // per_pair
     per_pair = min(BANK_IMAGES, -(-steps * batch_size // len(pairs)))  # never more than the run can draw
     start = time.perf_counter()
     _, bank = render_bank(per_pair, IMAGE_SIZE, rng)
     done = 0
-    with Progress(TextColumn("pretraining tiny CLIP"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), disable=not show_progress,
-                  transient=True) as progress:
+    with Progress(
+        TextColumn("pretraining tiny CLIP"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+        transient=True,
+    ) as progress:
         task = progress.add_task("pretrain", total=steps, loss=float("nan"))
         for step in range(steps):
             index = torch.from_numpy(rng.integers(len(bank), size=batch_size))
             flip = torch.from_numpy(rng.random(batch_size) < 0.5)[:, None, None, None]
             images = torch.where(flip, bank[index].flip(-1), bank[index])  # mirror images: the classes are too
             templates = rng.integers(len(TEMPLATES), size=len(pairs))
-            texts = [TEMPLATES[t].format(domain=DOMAINS[domain], cls=name) for t, (name, domain) in zip(
-                templates, pairs, strict=True)]
-            loss = contrastive_loss(F.normalize(image_features(model, images), dim=-1),
-                                    encode_texts(model, tokenizer, texts), index // per_pair,
-                                    model.logit_scale.exp())
+            texts = [
+                TEMPLATES[t].format(domain=DOMAINS[domain], cls=name)
+                for t, (name, domain) in zip(templates, pairs, strict=True)
+            ]
+            loss = contrastive_loss(
+                F.normalize(image_features(model, images), dim=-1),
+                encode_texts(model, tokenizer, texts),
+                index // per_pair,
+                model.logit_scale.exp(),
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -208,10 +250,17 @@ def pretrain(out: Path, *, steps: int = DEFAULT_STEPS, seconds: float | None = N
                 break
     train_seconds = time.perf_counter() - start
     model.eval()
-    metrics: dict = {"recipe": RECIPE_VERSION, "seed": seed, "steps": done, "planned_steps": steps,
-                     "batch_size": batch_size, "train_seconds": round(train_seconds, 1),
-                     "parameters": sum(p.numel() for p in model.parameters()), "held_out": list(HELD_OUT),
-                     "chance": 1 / len(CLASSES)}
+    metrics: dict = {
+        "recipe": RECIPE_VERSION,
+        "seed": seed,
+        "steps": done,
+        "planned_steps": steps,
+        "batch_size": batch_size,
+        "train_seconds": round(train_seconds, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "held_out": list(HELD_OUT),
+        "chance": 1 / len(CLASSES),
+    }
     metrics["zero_shot"] = zero_shot(model, tokenizer, eval_images)
     save_checkpoint(model, tokenizer, out, metrics)
     metrics["checkpoint_bytes"] = sum(p.stat().st_size for p in out.iterdir())

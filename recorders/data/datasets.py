@@ -55,9 +55,7 @@ def data_root(cli_value: str | None) -> Path:
     """The data root: ``--data-root`` if given, else ``$WS_DATA``; it must be an existing directory."""
     value = cli_value or os.environ.get("WS_DATA")
     if not value:
-        raise ConfigError(
-            "no data root: pass --data-root DIR or set WS_DATA=DIR (the folder of your datasets)"
-        )
+        raise ConfigError("no data root: pass --data-root DIR or set WS_DATA=DIR (the folder of your datasets)")
     root = Path(value).expanduser()
     if not root.is_dir():
         raise DataError(f"data root {root} is not a directory: fix --data-root or WS_DATA")
@@ -98,9 +96,7 @@ def load_imagenet(root: Path) -> DatasetSplits:
     base = _dataset_dir(root, "imagenet", "images")
     names_file = base / "classnames.txt"
     if not names_file.is_file():
-        raise DataError(
-            f"missing {names_file}: put CoOp's classnames.txt (lines 'n01440764 tench') in {base}"
-        )
+        raise DataError(f"missing {names_file}: put CoOp's classnames.txt (lines 'n01440764 tench') in {base}")
     wnid_names: dict[str, str] = {}
     for line in names_file.read_text().splitlines():
         wnid, _, name = line.strip().partition(" ")
@@ -193,9 +189,7 @@ def _from_split_file(
 ) -> DatasetSplits:
     """Read a CoOp split JSON; drop classes whose folder is ``ignored``; relabel densely; rename classes."""
     if not split_file.is_file():
-        raise DataError(
-            f"missing split file {split_file}: download {split_file.name} (CoOp's DATASETS.md) into {base}"
-        )
+        raise DataError(f"missing split file {split_file}: download {split_file.name} (CoOp's DATASETS.md) into {base}")
     try:
         raw = json.loads(split_file.read_text())
         rows = {split: [(str(p), int(y), str(c)) for p, y, c in raw[split]] for split in SPLITS}
@@ -212,8 +206,7 @@ def _from_split_file(
     classnames = [label_names[old] for old in sorted(label_names)]
     prefix = Path(image_dir)
     splits = {
-        s: [Item((prefix / p).as_posix(), dense[y], classnames[dense[y]]) for p, y, _ in rs]
-        for s, rs in kept.items()
+        s: [Item((prefix / p).as_posix(), dense[y], classnames[dense[y]]) for p, y, _ in rs] for s, rs in kept.items()
     }
     return _splits(name, base, classnames, splits["train"], splits["val"], splits["test"])
 
@@ -231,9 +224,7 @@ def _scan_classes(base: Path, sub: Path, folders: list[str], classnames: list[st
     return items
 
 
-def _hash_split(
-    items: Iterable[Item], fractions: tuple[float, float]
-) -> tuple[list[Item], list[Item], list[Item]]:
+def _hash_split(items: Iterable[Item], fractions: tuple[float, float]) -> tuple[list[Item], list[Item], list[Item]]:
     """Split each class deterministically: order by SHA-1 of the key, take ``fractions`` for train and val
     (at least one each when the class has enough images), the rest for test. Outputs are sorted by key."""
     by_class: dict[int, list[Item]] = {}

@@ -85,9 +85,7 @@ def _sample(items: list[Item], labels: list[int], k: int, seed: int, split: str,
 
 def _consistent(keys: dict[str, list[str]], splits: DatasetSplits) -> bool:
     """Whether every cached key still names an item of its split (a hand-edited cache is redrawn)."""
-    return set(keys["train"]) <= {it.key for it in splits.train} and set(keys["val"]) <= {
-        it.key for it in splits.val
-    }
+    return set(keys["train"]) <= {it.key for it in splits.train} and set(keys["val"]) <= {it.key for it in splits.val}
 
 
 def _select(items: list[Item], keys: set[str], labels: list[int]) -> list[Item]:

@@ -63,8 +63,9 @@ class EvalTransform:
         return to_tensor(image.crop((left, top, left + s, top + s)), self.mean, self.std)
 
 
-def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
-                    crop_scale: float = 0.08) -> TrainTransform:
+def train_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], crop_scale: float = 0.08
+) -> TrainTransform:
     """The training transform of the CoOp recipe for a backbone's input size and normalisation; ``crop_scale`` is
     the smallest area fraction a random resized crop keeps (CoOp: 0.08)."""
     return TrainTransform(image_size, _triple(mean), _triple(std), scale=(crop_scale, 1.0))

@@ -51,8 +51,14 @@ DOMAINS: dict[str, str] = {
     "night": "dark photo",
 }
 CLASSES: tuple[str, ...] = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
-HELD_OUT: tuple[str, ...] = ("blue star", "green triangle", "orange circle", "purple square", "red diamond",
-                             "yellow cross")
+HELD_OUT: tuple[str, ...] = (
+    "blue star",
+    "green triangle",
+    "orange circle",
+    "purple square",
+    "red diamond",
+    "yellow cross",
+)
 SEEN: tuple[str, ...] = tuple(c for c in CLASSES if c not in HELD_OUT)
 TEMPLATES: tuple[str, ...] = (
     "a {domain} of a {cls}.",
@@ -62,9 +68,16 @@ TEMPLATES: tuple[str, ...] = (
 DOWNSTREAM_DOMAIN = "sketch"
 IMAGE_SIZE = 64  # pixels, for load_world images; the pretraining renders at the model's own size
 SPLIT_SIZES = {"train": 32, "val": 8, "test": 25}  # images per class in load_world
-WORDS: tuple[str, ...] = tuple(sorted({w for text in (*TEMPLATES, *DOMAINS.values(), *CLASSES)
-                                       for w in text.replace("{", " ").replace("}", " ").replace(".", " ").split()
-                                       if w not in ("domain", "cls")}))
+WORDS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            w
+            for text in (*TEMPLATES, *DOMAINS.values(), *CLASSES)
+            for w in text.replace("{", " ").replace("}", " ").replace(".", " ").split()
+            if w not in ("domain", "cls")
+        }
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -114,8 +127,20 @@ def _outline(shape: str, centre: tuple[float, float], radius: float, angle: floa
         polar = [(1.1, -np.pi / 2), (0.55, 0.0), (1.1, np.pi / 2), (0.55, np.pi)]
     elif shape == "cross":
         arm, half = 1.0, 0.33
-        corners = [(half, arm), (half, half), (arm, half), (arm, -half), (half, -half), (half, -arm),
-                   (-half, -arm), (-half, -half), (-arm, -half), (-arm, half), (-half, half), (-half, arm)]
+        corners = [
+            (half, arm),
+            (half, half),
+            (arm, half),
+            (arm, -half),
+            (half, -half),
+            (half, -arm),
+            (-half, -arm),
+            (-half, -half),
+            (-arm, -half),
+            (-arm, half),
+            (-half, half),
+            (-half, arm),
+        ]
         polar = [(float(np.hypot(x, y)), float(np.arctan2(y, x))) for x, y in corners]
     else:
         raise ValueError(f"unknown shape {shape!r}")
@@ -168,8 +193,10 @@ def render_key(key: str, size: int = IMAGE_SIZE) -> Image.Image:
     """The image of a world key ``"world:<class>:<domain>:<index>"``."""
     parts = key.split(":")
     if len(parts) != 4 or parts[0] != "world" or parts[1] not in CLASSES or parts[2] not in DOMAINS:
-        raise DataError(f"not a world image key: {key!r}: expected world:<class>:<domain>:<index> with a class "
-                        f"from recorders.data.world.CLASSES and a domain from {sorted(DOMAINS)}")
+        raise DataError(
+            f"not a world image key: {key!r}: expected world:<class>:<domain>:<index> with a class "
+            f"from recorders.data.world.CLASSES and a domain from {sorted(DOMAINS)}"
+        )
     return render(sample_scene(parts[1], parts[2], np.random.default_rng(key_seed(key))), size)
 
 
@@ -184,10 +211,21 @@ def load_world(root: Path | None = None) -> DatasetSplits:
     splits: dict[str, list[Item]] = {}
     start = 0
     for split, count in SPLIT_SIZES.items():
-        splits[split] = [Item(f"world:{name}:{DOWNSTREAM_DOMAIN}:{index}", label, name)
-                         for label, name in enumerate(classnames) for index in range(start, start + count)]
+        splits[split] = [
+            Item(f"world:{name}:{DOWNSTREAM_DOMAIN}:{index}", label, name)
+            for label, name in enumerate(classnames)
+            for index in range(start, start + count)
+        ]
         start += count
-    fingerprint = hashlib.sha256(repr((classnames, DOWNSTREAM_DOMAIN, SPLIT_SIZES, IMAGE_SIZE, "world-v2"))
-                                 .encode()).hexdigest()[:16]
-    return DatasetSplits(name="world", classnames=classnames, train=splits["train"], val=splits["val"],
-                         test=splits["test"], load_image=lambda item: render_key(item.key), fingerprint=fingerprint)
+    fingerprint = hashlib.sha256(
+        repr((classnames, DOWNSTREAM_DOMAIN, SPLIT_SIZES, IMAGE_SIZE, "world-v2")).encode()
+    ).hexdigest()[:16]
+    return DatasetSplits(
+        name="world",
+        classnames=classnames,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        load_image=lambda item: render_key(item.key),
+        fingerprint=fingerprint,
+    )

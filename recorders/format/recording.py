@@ -198,8 +198,12 @@ class Layout:
     def __post_init__(self) -> None:
         for term in self.loss_terms:
             _check_name("loss term", term)
-        for kind, items in (("group", self.groups), ("gate set", self.gate_sets), ("prompt", self.prompts),
-                            ("tensor", self.tensors)):
+        for kind, items in (
+            ("group", self.groups),
+            ("gate set", self.gate_sets),
+            ("prompt", self.prompts),
+            ("tensor", self.tensors),
+        ):
             names = [item.name for item in items]
             if len(set(names)) != len(names):
                 raise ValueError(f"duplicate {kind} names in {names}")
@@ -246,12 +250,19 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _create_growable(parent: h5py.Group, path: str, row_shape: tuple[int, ...], dtype: Any,
-                     chunk_rows: int, compression: str | None) -> h5py.Dataset:
+def _create_growable(
+    parent: h5py.Group, path: str, row_shape: tuple[int, ...], dtype: Any, chunk_rows: int, compression: str | None
+) -> h5py.Dataset:
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
     rows = max(1, min(chunk_rows, (1 << 20) // row_bytes))  # chunks of at most ~1 MiB
-    return parent.create_dataset(path, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=dtype,
-                                 chunks=(rows, *row_shape), compression=compression)
+    return parent.create_dataset(
+        path,
+        shape=(0, *row_shape),
+        maxshape=(None, *row_shape),
+        dtype=dtype,
+        chunks=(rows, *row_shape),
+        compression=compression,
+    )
 
 
 class RecordingWriter:
@@ -263,10 +274,22 @@ class RecordingWriter:
     ``append_block`` takes arrays with a leading axis of ``n`` rows.
     """
 
-    def __init__(self, path: str | os.PathLike[str], layout: Layout, *, config: Mapping[str, Any],
-                 method: str, seed: int, device: str, dataset: str = "", flush_every: int = 256,
-                 flush_seconds: float = 5.0, compression: str | None = None,
-                 chunk_rows: int = CHUNK_ROWS, total_steps: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        layout: Layout,
+        *,
+        config: Mapping[str, Any],
+        method: str,
+        seed: int,
+        device: str,
+        dataset: str = "",
+        flush_every: int = 256,
+        flush_seconds: float = 5.0,
+        compression: str | None = None,
+        chunk_rows: int = CHUNK_ROWS,
+        total_steps: int = 0,
+    ) -> None:
         if flush_every < 1 or flush_seconds <= 0:
             raise ValueError("flush_every must be >= 1 and flush_seconds > 0")
         self.path = Path(path)
@@ -274,8 +297,9 @@ class RecordingWriter:
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self._series = layout.step_series()
-        self._nan_rows = {p: np.full(shape, np.nan, dtype) for p, (shape, dtype) in self._series.items()
-                          if dtype.kind == "f"}
+        self._nan_rows = {
+            p: np.full(shape, np.nan, dtype) for p, (shape, dtype) in self._series.items() if dtype.kind == "f"
+        }
         self._rows: dict[str, list[np.ndarray]] = {p: [] for p in self._series}
         self._pending = 0
         self._evals: list[tuple[int, int, float, float, float]] = []
@@ -285,22 +309,40 @@ class RecordingWriter:
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = self._file = h5py.File(self.path, "w", libver="latest")
-        f.attrs.update({
-            "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "status": "running",
-            "config": json.dumps(config, sort_keys=True, default=str), "method": method, "seed": int(seed),
-            "dataset": dataset, "created": _now(), "finished": "", "ws_version": ws_version(),
-            "device": device, "error": "", "layout": layout.to_json(), "total_steps": int(total_steps),
-        })
+        f.attrs.update(
+            {
+                "format": FORMAT_NAME,
+                "schema_version": SCHEMA_VERSION,
+                "status": "running",
+                "config": json.dumps(config, sort_keys=True, default=str),
+                "method": method,
+                "seed": int(seed),
+                "dataset": dataset,
+                "created": _now(),
+                "finished": "",
+                "ws_version": ws_version(),
+                "device": device,
+                "error": "",
+                "layout": layout.to_json(),
+                "total_steps": int(total_steps),
+            }
+        )
         for p, (shape, dtype) in self._series.items():
             _create_growable(f, p, shape, dtype, chunk_rows, compression)
         for group in layout.groups:
-            f[grad_norm_path(group.name)].parent.attrs.update(
-                {k: v for k, v in asdict(group).items() if k != "name"})
+            f[grad_norm_path(group.name)].parent.attrs.update({k: v for k, v in asdict(group).items() if k != "name"})
         for gates in layout.gate_sets:
             g = f.require_group(f"gates/{gates.name}")
-            g.attrs.update({"kind": gates.kind, "n_gates": gates.n_gates, "prompt": gates.prompt,
-                            "group": gates.group, "init_logit": np.asarray(gates.init_logit, "f8"),
-                            "labels": json.dumps(list(gates.labels))})
+            g.attrs.update(
+                {
+                    "kind": gates.kind,
+                    "n_gates": gates.n_gates,
+                    "prompt": gates.prompt,
+                    "group": gates.group,
+                    "init_logit": np.asarray(gates.init_logit, "f8"),
+                    "labels": json.dumps(list(gates.labels)),
+                }
+            )
         for prompt in layout.prompts:
             f[f"prompts/{prompt.name}"].attrs.update({"n_tokens": prompt.n_tokens, "group": prompt.group})
         for tensor in layout.tensors:
@@ -625,16 +667,27 @@ class Recording:
         last_eval = {k: _py(v[-1]) for k, v in ev.items()} if len(ev["step"]) else None
         first_last = (int(self.row(STEP, 0)), int(self.row(STEP, -1))) if self.n_steps else None
         return {
-            "path": str(self.path), "format": FORMAT_NAME, "schema_version": self.schema_version,
-            "status": self.status, "method": self.method, "dataset": self.dataset, "seed": self.seed,
-            "device": self.attrs.get("device", ""), "created": self.attrs.get("created", ""),
-            "ws_version": self.attrs.get("ws_version", ""), "error": self.attrs.get("error", ""),
-            "rows": self.n_steps, "step_range": first_last, "loss_terms": list(self.loss_terms),
+            "path": str(self.path),
+            "format": FORMAT_NAME,
+            "schema_version": self.schema_version,
+            "status": self.status,
+            "method": self.method,
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "device": self.attrs.get("device", ""),
+            "created": self.attrs.get("created", ""),
+            "ws_version": self.attrs.get("ws_version", ""),
+            "error": self.attrs.get("error", ""),
+            "rows": self.n_steps,
+            "step_range": first_last,
+            "loss_terms": list(self.loss_terms),
             "groups": {g.name: {"role": g.role, "n_params": g.n_params} for g in self.layout.groups},
             "gate_sets": {g.name: {"kind": g.kind, "n_gates": g.n_gates} for g in self.layout.gate_sets},
             "prompts": {p.name: p.n_tokens for p in self.layout.prompts},
             "tensors": {t.name: list(t.shape) for t in self.layout.tensors},
-            "config": self.config, "last_eval": last_eval, "events": len(self.events()),
+            "config": self.config,
+            "last_eval": last_eval,
+            "events": len(self.events()),
         }
 
     def close(self) -> None:
@@ -649,8 +702,9 @@ class Recording:
 
 def _corrupt(p: Path, exc: BaseException | str) -> RecordingError:
     reason = str(exc).split("(")[0].strip().rstrip(":") or "unreadable"
-    return RecordingError(f"{p}: truncated or corrupt HDF5 file ({reason}); "
-                          "re-record the run or restore it from a copy")
+    return RecordingError(
+        f"{p}: truncated or corrupt HDF5 file ({reason}); re-record the run or restore it from a copy"
+    )
 
 
 def _open_h5(p: Path) -> h5py.File:
@@ -688,14 +742,17 @@ def _stored_eof(p: Path) -> int | None:
 def _validate(p: Path, f: h5py.File) -> Layout:
     fmt = _py(f.attrs.get("format", ""))
     if fmt != FORMAT_NAME:
-        raise RecordingError(f"{p}: an HDF5 file but not a ws recording (no format={FORMAT_NAME!r} attribute); "
-                             "pass a file written by `ws record`")
+        raise RecordingError(
+            f"{p}: an HDF5 file but not a ws recording (no format={FORMAT_NAME!r} attribute); "
+            "pass a file written by `ws record`"
+        )
     version = f.attrs.get("schema_version")
     if version is None:
         raise RecordingError(f"{p}: ws recording without a schema_version attribute; the file is damaged")
     if int(version) > SCHEMA_VERSION:
-        raise RecordingError(f"{p}: schema version {int(version)} is newer than this ws reads ({SCHEMA_VERSION}); "
-                             "upgrade ws to read it")
+        raise RecordingError(
+            f"{p}: schema version {int(version)} is newer than this ws reads ({SCHEMA_VERSION}); upgrade ws to read it"
+        )
     if int(version) < 1:
         raise RecordingError(f"{p}: schema version {int(version)} is not a valid ws schema version")
     try:

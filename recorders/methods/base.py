@@ -202,8 +202,9 @@ class PromptMethod(nn.Module):
         contexts = ctx.to(emb.dtype) if ctx.dim() == 3 else ctx.to(emb.dtype)[None]
         prefix = torch.cat([emb[:1, :1].expand(len(contexts), -1, -1), contexts], 1)  # (B or 1, 1 + n, D)
         eot = eot_positions(self.clip, classes.input_ids) - start
-        feats = shared_prefix_text_features(self.clip, prefix, emb[:, start:], eot, deep_prompts=deep_prompts,
-                                            prompt_start=1)
+        feats = shared_prefix_text_features(
+            self.clip, prefix, emb[:, start:], eot, deep_prompts=deep_prompts, prompt_start=1
+        )
         return F.normalize((feats if ctx.dim() == 3 else feats[0]).float(), dim=-1)
 
     def image_features(

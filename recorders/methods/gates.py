@@ -79,8 +79,16 @@ class Gate(nn.Module):
     gradient flowing into the logits by :func:`equilibrium_scale`.
     """
 
-    def __init__(self, n_gates: int, kind: str = "length", *, init: GateInit | str = "zero",
-                 feature_dim: int | None = None, prompt: str = "", generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        n_gates: int,
+        kind: str = "length",
+        *,
+        init: GateInit | str = "zero",
+        feature_dim: int | None = None,
+        prompt: str = "",
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if kind not in ("length", "depth", "instance"):
             raise ConfigError(f"gate kind {kind!r} is not one of length, depth, instance")

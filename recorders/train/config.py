@@ -215,9 +215,7 @@ def suggest(key: str, choices: Iterable[str]) -> str:
 def _choice(name: str, value: str, choices: Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:
-        raise ConfigError(
-            f"unknown {name} {value!r}{suggest(value, choices)} (choose from {', '.join(choices)})"
-        )
+        raise ConfigError(f"unknown {name} {value!r}{suggest(value, choices)} (choose from {', '.join(choices)})")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -293,8 +291,7 @@ def load_toml(path: str | Path) -> list[tuple[str, Any]]:
     for key, value in raw.items():
         if isinstance(value, dict) and key != "tags":
             raise ConfigError(
-                f"{p}: config files are flat key = value lines, found a table [{key}]; "
-                "move its keys to the top level"
+                f"{p}: config files are flat key = value lines, found a table [{key}]; move its keys to the top level"
             )
         pairs.append((key.replace("-", "_"), _coerce(key.replace("-", "_"), value)))
     return pairs

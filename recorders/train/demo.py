@@ -93,9 +93,15 @@ def _accuracy(model: DemoModel, x: torch.Tensor, y: torch.Tensor, classes: slice
 def demo_optimizer(model: DemoModel, cfg: DemoConfig) -> torch.optim.SGD:
     """SGD (momentum 0.9, weight decay 5e-4) with two named groups: ``prompt`` (the context) and ``gates``."""
     gate_params = [*model.ctx_gates.parameters(), *model.instance_gates.parameters()]
-    return torch.optim.SGD([{"params": [model.ctx], "name": "prompt", "role": "prompt"},
-                            {"params": gate_params, "name": "gates", "role": "gate"}],
-                           lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
+    return torch.optim.SGD(
+        [
+            {"params": [model.ctx], "name": "prompt", "role": "prompt"},
+            {"params": gate_params, "name": "gates", "role": "gate"},
+        ],
+        lr=cfg.lr,
+        momentum=0.9,
+        weight_decay=5e-4,
+    )
 
 
 def default_path(seed: int) -> Path:
@@ -103,8 +109,15 @@ def default_path(seed: int) -> Path:
     return RECORDINGS_DIR / f"demo-random-s{seed}-{datetime.now():%Y%m%d-%H%M%S}.h5"
 
 
-def run_demo(out: Path | None = None, *, steps: int = 300, seed: int = 0, device: str = "cpu",
-             flush_every: int = 64, record: bool = True) -> Path:
+def run_demo(
+    out: Path | None = None,
+    *,
+    steps: int = 300,
+    seed: int = 0,
+    device: str = "cpu",
+    flush_every: int = 64,
+    record: bool = True,
+) -> Path:
     """Train the demo model for ``steps`` SGD steps and record it to ``out`` (default :func:`default_path`).
 
     SGD with momentum 0.9 and weight decay 5e-4 on two named groups (``prompt``: the context, ``gates``: both gate
@@ -125,12 +138,30 @@ def run_demo(out: Path | None = None, *, steps: int = 300, seed: int = 0, device
     x_eval = torch.randn(cfg.n_eval, cfg.in_dim, generator=generator).to(device)
     y_eval = _teacher_labels(model, x_eval, hidden_shift)
     optimizer = demo_optimizer(model, cfg)
-    probe = watch(model, optimizer, prompts={"ctx": model.ctx}, loss_terms=("total", "ce"),
-                  tensors={"ctx": (model.ctx, 10)}, block=flush_every)
+    probe = watch(
+        model,
+        optimizer,
+        prompts={"ctx": model.ctx},
+        loss_terms=("total", "ce"),
+        tensors={"ctx": (model.ctx, 10)},
+        block=flush_every,
+    )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     config = {"demo": asdict(cfg), "steps": steps, "seed": seed, "device": device, "flush_every": flush_every}
-    recording = (RecordingWriter(path, probe.layout, config=config, method="demo", dataset="random", seed=seed,
-                                 device=device, flush_every=flush_every) if record else nullcontext(None))
+    recording = (
+        RecordingWriter(
+            path,
+            probe.layout,
+            config=config,
+            method="demo",
+            dataset="random",
+            seed=seed,
+            device=device,
+            flush_every=flush_every,
+        )
+        if record
+        else nullcontext(None)
+    )
     with recording as writer:
         if writer is not None:
             probe.attach(writer)

@@ -59,26 +59,41 @@ def gate_set_name(qualified: str) -> str:
     return qualified.replace(".", "_") or "gates"
 
 
-def _group_specs(optimizer: torch.optim.Optimizer, gate_params: set[int],
-                 prompt_params: set[int]) -> list[rf.GroupSpec]:
+def _group_specs(
+    optimizer: torch.optim.Optimizer, gate_params: set[int], prompt_params: set[int]
+) -> list[rf.GroupSpec]:
     base_lr = float(optimizer.defaults.get("lr", 0.0)) or 1.0
     specs = []
     for i, group in enumerate(optimizer.param_groups):
         ids = {id(p) for p in group["params"]}
-        role = group.get("role") or ("gate" if ids and ids <= gate_params else
-                                     "prompt" if ids and ids <= prompt_params else "other")
+        role = group.get("role") or (
+            "gate" if ids and ids <= gate_params else "prompt" if ids and ids <= prompt_params else "other"
+        )
         lr = float(group.get("initial_lr", group.get("lr", base_lr)))
-        specs.append(rf.GroupSpec(
-            name=str(group.get("name") or f"group{i}"), role=role,
-            n_params=sum(p.numel() for p in group["params"]), lr_scale=lr / base_lr,
-            weight_decay=float(group.get("weight_decay", 0.0)), momentum=float(group.get("momentum", 0.0)),
-            dampening=float(group.get("dampening", 0.0)), nesterov=bool(group.get("nesterov", False))))
+        specs.append(
+            rf.GroupSpec(
+                name=str(group.get("name") or f"group{i}"),
+                role=role,
+                n_params=sum(p.numel() for p in group["params"]),
+                lr_scale=lr / base_lr,
+                weight_decay=float(group.get("weight_decay", 0.0)),
+                momentum=float(group.get("momentum", 0.0)),
+                dampening=float(group.get("dampening", 0.0)),
+                nesterov=bool(group.get("nesterov", False)),
+            )
+        )
     return specs
 
 
-def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *,
-          prompts: Mapping[str, nn.Parameter] = _EMPTY_PROMPTS, loss_terms: Sequence[str] = ("total",),
-          tensors: Mapping[str, tuple[nn.Parameter, int]] = _EMPTY_TENSORS, block: int = 256) -> Probe:
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    prompts: Mapping[str, nn.Parameter] = _EMPTY_PROMPTS,
+    loss_terms: Sequence[str] = ("total",),
+    tensors: Mapping[str, tuple[nn.Parameter, int]] = _EMPTY_TENSORS,
+    block: int = 256,
+) -> Probe:
     """Find what to record in ``model`` and ``optimizer`` and return a :class:`Probe` for it.
 
     - parameter groups: ``optimizer.param_groups`` (optional keys ``name`` and ``role``; otherwise ``group{i}`` and
@@ -96,8 +111,7 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *,
     gate_params = {id(p) for g in gates.values() for p in g.parameters()}
     prompt_params = {id(p) for p in prompts.values()}
     groups = _group_specs(optimizer, gate_params, prompt_params)
-    group_of = {id(p): spec.name for spec, g in zip(groups, optimizer.param_groups, strict=True)
-                for p in g["params"]}
+    group_of = {id(p): spec.name for spec, g in zip(groups, optimizer.param_groups, strict=True) for p in g["params"]}
 
     gate_probes = []
     for qualified, gate in gates.items():
@@ -107,17 +121,25 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *,
         first = next(gate.parameters(), None)
         static = gate.logits is not None
         spec = rf.GateSetSpec(
-            name=gate_set_name(qualified), n_gates=gate.n_gates, kind=gate.kind,
-            prompt=gate.prompt if prompt is not None else "", decomposition=prompt is not None,
+            name=gate_set_name(qualified),
+            n_gates=gate.n_gates,
+            kind=gate.kind,
+            prompt=gate.prompt if prompt is not None else "",
+            decomposition=prompt is not None,
             group=group_of.get(id(first), "") if first is not None else "",
-            init_logit=tuple(gate.logits.detach().double().cpu().tolist()) if static else ())
+            init_logit=tuple(gate.logits.detach().double().cpu().tolist()) if static else (),
+        )
         gate_probes.append(_GateProbe(spec, gate))
     layout = rf.Layout(
-        loss_terms=tuple(loss_terms), groups=tuple(groups), gate_sets=tuple(g.spec for g in gate_probes),
+        loss_terms=tuple(loss_terms),
+        groups=tuple(groups),
+        gate_sets=tuple(g.spec for g in gate_probes),
         prompts=tuple(rf.PromptSpec(name, int(p.shape[0]), group_of.get(id(p), "")) for name, p in prompts.items()),
-        tensors=tuple(rf.TensorSpec(name, tuple(p.shape), stride) for name, (p, stride) in tensors.items()))
-    group_probes = [_GroupProbe(spec.name, list(g["params"]))
-                    for spec, g in zip(groups, optimizer.param_groups, strict=True)]
+        tensors=tuple(rf.TensorSpec(name, tuple(p.shape), stride) for name, (p, stride) in tensors.items()),
+    )
+    group_probes = [
+        _GroupProbe(spec.name, list(g["params"])) for spec, g in zip(groups, optimizer.param_groups, strict=True)
+    ]
     return Probe(layout, group_probes, gate_probes, dict(prompts), dict(tensors), block)
 
 
@@ -139,8 +161,15 @@ class Probe:
     so far: a larger one flushes the buffered rows and reallocates).
     """
 
-    def __init__(self, layout: rf.Layout, groups: list[_GroupProbe], gates: list[_GateProbe],
-                 prompts: dict[str, nn.Parameter], tensors: dict[str, tuple[nn.Parameter, int]], block: int) -> None:
+    def __init__(
+        self,
+        layout: rf.Layout,
+        groups: list[_GroupProbe],
+        gates: list[_GateProbe],
+        prompts: dict[str, nn.Parameter],
+        tensors: dict[str, tuple[nn.Parameter, int]],
+        block: int,
+    ) -> None:
         self.layout = layout
         self.block = block
         self._groups = groups
@@ -156,22 +185,28 @@ class Probe:
         self._last_flush = time.monotonic()
         for gate in self._instance:
             gate.capture = True
-        self._gate_plan = [(g.gate.logits, g.gate, f"gate/{g.spec.name}/logit", f"gate/{g.spec.name}/grad")
-                           for g in gates]
+        self._gate_plan = [
+            (g.gate.logits, g.gate, f"gate/{g.spec.name}/logit", f"gate/{g.spec.name}/grad") for g in gates
+        ]
         in_row = {id(param): key for param, _, _, key in self._gate_plan if param is not None}
         in_row.update({id(param): f"prompt/{name}/grad" for name, param in prompts.items()})
         # where each parameter's gradient norm comes from: a gradient already in the row, the gradient of a small
         # parameter copied whole (``grad/i``), or the norm of a large one (``norm/i``, one _foreach_norm)
-        self._norm_keys = [in_row.get(id(p)) or (f"grad/{i}" if p.numel() <= RAW_GRADIENT_LIMIT else f"norm/{i}")
-                           for i, p in enumerate(self._params)]
-        self._normed = [(p, key) for p, key in zip(self._params, self._norm_keys, strict=True)
-                        if key.startswith("norm/")]
-        self._raw_plan = [(p, key) for p, key in zip(self._params, self._norm_keys, strict=True)
-                          if key.startswith("grad/")]
+        self._norm_keys = [
+            in_row.get(id(p)) or (f"grad/{i}" if p.numel() <= RAW_GRADIENT_LIMIT else f"norm/{i}")
+            for i, p in enumerate(self._params)
+        ]
+        self._normed = [
+            (p, key) for p, key in zip(self._params, self._norm_keys, strict=True) if key.startswith("norm/")
+        ]
+        self._raw_plan = [
+            (p, key) for p, key in zip(self._params, self._norm_keys, strict=True) if key.startswith("grad/")
+        ]
         self._prompt_plan = [(param, f"prompt/{name}/grad") for name, param in prompts.items()]
         # per-input instance measurements stay float32 on the host (_batch_statistics sums them in float64)
-        self._per_input_keys = {key for param, _, logit_key, grad_key in self._gate_plan if param is None
-                                for key in (logit_key, grad_key)}
+        self._per_input_keys = {
+            key for param, _, logit_key, grad_key in self._gate_plan if param is None for key in (logit_key, grad_key)
+        }
         self._strided_plan = [(name, param, stride) for name, (param, stride) in tensors.items()]
         self._allocate([0] * len(self._instance))
 
@@ -202,9 +237,13 @@ class Probe:
         self._buffer = torch.full((self.block, start), float("nan"), dtype=torch.float32, device=self._device)
         self._shapes = shapes
         self._rows: list[list[torch.Tensor] | None] = [None] * self.block  # built on first use, then reused
-        nan = torch.full((max((math.prod(s) for s in shapes.values()), default=1),), float("nan"),
-                         dtype=torch.float32, device=self._device)
-        self._nan = {key: nan[:math.prod(shape)].view(shape) for key, shape in shapes.items()}
+        nan = torch.full(
+            (max((math.prod(s) for s in shapes.values()), default=1),),
+            float("nan"),
+            dtype=torch.float32,
+            device=self._device,
+        )
+        self._nan = {key: nan[: math.prod(shape)].view(shape) for key, shape in shapes.items()}
 
     def _row(self, i: int) -> list[torch.Tensor]:
         """Row ``i``'s destination views, one per piece, shaped like their sources."""
@@ -248,8 +287,9 @@ class Probe:
             norms = list(torch._foreach_norm(present)) if present else []
             if len(present) < len(grads):  # parameters without a gradient this step are marked NaN
                 found = iter(norms)
-                norms = [nan[key] if g is None else next(found)
-                         for g, (_, key) in zip(grads, self._normed, strict=True)]
+                norms = [
+                    nan[key] if g is None else next(found) for g, (_, key) in zip(grads, self._normed, strict=True)
+                ]
             sources += norms
         for param, key in self._raw_plan:
             grad = param.grad
@@ -269,7 +309,7 @@ class Probe:
                 captured = captured.reshape(-1, gate.n_gates)
                 grad = None if grad is None else grad.reshape(-1, gate.n_gates)
             batch.append(captured.shape[0])
-            sources += (captured, nan[grad_key][:captured.shape[0]] if grad is None else grad)
+            sources += (captured, nan[grad_key][: captured.shape[0]] if grad is None else grad)
         for param, grad_key in self._prompt_plan:
             grad = param.grad
             sources += (param, nan[grad_key] if grad is None else grad)
@@ -297,8 +337,9 @@ class Probe:
         if len(self._host) == self.block or time.monotonic() - self._last_flush >= self._flush_seconds:
             self.flush()
 
-    def _fit(self, batch: list[int], sources: list[torch.Tensor],
-             losses: Mapping[str, torch.Tensor | float]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _fit(
+        self, batch: list[int], sources: list[torch.Tensor], losses: Mapping[str, torch.Tensor | float]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Sources and targets for a step whose instance batches differ from the buffer's capacity: a larger batch
         flushes the buffered rows and reallocates; a smaller one (the last of an epoch) fills the first rows of its
         slot."""
@@ -307,8 +348,10 @@ class Probe:
                 self.flush()
             self._allocate([max(b, c) for b, c in zip(batch, self._capacity, strict=True)])
             sources = self._sources(losses, [])  # the NaN views of the new buffer
-        targets = [t if t.shape == s.shape else t[:s.shape[0]]
-                   for t, s in zip(self._row(len(self._host)), sources, strict=True)]
+        targets = [
+            t if t.shape == s.shape else t[: s.shape[0]]
+            for t, s in zip(self._row(len(self._host)), sources, strict=True)
+        ]
         return sources, targets
 
     # ------------------------------------------------------------------ per block, on the host
@@ -319,28 +362,48 @@ class Probe:
         ``batch`` ``(n, n_instance_sets)``: the captured rows of each instance gate set at each step.
         """
         n = len(raw)
-        col = {key: raw[:, s] if key in self._per_input_keys else raw[:, s].astype(np.float64)
-               for key, s in self._slots.items()}
+        col = {
+            key: raw[:, s] if key in self._per_input_keys else raw[:, s].astype(np.float64)
+            for key, s in self._slots.items()
+        }
         out = {rf.loss_path(term): col[f"loss/{term}"][:, 0] for term in self.layout.loss_terms}
-        squares = np.stack([col[key][:, 0] ** 2 if key.startswith("norm/") else np.sum(col[key] ** 2, axis=1)
-                            for key in self._norm_keys], axis=1) if self._params else np.empty((n, 0))
+        squares = (
+            np.stack(
+                [
+                    col[key][:, 0] ** 2 if key.startswith("norm/") else np.sum(col[key] ** 2, axis=1)
+                    for key in self._norm_keys
+                ],
+                axis=1,
+            )
+            if self._params
+            else np.empty((n, 0))
+        )
         start = 0
         for group in self._groups:
-            block = squares[:, start:start + len(group.params)]
+            block = squares[:, start : start + len(group.params)]
             start += len(group.params)
-            out[rf.grad_norm_path(group.name)] = np.where(np.isnan(block).all(1), np.nan,
-                                                          np.sqrt(np.nansum(block, 1)))
-        tokens = {name: (col[f"prompt/{name}/value"].reshape(n, p.shape[0], -1),
-                         col[f"prompt/{name}/grad"].reshape(n, p.shape[0], -1)) for name, p in self._prompts.items()}
+            out[rf.grad_norm_path(group.name)] = np.where(np.isnan(block).all(1), np.nan, np.sqrt(np.nansum(block, 1)))
+        tokens = {
+            name: (
+                col[f"prompt/{name}/value"].reshape(n, p.shape[0], -1),
+                col[f"prompt/{name}/grad"].reshape(n, p.shape[0], -1),
+            )
+            for name, p in self._prompts.items()
+        }
         batches = iter(batch.T)  # one column per instance gate set, in gate order
         for g in self._gates:
             logit, grad = col[f"gate/{g.spec.name}/logit"], col[f"gate/{g.spec.name}/grad"]
             if g.gate.logits is not None:  # static gates: logit and grad were measured, σ and σ' follow
-                series = {"logit": logit, "value": expit(logit), "dsigmoid": rf.dsigmoid_from_logit(logit),
-                          "grad": grad}
+                series = {
+                    "logit": logit,
+                    "value": expit(logit),
+                    "dsigmoid": rf.dsigmoid_from_logit(logit),
+                    "grad": grad,
+                }
             else:
-                series = _batch_statistics(logit.reshape(n, -1, g.gate.n_gates),
-                                           grad.reshape(n, -1, g.gate.n_gates), next(batches))
+                series = _batch_statistics(
+                    logit.reshape(n, -1, g.gate.n_gates), grad.reshape(n, -1, g.gate.n_gates), next(batches)
+                )
             if g.spec.decomposition:
                 value, prompt_grad = tokens[g.spec.prompt]
                 series["prompt_norm"] = np.linalg.norm(value, axis=2)
@@ -392,9 +455,14 @@ def _batch_statistics(logit: np.ndarray, grad: np.ndarray, rows: np.ndarray) -> 
     value = expit(logit)
     value_mean = mean(value)
     total = np.matmul(valid[:, None, :].astype(np.float64), grad, dtype=np.float64)[:, 0]
-    return {"logit": mean(logit), "value": value_mean, "dsigmoid": mean(value * expit(-logit)),
-            "grad": np.where(rows[:, None] > 0, total, np.nan), "value_mean": value_mean,
-            "value_std": np.sqrt(mean(np.square(value - value_mean[:, None])))}
+    return {
+        "logit": mean(logit),
+        "value": value_mean,
+        "dsigmoid": mean(value * expit(-logit)),
+        "grad": np.where(rows[:, None] > 0, total, np.nan),
+        "value_mean": value_mean,
+        "value_std": np.sqrt(mean(np.square(value - value_mean[:, None]))),
+    }
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

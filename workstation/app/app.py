@@ -57,8 +57,16 @@ class WsApp(App[None]):
         Binding("escape", "back", "back", show=False),
     ]
 
-    def __init__(self, paths: list[Path], *, sources: list[Path] | None = None, compare: bool = False,
-                 sync: str = "step", live_interval: float = 1.0, export_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        *,
+        sources: list[Path] | None = None,
+        compare: bool = False,
+        sync: str = "step",
+        live_interval: float = 1.0,
+        export_dir: Path | None = None,
+    ) -> None:
         super().__init__()
         self.catalog = Catalog(paths if sources is None else sources, paths)
         self.compare = compare

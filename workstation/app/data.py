@@ -96,8 +96,9 @@ def _hold(a: np.ndarray, present: np.ndarray) -> None:
     a[..., fill] = a[..., source[fill]]
 
 
-def read_columns(rec: Recording, path: str, width: int, n_rows: int | None = None,
-                 samples_per_column: int = SAMPLES_PER_COLUMN) -> Columns:
+def read_columns(
+    rec: Recording, path: str, width: int, n_rows: int | None = None, samples_per_column: int = SAMPLES_PER_COLUMN
+) -> Columns:
     """Per-column summary of the scalar per-step series ``path`` over the first ``n_rows`` committed rows.
 
     Reads every row when there are at most ``samples_per_column`` rows per column, else every ``stride``-th row.
@@ -108,8 +109,9 @@ def read_columns(rec: Recording, path: str, width: int, n_rows: int | None = Non
     return downsample(values, np.arange(len(values)) * stride, n, width)
 
 
-def heatmap(rec: Recording, gate_set: str, width: int, gate_bins: int, series: str = "value",
-            n_rows: int | None = None) -> np.ndarray:
+def heatmap(
+    rec: Recording, gate_set: str, width: int, gate_bins: int, series: str = "value", n_rows: int | None = None
+) -> np.ndarray:
     """Gate × step matrix ``(bins, width)`` of ``gates/<gate_set>/<series>``: about one row read per column.
 
     Rows are read every ``n // width``; each column shows its last sampled row; gates are averaged into
@@ -219,8 +221,10 @@ class RunData:
             return {}
         rows = np.array([self.row_of_step(int(s)) for s in table["step"]])
         order = np.argsort(rows, kind="stable")
-        return {name: downsample(table[key][order], rows[order], self.n_rows, width)
-                for name, key in (("base", "base_acc"), ("novel", "novel_acc"), ("hm", "hm"))}
+        return {
+            name: downsample(table[key][order], rows[order], self.n_rows, width)
+            for name, key in (("base", "base_acc"), ("novel", "novel_acc"), ("hm", "hm"))
+        }
 
     def markers(self) -> list[Marker]:
         """Recorded events (epoch ends, non-finite values, collapse onsets, notes) and :attr:`extra_markers`."""
@@ -274,8 +278,9 @@ def diagnose_in_subprocess(path: str | os.PathLike[str]) -> Any:
     which multiprocessing's resource tracker cannot pass to its own child. Exceptions raised in the child
     (a :class:`~recorders.format.errors.RecordingError` for a bad file) are raised here.
     """
-    child = subprocess.run([sys.executable, "-c", _CHILD, os.fspath(path)], stdin=subprocess.DEVNULL,
-                           capture_output=True, check=False)
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, os.fspath(path)], stdin=subprocess.DEVNULL, capture_output=True, check=False
+    )
     if child.returncode != 0 or not child.stdout:
         reason = child.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {child.returncode}"]
         raise RecordingError(f"{path}: the diagnostics process failed ({reason[0]})")

@@ -7,14 +7,20 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Build and check CLIP backbones (the built-in tiny CLIP, local checkpoints).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Build and check CLIP backbones (the built-in tiny CLIP, local checkpoints).", no_args_is_help=True
+)
 
 
 @app.command("pretrain")
 def pretrain(
-    out: Annotated[Path | None, typer.Option(help="Checkpoint directory (default: the built-in cache, "
-                                                  "$WS_CACHE/backbones/builtin-<recipe>, ~/.cache/ws unset).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint directory (default: the built-in cache, "
+            "$WS_CACHE/backbones/builtin-<recipe>, ~/.cache/ws unset)."
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: the recipe's).")] = None,
     seconds: Annotated[float | None, typer.Option(min=0, help="Stop early after this many seconds.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the recipe (weights and data stream).")] = 0,
@@ -26,16 +32,27 @@ def pretrain(
     from recorders.clip.backbone import builtin_dir
 
     directory = out if out is not None else builtin_dir()
-    metrics = recipe.pretrain(directory, steps=steps or recipe.DEFAULT_STEPS, seconds=seconds, seed=seed,
-                              batch_size=batch_size or recipe.BATCH_SIZE,
-                              eval_images=eval_images or recipe.EVAL_IMAGES)
+    metrics = recipe.pretrain(
+        directory,
+        steps=steps or recipe.DEFAULT_STEPS,
+        seconds=seconds,
+        seed=seed,
+        batch_size=batch_size or recipe.BATCH_SIZE,
+        eval_images=eval_images or recipe.EVAL_IMAGES,
+    )
     accuracy = metrics["zero_shot"]
-    typer.echo(f"saved {directory} ({metrics['checkpoint_bytes'] / 1e6:.1f} MB, {metrics['parameters']:,} "
-               f"parameters, {metrics['steps']} steps in {metrics['train_seconds']:.0f} s)")
-    typer.echo(f"zero-shot accuracy ({len(recipe.CLASSES)}-way, chance {metrics['chance']:.3f}): "
-               f"seen {accuracy['seen']:.3f}, held-out {accuracy['held_out']:.3f}")
-    typer.echo(f"downstream domain ({recipe.DOWNSTREAM_DOMAIN}): generic prompt {accuracy['downstream_generic']:.3f}, "
-               f"matching prompt {accuracy['downstream_matched']:.3f}")
+    typer.echo(
+        f"saved {directory} ({metrics['checkpoint_bytes'] / 1e6:.1f} MB, {metrics['parameters']:,} "
+        f"parameters, {metrics['steps']} steps in {metrics['train_seconds']:.0f} s)"
+    )
+    typer.echo(
+        f"zero-shot accuracy ({len(recipe.CLASSES)}-way, chance {metrics['chance']:.3f}): "
+        f"seen {accuracy['seen']:.3f}, held-out {accuracy['held_out']:.3f}"
+    )
+    typer.echo(
+        f"downstream domain ({recipe.DOWNSTREAM_DOMAIN}): generic prompt {accuracy['downstream_generic']:.3f}, "
+        f"matching prompt {accuracy['downstream_matched']:.3f}"
+    )
 
 
 @app.command("check")
@@ -47,8 +64,12 @@ def check(
     from recorders.clip.backbone import load_backbone
 
     backbone = load_backbone(spec, device=device)
-    typer.echo(f"{backbone.name}: fingerprint {backbone.fingerprint}, device {backbone.device}, "
-               f"autocast {backbone.autocast_dtype or 'off (float32)'}")
-    typer.echo(f"text width {backbone.text_width}, vision width {backbone.vision_width}, embed dim "
-               f"{backbone.embed_dim}, context {backbone.context_length}, image {backbone.image_size} px, "
-               f"mean {backbone.image_mean}, std {backbone.image_std}")
+    typer.echo(
+        f"{backbone.name}: fingerprint {backbone.fingerprint}, device {backbone.device}, "
+        f"autocast {backbone.autocast_dtype or 'off (float32)'}"
+    )
+    typer.echo(
+        f"text width {backbone.text_width}, vision width {backbone.vision_width}, embed dim "
+        f"{backbone.embed_dim}, context {backbone.context_length}, image {backbone.image_size} px, "
+        f"mean {backbone.image_mean}, std {backbone.image_std}"
+    )

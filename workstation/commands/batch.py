@@ -44,12 +44,16 @@ def batch(
     try:
         outcome = execute(sweep, runner, retry_failed=retry_failed, console=console)
     except KeyboardInterrupt:
-        console.print(f"interrupted: runs not complete are marked interrupted in {sweep.directory / 'manifest.json'};"
-                      " run the same command again to resume")
+        console.print(
+            f"interrupted: runs not complete are marked interrupted in {sweep.directory / 'manifest.json'};"
+            " run the same command again to resume"
+        )
         raise SystemExit(130) from None
     failed = [e for e in outcome.manifest.runs.values() if e.status == "failed"]
-    console.print(f"sweep {sweep.directory}: {outcome.count('complete')} complete "
-                  f"({len(outcome.skipped)} already), {len(failed)} failed")
+    console.print(
+        f"sweep {sweep.directory}: {outcome.count('complete')} complete "
+        f"({len(outcome.skipped)} already), {len(failed)} failed"
+    )
     for entry in failed:
         console.print(f"  [red]failed[/] {entry.id}: {entry.error}", markup=True, highlight=False)
     if summary:

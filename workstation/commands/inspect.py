@@ -48,12 +48,22 @@ def _print_diagnostics(d: dict) -> None:
 
     console = Console()
     if not d["gate_sets"]:
-        console.print("diagnostics: no gate sets (non-gate facts only: final loss "
-                      f"{fmt(d['final_loss'])}, non-finite events {d['nonfinite_events']})")
+        console.print(
+            "diagnostics: no gate sets (non-gate facts only: final loss "
+            f"{fmt(d['final_loss'])}, non-finite events {d['nonfinite_events']})"
+        )
         return
     table = Table(title="collapse diagnostics", title_justify="left")
-    for column in ("gate set", "verdict", "onset step", "ratio early/mid/late", "saturated", "L_eff",
-                   "Δlogit grad / decay", "reasons"):
+    for column in (
+        "gate set",
+        "verdict",
+        "onset step",
+        "ratio early/mid/late",
+        "saturated",
+        "L_eff",
+        "Δlogit grad / decay",
+        "reasons",
+    ):
         table.add_column(column, no_wrap=column in ("gate set", "verdict"), overflow="fold")
     colours = {"collapsed": "red", "adaptive": "green", "inconclusive": "yellow"}
     for name, g in d["gate_sets"].items():
@@ -62,9 +72,14 @@ def _print_diagnostics(d: dict) -> None:
         grad = max((abs(x) for x in g["grad_displacement"] if x is not None), default=None)
         decay = max((abs(x) for x in g["decay_displacement"] if x is not None), default=None)
         reasons = ", ".join(f"{k}={fmt(v)}" for k, v in g["reasons"].items())
-        table.add_row(f"{escape(name)} [{g['kind']}]", f"[{colours[g['verdict']]}]{g['verdict']}[/]",
-                      "-" if g["onset_step"] is None else str(g["onset_step"]),
-                      " / ".join(fmt(ph[k]) for k in ("early", "middle", "late")),
-                      fmt(final.get("saturated_fraction")), fmt(final.get("l_eff")),
-                      f"{fmt(grad)} / {fmt(decay)}", escape(reasons))
+        table.add_row(
+            f"{escape(name)} [{g['kind']}]",
+            f"[{colours[g['verdict']]}]{g['verdict']}[/]",
+            "-" if g["onset_step"] is None else str(g["onset_step"]),
+            " / ".join(fmt(ph[k]) for k in ("early", "middle", "late")),
+            fmt(final.get("saturated_fraction")),
+            fmt(final.get("l_eff")),
+            f"{fmt(grad)} / {fmt(decay)}",
+            escape(reasons),
+        )
     console.print(table)

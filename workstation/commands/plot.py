@@ -13,8 +13,10 @@ def plot(
     kind: Annotated[str, typer.Option(help="gates, ratio, variance or accuracy.")],
     out: Annotated[Path, typer.Option(help="Output file: .png, .pdf or .svg.")],
     by: Annotated[str, typer.Option(help="One curve per value of this key (seeds averaged).")] = "method",
-    gate_set: Annotated[str | None, typer.Option(
-        help="Gate set the gate kinds draw (e.g. depth_gates); default: each recording's first.")] = None,
+    gate_set: Annotated[
+        str | None,
+        typer.Option(help="Gate set the gate kinds draw (e.g. depth_gates); default: each recording's first."),
+    ] = None,
 ) -> None:
     """Draw one curve per group of runs (mean over seeds with a ±1 std band) and save it for a paper."""
     from analyses.figures import plot_runs

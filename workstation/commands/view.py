@@ -11,7 +11,8 @@ from recorders.format.errors import ConfigError, RecordingError
 
 def view(
     paths: list[Path] | None = typer.Argument(
-        None, show_default=False, help="recordings (.h5) or directories holding them; default recordings/"),
+        None, show_default=False, help="recordings (.h5) or directories holding them; default recordings/"
+    ),
     compare: bool = typer.Option(False, "--compare", "-c", help="open 2–4 recordings side by side"),
     sync: str = typer.Option("step", help="compare cursor sync: 'step' or 'fraction' of training"),
     refresh: float = typer.Option(1.0, help="seconds between refreshes of running recordings"),

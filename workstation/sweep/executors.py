@@ -57,13 +57,17 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def run_process(run_id: str, args: list[str], env: dict[str, str],
-                on_start: Any = None) -> RunResult:
+def run_process(run_id: str, args: list[str], env: dict[str, str], on_start: Any = None) -> RunResult:
     """Run ``python args...`` to the end; the error is the last non-empty stderr line (empty on success)."""
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, *args], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
     if on_start is not None:
         on_start(proc)
     _, stderr = proc.communicate()
@@ -170,8 +174,10 @@ class RayExecutor:
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ConfigError(f"cannot reach Ray at {address or 'a new local instance'} "
-                                  f"({str(exc).splitlines()[0]}); check --address") from None
+                raise ConfigError(
+                    f"cannot reach Ray at {address or 'a new local instance'} "
+                    f"({str(exc).splitlines()[0]}); check --address"
+                ) from None
         self._remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_task)
         self._refs: list[Any] = []
 

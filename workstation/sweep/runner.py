@@ -85,8 +85,15 @@ def _toml(value: object) -> str:
     return json.dumps(str(value))  # a TOML basic string
 
 
-def execute(spec: SweepSpec, executor: Executor, *, retry_failed: bool = True, console: Console | None = None,
-            poll_seconds: float = 0.5, on_update: Callable[[Manifest], None] | None = None) -> SweepOutcome:
+def execute(
+    spec: SweepSpec,
+    executor: Executor,
+    *,
+    retry_failed: bool = True,
+    console: Console | None = None,
+    poll_seconds: float = 0.5,
+    on_update: Callable[[Manifest], None] | None = None,
+) -> SweepOutcome:
     """Run every run not yet complete; Ctrl-C marks running runs ``interrupted`` and re-raises."""
     console = console or Console(stderr=True)
     manifest, todo, done = plan(spec, retry_failed)
@@ -128,8 +135,12 @@ def execute(spec: SweepSpec, executor: Executor, *, retry_failed: bool = True, c
     return outcome
 
 
-def _mark_started(manifest: Manifest, started: dict[str, float],
-                  futures: dict[Future[RunResult], str], pending: set[Future[RunResult]]) -> None:
+def _mark_started(
+    manifest: Manifest,
+    started: dict[str, float],
+    futures: dict[Future[RunResult], str],
+    pending: set[Future[RunResult]],
+) -> None:
     """Runs whose process has begun (a local worker took it, or its recording appeared) become ``running``."""
     for fut in pending:
         run_id = futures[fut]

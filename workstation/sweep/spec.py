@@ -115,7 +115,9 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> SweepSpec:
     name = str(raw.get("name") or path.stem)
     out = Path(raw["out"]) if "out" in raw else DEFAULT_OUT
     return SweepSpec(
-        path=path, name=name, directory=out / name,
+        path=path,
+        name=name,
+        directory=out / name,
         axes={axis: list(values) for axis, values in axes.items()},
         runs=list(planned.values()),
         cpus=_positive(resources.get("cpus", 1), "cpus", path),
@@ -134,8 +136,9 @@ def _plan(overrides: dict[str, Any], labels: dict[str, str], path: Path) -> Plan
     keys = {k.replace("-", "_"): v for k, v in overrides.items()}
     for key in keys:
         if key not in FIELDS:
-            raise ConfigError(f"{path}: unknown config key {key!r}{suggest(key, FIELDS)} "
-                              f"(valid keys: {', '.join(FIELDS)})")
+            raise ConfigError(
+                f"{path}: unknown config key {key!r}{suggest(key, FIELDS)} (valid keys: {', '.join(FIELDS)})"
+            )
     if "out" in keys:
         raise ConfigError(f"{path}: `out` is set by the sweep for each run; remove it from the spec")
     if labels:
@@ -153,8 +156,10 @@ def _axes(raw: dict[str, Any], path: Path) -> dict[str, dict[str, dict[str, Any]
     for axis, values in raw.items():
         if isinstance(values, list):
             if axis.replace("-", "_") not in FIELDS:
-                raise ConfigError(f"{path}: axis {axis!r} is not a config key{suggest(axis, FIELDS)}; a plain "
-                                  "axis lists values of one key, a named axis is a table of labelled key sets")
+                raise ConfigError(
+                    f"{path}: axis {axis!r} is not a config key{suggest(axis, FIELDS)}; a plain "
+                    "axis lists values of one key, a named axis is a table of labelled key sets"
+                )
             if not values:
                 raise ConfigError(f"{path}: axis {axis!r} is empty; give it at least one value")
             axes[axis] = {_label(v): {axis: v} for v in values}
@@ -163,8 +168,10 @@ def _axes(raw: dict[str, Any], path: Path) -> dict[str, dict[str, dict[str, Any]
                 raise ConfigError(f"{path}: axis {axis!r} is empty; give it at least one labelled set")
             bad = [label for label, keys in values.items() if not isinstance(keys, dict)]
             if bad:
-                raise ConfigError(f"{path}: named axis {axis!r}: {bad[0]!r} must be a table of config keys, "
-                                  "e.g. lr50 = { gate_lr_scale = 50.0 }")
+                raise ConfigError(
+                    f"{path}: named axis {axis!r}: {bad[0]!r} must be a table of config keys, "
+                    "e.g. lr50 = { gate_lr_scale = 50.0 }"
+                )
             axes[axis] = {str(label): dict(keys) for label, keys in values.items()}
         else:
             raise ConfigError(f"{path}: axis {axis!r} must be a list of values or a table of labelled key sets")

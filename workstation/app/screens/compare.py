@@ -30,8 +30,10 @@ class CompareScreen(StepScreen):
     run to its next gate set.
     """
 
-    BINDINGS = [Binding("f", "toggle_sync", "sync step/fraction"),
-                Binding("g", "next_gate_set", "gate set", show=False)]
+    BINDINGS = [
+        Binding("f", "toggle_sync", "sync step/fraction"),
+        Binding("g", "next_gate_set", "gate set", show=False),
+    ]
 
     def __init__(self, runs: Sequence[RunData], *, sync: str = "step") -> None:
         super().__init__(runs)
@@ -39,15 +41,22 @@ class CompareScreen(StepScreen):
         self.shown_sets = [run.gate_sets[0] if run.gate_sets else "" for run in runs]
 
     def compose(self) -> ComposeResult:
-        yield Pane("gate / prompt gradient ratio, every run (log)",
-                   TimePlot(self._overlay, log=True, id="overlay"), id="overlay-pane")
+        yield Pane(
+            "gate / prompt gradient ratio, every run (log)",
+            TimePlot(self._overlay, log=True, id="overlay"),
+            id="overlay-pane",
+        )
         with Horizontal(id="compare-runs"):
             for i, run in enumerate(self.runs):
                 with Vertical(classes="run-column", id=f"run-{i}"):
-                    yield Pane(run.title, TimePlot(partial(self._grads, run), log=True, classes=f"run-{i}"),
-                               id=f"grads-{i}")
-                    yield Pane(self._heatmap_title(i), Heatmap(partial(self._heatmap, i), classes=f"run-{i}"),
-                               id=f"heatmap-{i}")
+                    yield Pane(
+                        run.title, TimePlot(partial(self._grads, run), log=True, classes=f"run-{i}"), id=f"grads-{i}"
+                    )
+                    yield Pane(
+                        self._heatmap_title(i),
+                        Heatmap(partial(self._heatmap, i), classes=f"run-{i}"),
+                        id=f"heatmap-{i}",
+                    )
                     yield Pane("gates at cursor", GateBars(id=f"gates-{i}"), focusable=False)
         yield Timeline(id="timeline")
         yield Footer()
@@ -150,8 +159,9 @@ class CompareScreen(StepScreen):
                 plot.cursor = run_row
             gate_set = self.shown_sets[i]
             if gate_set and run.n_rows:
-                self.query_one(f"#gates-{i}", GateBars).show(run.gate_row(gate_set, run_row),
-                                                             run.rec.gate_sets[gate_set].labels)
+                self.query_one(f"#gates-{i}", GateBars).show(
+                    run.gate_row(gate_set, run_row), run.rec.gate_sets[gate_set].labels
+                )
         overlay = self.query_one("#overlay", TimePlot)
         overlay.cursor = int(self._x(self.runs[0], np.array([row]))[0]) if self.n_rows else 0
         timeline = self.query_one(Timeline)

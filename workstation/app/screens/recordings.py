@@ -45,8 +45,14 @@ class Entry:
             return cls(path, error=str(exc))
         with rec:
             hm = rec.eval_table()["hm"]
-            return cls(path, rec.method, str(rec.config.get("variant") or "default"), rec.seed, rec.status,
-                       float(hm[-1]) if len(hm) else None)
+            return cls(
+                path,
+                rec.method,
+                str(rec.config.get("variant") or "default"),
+                rec.seed,
+                rec.status,
+                float(hm[-1]) if len(hm) else None,
+            )
 
     @property
     def label(self) -> str:

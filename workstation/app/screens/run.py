@@ -21,16 +21,20 @@ from workstation.app.widgets.timeline import Timeline
 def curves(run: RunData, paths: dict[str, str], width: int) -> tuple[int, list[Series]]:
     """Loader payload: one :class:`Series` per named per-step path, summarised for ``width`` columns."""
     n = run.n_rows
-    return n, [Series(name, read_columns(run.rec, path, width, n), PALETTE[i % len(PALETTE)])
-               for i, (name, path) in enumerate(paths.items())]
+    return n, [
+        Series(name, read_columns(run.rec, path, width, n), PALETTE[i % len(PALETTE)])
+        for i, (name, path) in enumerate(paths.items())
+    ]
 
 
 def ratio_series(run: RunData, diagnostics: Any, width: int) -> tuple[int, list[Series]]:
     """Loader payload: each gate set's gate/prompt gradient ratio from the analyses' diagnostics."""
     if diagnostics is None:
         raise Pending("computing collapse diagnostics…")
-    return run.n_rows, [Series(name, downsample(gs.ratio, run.rows_of_steps(gs.steps), run.n_rows, width),
-                               PALETTE[i % len(PALETTE)]) for i, (name, gs) in enumerate(diagnostics.gate_sets.items())]
+    return run.n_rows, [
+        Series(name, downsample(gs.ratio, run.rows_of_steps(gs.steps), run.n_rows, width), PALETTE[i % len(PALETTE)])
+        for i, (name, gs) in enumerate(diagnostics.gate_sets.items())
+    ]
 
 
 class RunScreen(StepScreen):
@@ -46,14 +50,22 @@ class RunScreen(StepScreen):
     def compose(self) -> ComposeResult:
         run = self.run
         with Grid(id="panes"):
-            yield Pane("losses · accuracy",
-                       TimePlot(lambda w, h: curves(run, run.loss_paths, w), id="losses"),
-                       TimePlot(self._accuracy, id="accuracy"), id="losses-pane")
-            yield Pane("gradient norms (log)", TimePlot(lambda w, h: curves(run, run.grad_paths, w), log=True,
-                                                        id="grads"), id="grads-pane")
-            yield Pane("gate / prompt gradient ratio (log)",
-                       TimePlot(lambda w, h: ratio_series(run, self.diagnostics[0], w), log=True, id="ratio"),
-                       id="ratio-pane")
+            yield Pane(
+                "losses · accuracy",
+                TimePlot(lambda w, h: curves(run, run.loss_paths, w), id="losses"),
+                TimePlot(self._accuracy, id="accuracy"),
+                id="losses-pane",
+            )
+            yield Pane(
+                "gradient norms (log)",
+                TimePlot(lambda w, h: curves(run, run.grad_paths, w), log=True, id="grads"),
+                id="grads-pane",
+            )
+            yield Pane(
+                "gate / prompt gradient ratio (log)",
+                TimePlot(lambda w, h: ratio_series(run, self.diagnostics[0], w), log=True, id="ratio"),
+                id="ratio-pane",
+            )
             yield Pane("gate value × step", Heatmap(self._heatmap, id="heatmap"), id="heatmap-pane")
             yield Pane("gates at cursor", GateBars(id="gates"), focusable=False, id="gates-pane")
             yield Pane("events", OptionList(id="events"), focusable=False, id="events-pane")
@@ -116,8 +128,9 @@ class RunScreen(StepScreen):
         timeline.cursor = row
         timeline.status = self.status()
         if self.gate_set and self.n_rows:
-            self.query_one(GateBars).show(self.run.gate_row(self.gate_set, row),
-                                          self.run.rec.gate_sets[self.gate_set].labels)
+            self.query_one(GateBars).show(
+                self.run.gate_row(self.gate_set, row), self.run.rec.gate_sets[self.gate_set].labels
+            )
 
     def reload(self) -> None:
         for plot in self.query(StepPlot):

@@ -24,17 +24,31 @@ ROW_COLUMNS = ("comparison", "diff", "Welch p", "perm p", "MWU p", "P(improve) [
 
 def group_cells(g: Any) -> tuple[str, ...]:
     """One row of the groups table from an ``analyses.stats.GroupSummary``."""
-    return (g.name, str(g.n), ", ".join(map(str, g.seeds)), ", ".join(fmt(v) for v in g.values),
-            f"{fmt(g.mean)} ± {fmt(g.std)}", f"[{fmt(g.ci_low)}, {fmt(g.ci_high)}]", fmt(g.iqm))
+    return (
+        g.name,
+        str(g.n),
+        ", ".join(map(str, g.seeds)),
+        ", ".join(fmt(v) for v in g.values),
+        f"{fmt(g.mean)} ± {fmt(g.std)}",
+        f"[{fmt(g.ci_low)}, {fmt(g.ci_high)}]",
+        fmt(g.iqm),
+    )
 
 
 def row_cells(r: Any) -> tuple[str, ...]:
     """One row of the comparisons table from an ``analyses.stats.ComparisonRow`` (paired p in the Welch column
     when the comparison is paired)."""
     welch = f"{fmt(r.paired_p)} (paired t)" if r.paired else fmt(r.welch_p)
-    return (f"{r.a} vs {r.b}", fmt(r.mean_diff), welch, fmt(r.perm_p), fmt(r.mwu_p),
-            f"{fmt(r.prob_improvement)} [{fmt(r.pi_low)}, {fmt(r.pi_high)}]", fmt(r.hedges_g),
-            f"{fmt(r.p_adjusted)} ({r.correction})")
+    return (
+        f"{r.a} vs {r.b}",
+        fmt(r.mean_diff),
+        welch,
+        fmt(r.perm_p),
+        fmt(r.mwu_p),
+        f"{fmt(r.prob_improvement)} [{fmt(r.pi_low)}, {fmt(r.pi_high)}]",
+        fmt(r.hedges_g),
+        f"{fmt(r.p_adjusted)} ({r.correction})",
+    )
 
 
 class StatsScreen(Screen[None]):
@@ -107,8 +121,12 @@ class StatsScreen(Screen[None]):
         if not isinstance(by, str) or not isinstance(metric, str):
             return
         self.query_one("#stats-table", DataTable).loading = True
-        self._compare(by, metric, baseline if isinstance(baseline, str) and baseline != ALL_PAIRS else None,
-                      self.query_one("#paired", Checkbox).value)
+        self._compare(
+            by,
+            metric,
+            baseline if isinstance(baseline, str) and baseline != ALL_PAIRS else None,
+            self.query_one("#paired", Checkbox).value,
+        )
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="stats")
     def _compare(self, by: str, metric: str, baseline: str | None, paired: bool) -> None:

@@ -102,8 +102,10 @@ class StepScreen(Screen[None]):
         run, row = self.runs[0], self.row
         play = f"▶ {SPEEDS[self.speed_index] / TICK_SECONDS:g} steps/s" if self.playing else "⏸"
         live = " · pinned" if self.pinned else ""
-        return (f"step {run.step_at(row):,} · row {row + 1:,}/{self.n_rows:,} · epoch {run.epoch_at(row)} · "
-                f"{play} · {run.rec.status}{live} · {run.title}")
+        return (
+            f"step {run.step_at(row):,} · row {row + 1:,}/{self.n_rows:,} · epoch {run.epoch_at(row)} · "
+            f"{play} · {run.rec.status}{live} · {run.title}"
+        )
 
     # ------------------------------------------------------------ cursor
     def on_mount(self) -> None:
@@ -144,9 +146,14 @@ class StepScreen(Screen[None]):
         self.diagnostics[index] = result
         run = self.runs[index]
         run.extra_markers = [
-            Marker(run.row_of_step(int(gs.onset_step)), int(gs.onset_step), "collapse_onset",
-                   f"{name}: {gs.verdict} (diagnosed)")
-            for name, gs in result.gate_sets.items() if gs.onset_step is not None
+            Marker(
+                run.row_of_step(int(gs.onset_step)),
+                int(gs.onset_step),
+                "collapse_onset",
+                f"{name}: {gs.verdict} (diagnosed)",
+            )
+            for name, gs in result.gate_sets.items()
+            if gs.onset_step is not None
         ]
         if index == 0:
             self._markers = run.markers()
@@ -235,8 +242,11 @@ class StepScreen(Screen[None]):
         :func:`analyses.figures.plot_runs`, in a background thread; a notification names the file."""
         kind = self.figure_kind()
         if kind is None:
-            self.notify("this pane has no figure; focus the ratio, heatmap or losses pane (tab) and export again",
-                        title="export PNG", severity="warning")
+            self.notify(
+                "this pane has no figure; focus the ratio, heatmap or losses pane (tab) and export again",
+                title="export PNG",
+                severity="warning",
+            )
             return
         paths = [run.rec.path for run in self.runs]
         stem = paths[0].stem if len(paths) == 1 else "compare"

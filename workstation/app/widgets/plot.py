@@ -148,8 +148,11 @@ class StepPlot(Widget):
         if before == after:
             return
         width, height = self.size
-        self.refresh(Region(0, 0, width, 1), Region(0, height - 1, width, 1),
-                     *(Region(GUTTER + x, 0, 1, height) for x in (before, after)))
+        self.refresh(
+            Region(0, 0, width, 1),
+            Region(0, height - 1, width, 1),
+            *(Region(GUTTER + x, 0, 1, height) for x in (before, after)),
+        )
 
     # ------------------------------------------------------------ drawing
     def image(self) -> list[Strip]:
@@ -191,8 +194,7 @@ class TimePlot(StepPlot):
     The legend shows each series' value in the cursor's column.
     """
 
-    def __init__(self, loader: Loader, *, log: bool = False, id: str | None = None,
-                 classes: str | None = None) -> None:
+    def __init__(self, loader: Loader, *, log: bool = False, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(loader, id=id, classes=classes)
         self.log_scale = log
 
@@ -245,7 +247,7 @@ class TimePlot(StepPlot):
 
 def colormap_styles() -> list[str]:
     """``COLOR_LEVELS`` hex colours interpolated along :data:`VIRIDIS` (index 0 ↔ 0, last ↔ 1)."""
-    stops = np.array([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in VIRIDIS], dtype=np.float64)
+    stops = np.array([[int(h[i : i + 2], 16) for i in (1, 3, 5)] for h in VIRIDIS], dtype=np.float64)
     x = np.linspace(0, len(VIRIDIS) - 1, COLOR_LEVELS)
     rgb = np.stack([np.interp(x, np.arange(len(VIRIDIS)), stops[:, k]) for k in range(3)], axis=1)
     return ["#{:02x}{:02x}{:02x}".format(*np.round(c).astype(int)) for c in rgb]
@@ -278,8 +280,9 @@ class Heatmap(StepPlot):
 
         def style(top: int, bottom: int) -> Style:
             if (top, bottom) not in styles:
-                styles[top, bottom] = Style(color=COLORS[top] if top >= 0 else None,
-                                            bgcolor=COLORS[bottom] if bottom >= 0 else None)
+                styles[top, bottom] = Style(
+                    color=COLORS[top] if top >= 0 else None, bgcolor=COLORS[bottom] if bottom >= 0 else None
+                )
             return styles[top, bottom]
 
         n_lines = matrix.shape[0] // 2

@@ -20,9 +20,11 @@ from textual.widget import Widget
 from workstation.app.data import Marker, column_of, row_of_column
 from workstation.app.widgets.plot import Cell, StepPlot, strip
 
-GLYPHS: dict[str, Cell] = {"epoch_end": ("╵", Style(dim=True)),
-                           "nonfinite": ("✗", Style(color="#d62728", bold=True)),
-                           "collapse_onset": ("◆", Style(color="#ff7f0e", bold=True))}
+GLYPHS: dict[str, Cell] = {
+    "epoch_end": ("╵", Style(dim=True)),
+    "nonfinite": ("✗", Style(color="#d62728", bold=True)),
+    "collapse_onset": ("◆", Style(color="#ff7f0e", bold=True)),
+}
 OTHER: Cell = ("•", Style(color="#1f77b4"))
 RULE: Cell = ("─", Style(dim=True))
 CURSOR: Cell = ("█", Style(bold=True))

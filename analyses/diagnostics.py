@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from recorders.format.recording import (
+from recorders.format import (
     LR,
     STEP,
     GateSetSpec,

@@ -25,8 +25,8 @@ import numpy as np
 
 from analyses.diagnostics import CollapseThresholds, diagnose
 from analyses.grouping import Run, group_runs
+from recorders.format import Recording, gate_path, iter_recordings
 from recorders.format.errors import ConfigError
-from recorders.format.recording import Recording, gate_path, iter_recordings
 
 KINDS = ("gates", "ratio", "variance", "accuracy")
 FORMATS = (".png", ".pdf", ".svg")

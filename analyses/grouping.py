@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from analyses.diagnostics import GateSetDiagnostics, diagnose
+from recorders.format import Recording, iter_recordings, loss_path
 from recorders.format.errors import ConfigError, RecordingError
-from recorders.format.recording import Recording, iter_recordings, loss_path
 
 ATTR_KEYS = ("method", "dataset", "seed", "status")
 EVAL_METRICS = {

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from recorders.clip.backbone import Backbone, load_backbone
-from recorders.format.recording import RecordingWriter
+from recorders.format import RecordingWriter
 from recorders.methods.registry import build_method
 from recorders.train.config import METHODS, build_config
 from recorders.train.loop import loss_terms, make_optimizer

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recorders.format.recording import STEP, Layout, PromptSpec, RecordingWriter
+from recorders.format import STEP, Layout, PromptSpec, RecordingWriter
 from recorders.train import probes
 from recorders.train.demo import DemoConfig, DemoModel, demo_optimizer, run_demo
 

@@ -32,7 +32,7 @@ TARGETS = {
 
 def make_recording(path: Path, n_steps: int, n_gates: int, block: int = 4096) -> None:
     """A collapsing run written block by block (memory stays at one block)."""
-    from recorders.format.recording import (
+    from recorders.format import (
         EPOCH,
         LR,
         STEP,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from recorders.format.recording import (
+from recorders.format import (
     EPOCH,
     LR,
     STEP,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from recorders.format import Recording
 from recorders.format.errors import ConfigError
-from recorders.format.recording import Recording
 from workstation.sweep.spec import load_spec, parse_spec
 
 # Short runs: a random-init tiny CLIP with the world's tokenizer, 1 shot per class, one epoch.

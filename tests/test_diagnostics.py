@@ -11,7 +11,7 @@ import pytest
 from synthetic import GATES, cosine_lr, write_run
 
 from analyses.diagnostics import CollapseThresholds, decay_only_factor, diagnose
-from recorders.format.recording import GroupSpec, Recording
+from recorders.format import GroupSpec, Recording
 
 
 def _diagnose(path, **kwargs):

@@ -12,8 +12,8 @@ from synthetic import GATES, write_group, write_two_gate_sets
 from typer.testing import CliRunner
 
 from analyses.figures import KINDS, run_curve
+from recorders.format import Recording
 from recorders.format.errors import WsError
-from recorders.format.recording import Recording
 from workstation.cli import app
 
 

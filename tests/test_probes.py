@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from scipy.special import expit
 from torch import nn
 
-from recorders.format import recording as rf
+from recorders import format as rf
 from recorders.methods.gates import Gate
 from recorders.train.demo import run_demo
 from recorders.train.probes import watch

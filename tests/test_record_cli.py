@@ -11,8 +11,8 @@ import pytest
 from test_methods import expected_counts
 from typer.testing import CliRunner
 
+from recorders.format import Recording
 from recorders.format.errors import ConfigError
-from recorders.format.recording import Recording
 from workstation.cli import app
 
 

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from recorders.format import recording as rf
+from recorders import format as rf
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "recording-format.md"
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recorders.format import recording as rf
+from recorders import format as rf
 from recorders.format.errors import RecordingError
 
 WRITER = """
 import sys
 import numpy as np
 import pytest
-from recorders.format import recording as rf
+from recorders import format as rf
 from recorders.format.errors import RecordingError
 
 path, block, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]

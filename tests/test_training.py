@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from test_methods import random_backbone
 
+from recorders.format import Recording, gate_path, loss_path
 from recorders.format.errors import ConfigError, WsError
-from recorders.format.recording import Recording, gate_path, loss_path
 from recorders.methods.gates import equilibrium_scale
 from recorders.train.config import METHODS, build_config
-from recorders.train.loop import build_run, lr_at, prepare_data, train, train_batches
+from recorders.train.inputs import prepare_data, train_batches
+from recorders.train.loop import build_run, lr_at, train
 
 
 @pytest.fixture(scope="module")

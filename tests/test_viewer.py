@@ -16,7 +16,7 @@ from textual.widgets import DataTable
 from textual.worker import WorkerCancelled
 
 import analyses.diagnostics
-from recorders.format.recording import (
+from recorders.format import (
     EPOCH,
     LR,
     STEP,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from synthetic import GATES, write_run
 
+from recorders.format import Recording
 from recorders.format.errors import RecordingError
-from recorders.format.recording import Recording
 from workstation.app.data import (
     RunData,
     column_of,

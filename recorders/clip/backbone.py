@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import transformers
 
-from recorders.data.datasets import cache_home
 from recorders.format.errors import ConfigError, DataError
+from recorders.paths import backbones_dir
 
 # CLIP's own normalisation, used when a checkpoint directory has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -99,7 +99,7 @@ def builtin_dir() -> Path:
     """The built-in tiny CLIP's checkpoint directory (versioned by the pretraining recipe)."""
     from recorders.clip.pretrain import RECIPE_VERSION
 
-    return cache_home() / "backbones" / f"builtin-{RECIPE_VERSION}"
+    return backbones_dir() / f"builtin-{RECIPE_VERSION}"
 
 
 def load_backbone(spec: str = "builtin", device: str = "auto") -> Backbone:

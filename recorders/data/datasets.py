@@ -62,11 +62,6 @@ def data_root(cli_value: str | None) -> Path:
     return root
 
 
-def cache_home() -> Path:
-    """Where ws caches derived data (few-shot samples, features): ``$WS_CACHE``, else ``~/.cache/ws``."""
-    return Path(os.environ.get("WS_CACHE") or Path.home() / ".cache" / "ws").expanduser()
-
-
 def load_dataset(name: str, root: Path | None) -> DatasetSplits:
     """Load dataset ``name`` (one of :data:`DATASETS`) from data root ``root``; ``world`` ignores ``root``.
 

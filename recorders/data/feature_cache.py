@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from recorders.data.datasets import cache_home
 from recorders.data.transforms import EvalTransform, TrainTransform, load_batch, test_transform, train_transform
 from recorders.data.types import Item
 from recorders.format.errors import ConfigError
+from recorders.paths import features_dir
 
 KINDS = ("train", "test")
 FORMAT_VERSION = 1  # bump when the computation changes in a way the key does not capture
@@ -71,7 +71,7 @@ def cached_features(
         transform = test_transform(backbone.image_size, backbone.image_mean, backbone.image_std)
         views, seed = 1, 0
     key = cache_key(backbone.fingerprint, dataset_fingerprint, items, kind, views, seed, transform)
-    path = Path(cache_dir if cache_dir is not None else cache_home() / "features") / f"{kind}-{key}.npy"
+    path = Path(cache_dir if cache_dir is not None else features_dir()) / f"{kind}-{key}.npy"
     shape = (len(items), views, backbone.embed_dim) if kind == "train" else (len(items), backbone.embed_dim)
     features = _read(path, shape)
     if features is None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recorders.format.recording import RECORDINGS_DIR, RecordingWriter
+from recorders.format import RECORDINGS_DIR, RecordingWriter
 from recorders.methods.gates import Gate
 from recorders.train.probes import watch
 

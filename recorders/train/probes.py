@@ -1,6 +1,6 @@
 """Probes: the torch side of recording, usable on anyone's training loop.
 
-``watch(model, optimizer)`` derives a :class:`~recorders.format.recording.Layout` from the optimizer's parameter
+``watch(model, optimizer)`` derives a :class:`~recorders.format.Layout` from the optimizer's parameter
 groups, the :class:`~recorders.methods.gates.Gate` modules inside ``model`` and the prompt parameters you name, and
 returns a :class:`Probe`. Call :meth:`Probe.after_backward` once per optimiser step, after ``loss.backward()`` (and
 after ``scaler.unscale_(optimizer)`` under AMP), before gradient clipping and ``optimizer.step()``::
@@ -34,7 +34,7 @@ import torch
 from scipy.special import expit
 from torch import nn
 
-from recorders.format import recording as rf
+from recorders import format as rf
 from recorders.methods.gates import Gate, find_gates
 
 RAW_GRADIENT_LIMIT = 4096  # parameters up to this many elements have their gradient copied, its norm taken on the host

@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from recorders.format.errors import RecordingError
-from recorders.format.recording import (
+from recorders.format import (
     EPOCH,
     Event,
     Recording,
@@ -29,6 +28,7 @@ from recorders.format.recording import (
     grad_norm_path,
     loss_path,
 )
+from recorders.format.errors import RecordingError
 
 SAMPLES_PER_COLUMN = 64
 # Diagnose in a child process above this many recorded gate values (rows × gates): on 100k × 1,024 the
@@ -261,7 +261,7 @@ def distinguishing_key(runs: list[RunData]) -> str:
 _CHILD = """
 import pickle, sys
 from analyses.diagnostics import diagnose
-from recorders.format.recording import Recording
+from recorders.format import Recording
 try:
     with Recording.open(sys.argv[1]) as rec:
         out = diagnose(rec)

@@ -14,7 +14,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show what a recording holds: identity, status, sizes, parameter groups, gate sets and the last eval."""
-    from recorders.format.recording import Recording, iter_recordings
+    from recorders.format import Recording, iter_recordings
 
     summaries = []
     for path in iter_recordings(paths):

@@ -19,7 +19,7 @@ def view(
     theme: str = typer.Option("textual-dark", help="Textual theme, e.g. textual-dark, textual-light, nord"),
 ) -> None:
     """Replay recordings in the terminal: step through a run, compare variants, test across seeds."""
-    from recorders.format.recording import RECORDINGS_DIR, iter_recordings  # h5py: not at `ws --help`
+    from recorders.format import RECORDINGS_DIR, iter_recordings  # h5py: not at `ws --help`
 
     if sync not in ("step", "fraction"):
         raise ConfigError(f"--sync {sync!r} is not valid; use step or fraction")

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recorders.format import Recording
 from recorders.format.errors import ConfigError, RecordingError
-from recorders.format.recording import Recording
 
 RUN_STATUSES = ("pending", "running", "complete", "failed", "interrupted")
 MANIFEST = "manifest.json"

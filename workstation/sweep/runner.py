@@ -19,8 +19,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from recorders.format import Recording
 from recorders.format.errors import RecordingError
-from recorders.format.recording import Recording
 from workstation.sweep.executors import Executor, RunResult, record_args
 from workstation.sweep.manifest import Manifest, RunEntry, recording_state
 from workstation.sweep.spec import PlannedRun, SweepSpec

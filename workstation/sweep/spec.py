@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recorders.format import RECORDINGS_DIR
 from recorders.format.errors import ConfigError
-from recorders.format.recording import RECORDINGS_DIR
 from recorders.train.config import FIELDS, Config, build_config, read_toml, suggest
 
 SPEC_KEYS = ("name", "out", "base", "axes", "runs", "resources")

@@ -18,8 +18,8 @@ from textual.widgets import Footer, Tree
 from textual.widgets.tree import TreeNode
 from textual.worker import Worker, get_current_worker
 
+from recorders.format import iter_recordings
 from recorders.format.errors import RecordingError, WsError
-from recorders.format.recording import iter_recordings
 from workstation.app.data import RunData
 
 RESCAN_SECONDS = 5.0

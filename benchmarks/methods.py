@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from recorders.clip.backbone import Backbone, load_backbone
 from recorders.format import RecordingWriter
-from recorders.methods.registry import build_method
-from recorders.train.config import METHODS, build_config
+from recorders.methods.registry import METHODS, build_method
+from recorders.train.config import build_config
 from recorders.train.loop import loss_terms, make_optimizer
 from recorders.train.probes import watch
 

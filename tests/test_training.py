@@ -18,7 +18,8 @@ from test_methods import random_backbone
 from recorders.format import Recording, gate_path, loss_path
 from recorders.format.errors import ConfigError, WsError
 from recorders.methods.gates import equilibrium_scale
-from recorders.train.config import METHODS, build_config
+from recorders.methods.registry import METHODS
+from recorders.train.config import build_config
 from recorders.train.inputs import prepare_data, train_batches
 from recorders.train.loop import build_run, lr_at, train
 

@@ -104,11 +104,9 @@ def binary_entropy(values: torch.Tensor) -> torch.Tensor:
 
 
 class PromptMethod(nn.Module):
-    """Base class: subclasses set ``name``, build parameters and define ``forward`` and ``_groups``."""
+    """Base class: subclasses build parameters and define ``forward`` and ``_groups`` (names live in the registry)."""
 
-    name: ClassVar[str] = ""
     needs_pixels: ClassVar[bool] = False
-    gated: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -265,9 +263,14 @@ class PromptMethod(nn.Module):
     def n_trainable(self) -> int:
         return sum(g.n_params for g in self.groups())
 
+    @property
+    def has_gates(self) -> bool:
+        """Whether the model holds :class:`Gate` modules (the gated methods, except their ``param-matched`` form)."""
+        return any(isinstance(module, Gate) for module in self.modules())
+
     def extra_losses(self) -> tuple[str, ...]:
         """Names of the loss terms :meth:`forward` may return besides ``ce`` (fixed per configuration)."""
-        return ("entropy",) if self.gated and self.cfg.gate_entropy and self.cfg.variant != "param-matched" else ()
+        return ("entropy",) if self.has_gates and self.cfg.gate_entropy and self.cfg.variant != "param-matched" else ()
 
     def forward(self, inputs: torch.Tensor, classes: ClassPrompts) -> MethodOutput:
         raise NotImplementedError

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 
 class BiMaPLe(MaPLe):
-    name = "bimaple"
-
     def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         width, vision = backbone.text_width, backbone.vision_width
@@ -52,9 +50,6 @@ class BiMaPLe(MaPLe):
 
 
 class AdaptiveBiMaPLe(BiMaPLe):
-    name = "adaptive-bimaple"
-    gated = True
-
     def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.length_gates = nn.ModuleList(

@@ -20,9 +20,6 @@ if TYPE_CHECKING:
 
 
 class CoCoOpGating(CoCoOp):
-    name = "cocoop-gating"
-    gated = True
-
     def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.gate = self.make_gate(self.n_ctx, "instance", prompt="ctx", feature_dim=backbone.embed_dim)

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
 
 class CoOp(PromptMethod):
-    name = "coop"
-
     def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.ctx = nn.Parameter(self.init_context())

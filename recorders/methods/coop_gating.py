@@ -18,9 +18,6 @@ if TYPE_CHECKING:
 
 
 class CoOpGating(CoOp):
-    name = "coop-gating"
-    gated = True
-
     def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.gate = self.make_gate(self.n_ctx, "length", prompt="ctx")

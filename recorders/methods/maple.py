@@ -29,7 +29,6 @@ def prompt_depth(backbone: Backbone, requested: int) -> int:
 
 
 class MaPLe(PromptMethod):
-    name = "maple"
     needs_pixels = True
 
     def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:

@@ -1,32 +1,47 @@
-"""``--method`` name → method class: an explicit table (no registration by import side effects)."""
+"""``--method`` name → method class: one explicit table, the only list of method names in ws.
+
+Importing this module is torch-free (the config and the CLI read :data:`METHODS`); a method's class is imported
+when it is built. No registration by import side effects.
+"""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import torch
-
-from recorders.methods.base import PromptMethod
-from recorders.methods.bimaple import AdaptiveBiMaPLe, BiMaPLe
-from recorders.methods.cocoop import CoCoOp
-from recorders.methods.cocoop_gating import CoCoOpGating
-from recorders.methods.coop import CoOp
-from recorders.methods.coop_gating import CoOpGating
-from recorders.methods.maple import MaPLe
-from recorders.train.config import Config
 
 if TYPE_CHECKING:
     from recorders.clip.backbone import Backbone
+    from recorders.methods.base import PromptMethod
+    from recorders.train.config import Config
 
-METHODS: dict[str, type[PromptMethod]] = {
-    "coop": CoOp,
-    "cocoop": CoCoOp,
-    "maple": MaPLe,
-    "bimaple": BiMaPLe,
-    "adaptive-bimaple": AdaptiveBiMaPLe,
-    "coop-gating": CoOpGating,
-    "cocoop-gating": CoCoOpGating,
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """Where a method's class lives (``recorders.methods.<module>.<cls>``) and whether it has sigmoid gates."""
+
+    module: str
+    cls: str
+    gated: bool
+
+
+REGISTRY: dict[str, MethodEntry] = {
+    "coop": MethodEntry("coop", "CoOp", gated=False),
+    "cocoop": MethodEntry("cocoop", "CoCoOp", gated=False),
+    "maple": MethodEntry("maple", "MaPLe", gated=False),
+    "bimaple": MethodEntry("bimaple", "BiMaPLe", gated=False),
+    "adaptive-bimaple": MethodEntry("bimaple", "AdaptiveBiMaPLe", gated=True),
+    "coop-gating": MethodEntry("coop_gating", "CoOpGating", gated=True),
+    "cocoop-gating": MethodEntry("cocoop_gating", "CoCoOpGating", gated=True),
 }
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+GATED_METHODS: tuple[str, ...] = tuple(name for name, entry in REGISTRY.items() if entry.gated)
+
+
+def method_class(name: str) -> type[PromptMethod]:
+    """The class of method ``name`` (one of :data:`METHODS`)."""
+    entry = REGISTRY[name]
+    return getattr(importlib.import_module(f"recorders.methods.{entry.module}"), entry.cls)
 
 
 def build_method(cfg: Config, backbone: Backbone) -> PromptMethod:
@@ -34,5 +49,7 @@ def build_method(cfg: Config, backbone: Backbone) -> PromptMethod:
 
     Random initialisation draws from a CPU generator seeded with ``cfg.seed``: reproducible on any device.
     """
+    import torch
+
     generator = torch.Generator().manual_seed(cfg.seed)
-    return METHODS[cfg.method](backbone, cfg, generator).to(backbone.device)
+    return method_class(cfg.method)(backbone, cfg, generator).to(backbone.device)

@@ -16,15 +16,14 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from recorders.format.errors import ConfigError
+from recorders.methods.registry import GATED_METHODS, METHODS
 
-METHODS = ("coop", "cocoop", "maple", "bimaple", "adaptive-bimaple", "coop-gating", "cocoop-gating")
-GATED_METHODS = ("adaptive-bimaple", "coop-gating", "cocoop-gating")
 VARIANTS = ("standard", "param-matched", "always-frozen")
 ON_NAN = ("skip", "stop")
 
@@ -320,8 +319,3 @@ def build_config(
     _choice("method", method, METHODS)
     preset = {**PRESETS[method], **DATASET_PRESETS.get((dataset, method), {})}
     return replace(Config(), **{**preset, **chosen}).validate()
-
-
-def config_from_mapping(values: Mapping[str, Any]) -> Config:
-    """Rebuild a config stored in a recording (its ``config`` attribute)."""
-    return replace(Config(), **{k: _coerce(k, v) for k, v in values.items()}).validate()

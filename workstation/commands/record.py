@@ -12,6 +12,9 @@ from typing import Annotated
 
 import typer
 
+from recorders.methods.registry import METHODS
+from recorders.train.config import Config
+
 _TRAIN = "Training"
 _INTERVENE = "Interventions and variants"
 
@@ -20,7 +23,7 @@ def record(
     method: Annotated[
         str | None,
         typer.Option(
-            help="coop, cocoop, maple, bimaple, adaptive-bimaple, coop-gating, cocoop-gating (default: coop-gating)",
+            help=f"{', '.join(METHODS)} (default: {Config.method})",
             rich_help_panel=_TRAIN,
         ),
     ] = None,

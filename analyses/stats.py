@@ -312,14 +312,14 @@ def adjust_pvalues(p: Sequence[float], method: str) -> np.ndarray:
 
     NaN p-values are left NaN and do not count towards the number of tests.
     """
-    p = np.asarray(p, np.float64)
-    out = p.copy()
-    ok = np.flatnonzero(np.isfinite(p))
+    values = np.asarray(p, np.float64)
+    out = values.copy()
+    ok = np.flatnonzero(np.isfinite(values))
     m = len(ok)
     if method == "none" or m == 0:
         return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    ranked = p[order]
+    order = ok[np.argsort(values[ok], kind="stable")]
+    ranked = values[order]
     if method == "holm":
         adjusted = np.maximum.accumulate((m - np.arange(m)) * ranked)
     elif method == "bh":

@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import transformers
@@ -95,6 +95,22 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
+def clip_configs(model: transformers.CLIPModel) -> tuple[transformers.CLIPTextConfig, transformers.CLIPVisionConfig]:
+    """The text and vision sub-configs of a loaded CLIP (typed: transformers declares them loosely)."""
+    return (
+        cast(transformers.CLIPTextConfig, model.config.text_config),
+        cast(transformers.CLIPVisionConfig, model.config.vision_config),
+    )
+
+
+def image_size(model: transformers.CLIPModel) -> int:
+    """The vision tower's square input side in pixels (ws supports square inputs only)."""
+    size = clip_configs(model)[1].image_size
+    if not isinstance(size, int):
+        raise DataError(f"vision_config.image_size = {size!r}: ws needs one integer (square images)")
+    return size
+
+
 def builtin_dir() -> Path:
     """The built-in tiny CLIP's checkpoint directory (versioned by the pretraining recipe)."""
     from recorders.clip.pretrain import RECIPE_VERSION
@@ -157,11 +173,12 @@ def _load_directory(directory: Path, name: str, device: torch.device) -> Backbon
         ) from None
     model.requires_grad_(False)
     model.eval()
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
     mean, std = _normalisation(directory)
     autocast_dtype = None
     if device.type == "cuda":
         autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    text_config, vision_config = clip_configs(model)
     return Backbone(
         model=model,
         tokenizer=tokenizer,
@@ -169,13 +186,13 @@ def _load_directory(directory: Path, name: str, device: torch.device) -> Backbon
         fingerprint=fingerprint(directory),
         device=device,
         autocast_dtype=autocast_dtype,
-        image_size=model.config.vision_config.image_size,
+        image_size=image_size(model),
         image_mean=mean,
         image_std=std,
-        text_width=model.config.text_config.hidden_size,
-        vision_width=model.config.vision_config.hidden_size,
-        embed_dim=model.config.projection_dim,
-        context_length=model.config.text_config.max_position_embeddings,
+        text_width=text_config.hidden_size,
+        vision_width=vision_config.hidden_size,
+        embed_dim=cast(int, model.config.projection_dim),
+        context_length=text_config.max_position_embeddings,
     )
 
 

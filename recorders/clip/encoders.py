@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from transformers import CLIPModel
 from transformers.masking_utils import create_causal_mask
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
 
 def token_embeddings(model: CLIPModel, input_ids: Tensor) -> Tensor:
@@ -89,8 +90,9 @@ def text_features(
     hidden = text.embeddings(inputs_embeds=token_embeds)
     mask = create_causal_mask(config=text.config, inputs_embeds=hidden, attention_mask=None, cache=None)
     for index, layer in enumerate(layers):
-        if 0 < index <= len(deep) and deep[index - 1] is not None:
-            hidden = _splice(hidden, deep[index - 1], prompt_start)
+        prompt = deep[index - 1] if 0 < index <= len(deep) else None
+        if prompt is not None:
+            hidden = _splice(hidden, prompt, prompt_start)
         hidden = layer(hidden, mask, is_causal=True)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     pooled = text.final_layer_norm(hidden[rows, eot_positions(model, input_ids).to(hidden.device)])
@@ -138,15 +140,16 @@ def shared_prefix_text_features(
     hidden_suffix = (suffix + positions[n_prefix : n_prefix + n_suffix].to(suffix.dtype))[None]  # (1, C, S, D)
     allowed = torch.ones(n_suffix, n_suffix, dtype=torch.bool, device=suffix.device).tril()
     for index, layer in enumerate(layers):
-        if 0 < index <= len(deep) and deep[index - 1] is not None:
-            hidden_prefix = _splice(hidden_prefix, deep[index - 1], prompt_start)
+        prompt = deep[index - 1] if 0 < index <= len(deep) else None
+        if prompt is not None:
+            hidden_prefix = _splice(hidden_prefix, prompt, prompt_start)
         pooled = eot if index == len(layers) - 1 else None
         hidden_prefix, hidden_suffix = _shared_prefix_layer(layer, hidden_prefix, hidden_suffix, allowed, pooled)
     return model.text_projection(text.final_layer_norm(hidden_suffix))
 
 
 def _shared_prefix_layer(
-    layer: torch.nn.Module, prefix: Tensor, suffix: Tensor, allowed: Tensor, eot: Tensor | None
+    layer: CLIPEncoderLayer, prefix: Tensor, suffix: Tensor, allowed: Tensor, eot: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """One ``CLIPEncoderLayer`` (pre-LN attention and MLP, both residual) on prefix hidden states ``(G, P, D)``
     and suffix hidden states ``(G or 1, C, S, D)`` (1: the same for every prefix, as at the input); the suffix
@@ -157,7 +160,7 @@ def _shared_prefix_layer(
     Attention runs in the layout ``(G, H, C, Q, ·)``: the prefix keys are shared by the ``C·Q`` queries of a group
     (one matmul per group and head, no broadcast copies), the suffix keys by the ``Q`` queries of a class.
     """
-    attn = layer.self_attn
+    attn: CLIPAttention = layer.self_attn  # type: ignore[assignment]  # nn.Module attribute typing
     heads, head_dim, scale = attn.num_heads, attn.head_dim, attn.scale
     n_classes = suffix.shape[1]
 
@@ -218,17 +221,18 @@ def image_features(
         raise ValueError("deeper vision prompts need vision_prompts[0]: it appends the tokens they replace")
     hidden = vision.embeddings(pixel_values)
     n_prompt = 0
-    if prompts and prompts[0] is not None:
-        n_prompt = prompts[0].shape[-2]
-        hidden = torch.cat([hidden, _batched(prompts[0], hidden)], dim=1)
+    first = prompts[0] if prompts else None
+    if first is not None:
+        n_prompt = first.shape[-2]
+        hidden = torch.cat([hidden, _batched(first, hidden)], dim=1)
     hidden = vision.pre_layrnorm(hidden)
     for index, layer in enumerate(layers):
-        if 0 < index < len(prompts) and prompts[index] is not None:
-            if prompts[index].shape[-2] != n_prompt:
+        prompt = prompts[index] if 0 < index < len(prompts) else None
+        if prompt is not None:
+            if prompt.shape[-2] != n_prompt:
                 raise ValueError(
-                    f"vision_prompts[{index}] has {prompts[index].shape[-2]} tokens; "
-                    f"vision_prompts[0] appended {n_prompt}"
+                    f"vision_prompts[{index}] has {prompt.shape[-2]} tokens; vision_prompts[0] appended {n_prompt}"
                 )
-            hidden = _splice(hidden, prompts[index], hidden.shape[1] - n_prompt)
+            hidden = _splice(hidden, prompt, hidden.shape[1] - n_prompt)
         hidden = layer(hidden, None)
     return model.visual_projection(vision.post_layernorm(hidden[:, 0]))

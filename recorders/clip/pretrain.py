@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-from recorders.clip.backbone import CLIP_MEAN, CLIP_STD
+from recorders.clip.backbone import CLIP_MEAN, CLIP_STD, image_size
 from recorders.clip.encoders import image_features, text_features, token_embeddings
 from recorders.clip.tokenizer import build_tokenizer
 from recorders.data.world import (
@@ -95,7 +95,7 @@ def save_checkpoint(model: CLIPModel, tokenizer: CLIPTokenizer, out: Path, metri
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    size = model.config.vision_config.image_size
+    size = image_size(model)
     preprocessor = {
         "image_processor_type": "CLIPImageProcessor",
         "image_mean": list(CLIP_MEAN),
@@ -119,7 +119,7 @@ def random_checkpoint(out: Path, seed: int = 0) -> Path:
 
 def pixels(images: list, size: int, mean: tuple, std: tuple) -> torch.Tensor:
     """PIL images of side ``size`` → normalised float tensor ``(B, 3, size, size)``."""
-    array = np.stack([np.asarray(image, dtype=np.float32) for image in images]) / 255.0
+    array: np.ndarray = np.stack([np.asarray(image, dtype=np.float32) for image in images]) / 255.0
     array = (array - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
@@ -132,7 +132,7 @@ def encode_texts(model: CLIPModel, tokenizer: CLIPTokenizer, texts: list[str]) -
 
 def encode_scenes(model: CLIPModel, scenes: list[Scene]) -> torch.Tensor:
     """L2-normalised image features ``(N, embed_dim)`` of rendered scenes."""
-    size = model.config.vision_config.image_size
+    size = image_size(model)
     return F.normalize(
         image_features(model, pixels([render(s, size) for s in scenes], size, CLIP_MEAN, CLIP_STD)), dim=-1
     )

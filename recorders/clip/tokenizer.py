@@ -51,4 +51,5 @@ def build_tokenizer(words: Iterable[str], context_length: int) -> CLIPTokenizer:
     merges = learn_merges(w.lower() for w in words)
     tokens = [*alphabet, *(c + SUFFIX for c in alphabet), *(a + b for a, b in merges), BOS, EOT]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=context_length)
+    # merge pairs as tuples: what the tokenizers backend takes (transformers' annotation says list[str])
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=context_length)  # type: ignore[arg-type]

@@ -164,7 +164,7 @@ def render(scene: Scene, size: int) -> Image.Image:
 
     if scene.domain in ("sketch", "outline"):
         paper = rng.uniform(225, 255) - rng.uniform(0, 12, 3)
-        canvas = np.broadcast_to(paper, (side, side, 3)).astype(np.float32)
+        canvas: np.ndarray = np.broadcast_to(paper, (side, side, 3)).astype(np.float32)
         if scene.domain == "sketch":
             yy, xx = np.mgrid[0:side, 0:side]
             direction = 1 if rng.random() < 0.5 else -1

@@ -98,6 +98,8 @@ class Gate(nn.Module):
         self.prompt = prompt
         self.init = init
         self.equilibrium = False
+        self.proj: nn.Linear | None
+        self.logits: nn.Parameter | None
         self.capture = False
         self.last_logits: torch.Tensor | None = None
         if kind == "instance":

@@ -1,11 +1,11 @@
 """The synthetic demo: a tiny gated prompt learner trained on random data, recorded end to end.
 
-It exercises the whole pipeline (probes → writer → reader → viewer) in seconds on a CPU, before the real methods
-exist. The task imitates base-to-novel prompt learning: a frozen "image encoder" maps random inputs to features; a
-class's text feature is its frozen class embedding plus the sum of the gated context tokens; the labels come from a
-teacher whose class embeddings are all shifted by one hidden vector, so the context can learn the shift. Training
-sees the base half of the classes; evaluation reports base and novel accuracy of the model's own predictions on
-held-out inputs.
+It exercises the whole pipeline (probes → writer → reader → viewer) in seconds on a CPU, without a CLIP backbone
+(tests and benchmarks use it). The task imitates base-to-novel prompt learning: a frozen "image encoder" maps random
+inputs to features; a class's text feature is its frozen class embedding plus the sum of the gated context tokens;
+the labels come from a teacher whose class embeddings are all shifted by one hidden vector, so the context can learn
+the shift. Training sees the base half of the classes; evaluation reports base and novel accuracy of the model's own
+predictions on held-out inputs.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ class DemoModel(nn.Module):
 
     ``forward(x)``: x ``(B, in_dim)`` → logits ``(B, n_classes)``.
     """
+
+    class_emb: torch.Tensor  # a buffer: frozen class embeddings (n_classes, dim)
 
     def __init__(self, cfg: DemoConfig, generator: torch.Generator) -> None:
         super().__init__()
@@ -173,7 +175,7 @@ def run_demo(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if writer is not None:
-                probe.after_backward(step, epoch, schedule.get_last_lr()[0], {"total": loss, "ce": loss})
+                probe.after_backward(step, epoch, float(schedule.get_last_lr()[0]), {"total": loss, "ce": loss})
             optimizer.step()
             schedule.step()
             if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recorders.data.transforms import EvalTransform, TrainTransform, load_batch, test_transform, train_transform
 from recorders.data.types import FewShotTask, Item
 from recorders.methods.base import PromptMethod
 from recorders.train.config import Config
@@ -76,9 +77,8 @@ def prepare_data(
 def load_pixels(
     method: PromptMethod, items: list[Item], load_image: Callable, rngs: list | None, cfg: Config
 ) -> torch.Tensor:
-    from recorders.data.transforms import load_batch, test_transform, train_transform
-
     bb = method.backbone
+    transform: TrainTransform | EvalTransform
     if rngs is not None:
         transform = train_transform(bb.image_size, bb.image_mean, bb.image_std, cfg.crop_scale)
     else:

@@ -119,7 +119,6 @@ def watch(
         if prompt is not None and prompt.shape[0] != gate.n_gates:
             prompt = None
         first = next(gate.parameters(), None)
-        static = gate.logits is not None
         spec = rf.GateSetSpec(
             name=gate_set_name(qualified),
             n_gates=gate.n_gates,
@@ -127,7 +126,7 @@ def watch(
             prompt=gate.prompt if prompt is not None else "",
             decomposition=prompt is not None,
             group=group_of.get(id(first), "") if first is not None else "",
-            init_logit=tuple(gate.logits.detach().double().cpu().tolist()) if static else (),
+            init_logit=tuple(gate.logits.detach().double().cpu().tolist()) if gate.logits is not None else (),
         )
         gate_probes.append(_GateProbe(spec, gate))
     layout = rf.Layout(
@@ -223,7 +222,7 @@ class Probe:
         for g in self._gates:
             n = g.gate.n_gates
             pair = ("logit", "grad")
-            shape = (n,) if g.gate.logits is not None else (next(rows), n)
+            shape: tuple[int, ...] = (n,) if g.gate.logits is not None else (next(rows), n)
             shapes.update({f"gate/{g.spec.name}/{k}": shape for k in pair})
         for name, prompt in self._prompts.items():
             shapes[f"prompt/{name}/value"] = shapes[f"prompt/{name}/grad"] = tuple(prompt.shape)
@@ -292,12 +291,10 @@ class Probe:
                 ]
             sources += norms
         for param, key in self._raw_plan:
-            grad = param.grad
-            sources.append(nan[key] if grad is None else grad)
-        for param, gate, logit_key, grad_key in self._gate_plan:
-            if param is not None:  # static gates
-                grad = param.grad
-                sources += (param, nan[grad_key] if grad is None else grad)
+            sources.append(nan[key] if param.grad is None else param.grad)
+        for gate_param, gate, logit_key, grad_key in self._gate_plan:
+            if gate_param is not None:  # static gates
+                sources += (gate_param, nan[grad_key] if gate_param.grad is None else gate_param.grad)
                 continue
             captured = gate.last_logits
             if captured is None:

@@ -344,3 +344,23 @@ def test_demo_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     path = run_demo(steps=2, seed=3)
     assert path.parent == Path("recordings") and path.name.startswith("demo-random-s3-") and path.suffix == ".h5"
     assert (tmp_path / path).exists()
+
+
+def test_close_gives_the_gates_back_as_watch_found_them(tmp_path: Path) -> None:
+    """After close() an instance gate no longer captures, and no graph tensor of the last step is kept alive."""
+    model = Tiny()
+    optimizer = _optimizer(model)
+    assert model.inst.capture is False
+    probe = watch(model, optimizer, prompts={"ctx": model.ctx})
+    assert model.inst.capture is True
+    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, config={}, method="t", seed=0, device="cpu") as w:
+        probe.attach(w)
+        x, y = _batches(1)[0]
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        probe.after_backward(0, 0, 0.1, {"total": loss})
+        assert model.inst.last_logits is not None and model.inst.last_logits.grad_fn is not None
+        probe.close()
+    assert model.inst.capture is False and model.inst.last_logits is None
+    model(x)  # a forward after close keeps nothing
+    assert model.inst.last_logits is None

@@ -237,8 +237,9 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: bool = True) -> 
             after = evaluate(method, base, novel, data, cfg)
             writer.add_eval(step, epoch + 1, after.base, after.novel)
             writer.add_event(step, "epoch_end", f"epoch {epoch + 1}: base {after.base:.4f} novel {after.novel:.4f}")
+        summary = gate_summary(method)  # instance gates: from the last step's captured logits, before close
         probe.close()
-    return RunResult(run.path, step, before, after, gate_summary(method), method.groups())
+    return RunResult(run.path, step, before, after, summary, method.groups())
 
 
 def _nonfinite(

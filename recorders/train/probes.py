@@ -182,6 +182,7 @@ class Probe:
         self._writer: rf.RecordingWriter | None = None
         self._flush_seconds = float("inf")
         self._last_flush = time.monotonic()
+        self._capture_before = [gate.capture for gate in self._instance]  # restored by close()
         for gate in self._instance:
             gate.capture = True
         self._gate_plan = [
@@ -428,10 +429,14 @@ class Probe:
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        """Flush the remaining rows and flush the writer's file."""
+        """Flush the remaining rows and the writer's file, and give the gates back as :func:`watch` found them
+        (their ``capture`` flag restored, no captured graph tensor kept alive)."""
         self.flush()
         if self._writer is not None:
             self._writer.flush()
+        for gate, capture in zip(self._instance, self._capture_before, strict=True):
+            gate.capture = capture
+            gate.last_logits = None
 
 
 def _batch_statistics(logit: np.ndarray, grad: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:

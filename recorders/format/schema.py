@@ -46,7 +46,7 @@ DECOMPOSITION_SERIES = ("prompt_norm", "cosine")
 PROMPT_SERIES = ("grad_norm", "norm")
 EVAL_FIELDS = ("step", "epoch", "base_acc", "novel_acc", "hm")
 EVENT_FIELDS = ("step", "kind", "message")
-EVENT_KINDS = ("epoch_end", "eval", "nonfinite", "collapse_onset", "note")
+EVENT_KINDS = ("epoch_end", "eval", "nonfinite", "note")
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 

@@ -16,8 +16,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recorders.data.transforms import EvalTransform, TrainTransform, load_batch, test_transform, train_transform
 from recorders.data.types import Item
+from recorders.files import atomic_write
 from recorders.format.errors import ConfigError
 from recorders.paths import features_dir
 
@@ -160,9 +159,5 @@ def _read(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _write(path: Path, features: np.ndarray) -> None:
-    """Write atomically (temporary file + rename): a killed run never leaves a truncated entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, features)
-    os.replace(tmp, path)
+    """Write atomically: a killed run never leaves a truncated entry."""
+    atomic_write(path, lambda f: np.save(f, features), binary=True)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from recorders.data.types import DatasetSplits, FewShotTask, Item
+from recorders.files import atomic_write
 from recorders.format.errors import ConfigError, DataError
 
 VAL_SHOTS_MAX = 4
@@ -117,9 +116,5 @@ def _read_cache(path: Path | None) -> dict[str, list[str]] | None:
 
 
 def _write_cache(path: Path, keys: dict[str, list[str]]) -> None:
-    """Write atomically (temporary file + rename) so concurrent runs never read half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(keys, f)
-    os.replace(tmp, path)
+    """Write atomically, so concurrent runs never read half a file."""
+    atomic_write(path, lambda f: json.dump(keys, f))

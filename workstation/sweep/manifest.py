@@ -8,12 +8,11 @@ attempt), ``attempts``, ``error`` (one line, empty unless failed or interrupted)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recorders.files import atomic_write
 from recorders.format import Recording
 from recorders.format.errors import ConfigError, RecordingError
 
@@ -55,12 +54,8 @@ class Manifest:
         return cls(directory, raw.get("spec", ""), runs)
 
     def save(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         payload = {"spec": self.spec, "runs": [asdict(r) for r in self.runs.values()]}
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".manifest-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, self.directory / MANIFEST)
+        atomic_write(self.directory / MANIFEST, lambda f: json.dump(payload, f, indent=2))
 
     def recording(self, run_id: str) -> Path:
         """Where a run's recording lives: one fixed file per run id, so a re-run replaces a partial file."""

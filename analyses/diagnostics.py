@@ -47,6 +47,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from recorders.format import (
     LR,
+    SATURATED_ABOVE,
+    SATURATED_BELOW,
     STEP,
     GateSetSpec,
     GroupSpec,
@@ -71,8 +73,8 @@ class CollapseThresholds:
     window_steps: int = 100  # window of the onset rule, in optimiser steps
     displacement_min: float = 0.1  # gradient-caused logit displacement that counts as having moved
     instance_std_min: float = 1e-3  # across-input std of σ below this: instance gates gave up on the input
-    saturation_low: float = 0.05  # σ below this is saturated (off)
-    saturation_high: float = 0.95  # σ above this is saturated (on)
+    saturation_low: float = SATURATED_BELOW  # σ below this is saturated (off)
+    saturation_high: float = SATURATED_ABOVE  # σ above this is saturated (on)
 
     def __post_init__(self) -> None:
         if self.window_steps < 1 or not 0 <= self.saturation_low < self.saturation_high <= 1:

@@ -90,6 +90,12 @@ def dsigmoid_from_logit(logit: np.ndarray) -> np.ndarray:
     return e / (1.0 + e) ** 2
 
 
+#: A gate is saturated when σ(g) lies outside ``(SATURATED_BELOW, SATURATED_ABOVE)``: off below, fully on above
+#: (there σ'(g) < 0.0475, under a fifth of its maximum 0.25). The recorder's summary and the analyses share it.
+SATURATED_BELOW = 0.05
+SATURATED_ABOVE = 0.95
+
+
 def _check_name(kind: str, name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"{kind} name {name!r} must match {_NAME.pattern} (it becomes an HDF5 path component)")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recorders.data.types import FewShotTask
-from recorders.format import RECORDINGS_DIR, RecordingWriter
+from recorders.format import RECORDINGS_DIR, SATURATED_ABOVE, SATURATED_BELOW, RecordingWriter
 from recorders.format.errors import ConfigError, WsError
 from recorders.methods.base import ParamGroup, PromptMethod
 from recorders.methods.gates import find_gates
@@ -112,7 +112,7 @@ def loss_terms(method: PromptMethod) -> tuple[str, ...]:
 
 def gate_summary(method: PromptMethod) -> str:
     """One line: per gate set (named as in the recording), mean σ, its range and how many gates are saturated
-    (σ < 0.05 or > 0.95)."""
+    (σ outside ``(SATURATED_BELOW, SATURATED_ABOVE)``)."""
     from recorders.train.probes import gate_set_name
 
     parts = []
@@ -121,7 +121,7 @@ def gate_summary(method: PromptMethod) -> str:
         if logits is None:
             continue
         values = torch.sigmoid(logits.detach().float()).flatten()
-        saturated = int(((values < 0.05) | (values > 0.95)).sum())
+        saturated = int(((values < SATURATED_BELOW) | (values > SATURATED_ABOVE)).sum())
         parts.append(
             f"{gate_set_name(name)} σ {values.mean():.3f} [{values.min():.3f}, {values.max():.3f}], "
             f"{saturated}/{values.numel()} saturated"

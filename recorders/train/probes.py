@@ -442,8 +442,9 @@ class Probe:
 def _batch_statistics(logit: np.ndarray, grad: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
     """Per-step series of an instance gate set from per-input float32 logits and ∂L/∂g ``(steps, capacity,
     n_gates)`` of which the first ``rows[s]`` inputs are valid at step ``s``: batch means of logit, σ and σ', the
-    batch sum of ∂L/∂g (what the gate's bias receives), and the population std of σ. σ and σ' = σ(g)σ(−g) are
-    evaluated per input in float32 (where they were measured), every sum in float64. A step with no inputs is NaN.
+    batch sum of ∂L/∂g (what the gate's bias receives), and the population std of σ. σ and σ' (from the logit, as
+    :func:`~recorders.format.dsigmoid_from_logit` defines it for every reader) are evaluated per input in float32
+    (where they were measured), every sum in float64. A step with no inputs is NaN.
     """
     valid = np.arange(logit.shape[1])[None, :] < rows[:, None]  # (steps, capacity)
     if not valid.all():  # the rest of a short batch's slot holds stale numbers
@@ -460,7 +461,7 @@ def _batch_statistics(logit: np.ndarray, grad: np.ndarray, rows: np.ndarray) -> 
     return {
         "logit": mean(logit),
         "value": value_mean,
-        "dsigmoid": mean(value * expit(-logit)),
+        "dsigmoid": mean(rf.dsigmoid_from_logit(logit)),
         "grad": np.where(rows[:, None] > 0, total, np.nan),
         "value_mean": value_mean,
         "value_std": np.sqrt(mean(np.square(value - value_mean[:, None]))),

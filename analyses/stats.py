@@ -24,8 +24,6 @@ smallest two-sided permutation or Mann-Whitney p is 0.10; 5 pairs: the smallest 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import warnings
@@ -136,54 +134,6 @@ class ComparisonReport:
                 "excluded": self.excluded,
             }
         )
-
-    def to_csv(self) -> str:
-        """One line per comparison, with both groups' n, mean and std."""
-        out = io.StringIO()
-        fields = list(ComparisonRow.__dataclass_fields__)
-        writer = csv.DictWriter(
-            out, [*fields[:4], "mean_a", "std_a", "mean_b", "std_b", *fields[4:]], lineterminator="\n"
-        )
-        writer.writeheader()
-        for row in self.rows:
-            a, b = self.groups[row.a], self.groups[row.b]
-            sides = {"mean_a": a.mean, "std_a": a.std, "mean_b": b.mean, "std_b": b.std}
-            writer.writerow({**asdict(row), **sides})
-        return out.getvalue()
-
-    def to_markdown(self) -> str:
-        """Two GitHub-markdown tables (groups, comparisons) and the warnings as a list."""
-        title = f"**{self.metric}** by **{self.by}**"
-        if self.baseline is not None:
-            title += f", baseline **{self.baseline}**"
-        lines = [
-            title,
-            "",
-            "| group | n | seeds | values | mean ± std | 95% CI | IQM |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for g in self.groups.values():
-            lines.append(
-                f"| {g.name} | {g.n} | {', '.join(map(str, g.seeds))} | "
-                f"{', '.join(_fmt(v) for v in g.values)} | {_fmt(g.mean)} ± {_fmt(g.std)} | "
-                f"[{_fmt(g.ci_low)}, {_fmt(g.ci_high)}] | {_fmt(g.iqm)} |"
-            )
-        lines += [
-            "",
-            "| comparison | diff | Welch p | perm p | MWU p | paired t p | Wilcoxon p | Hedges g | "
-            "P(improve) [95% CI] | adj. p |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in self.rows:
-            lines.append(
-                f"| {r.a} vs {r.b} | {_fmt(r.mean_diff)} | {_fmt(r.welch_p)} | {_fmt(r.perm_p)}"
-                f"{'' if r.perm_resamples is None else ' (MC)'} | {_fmt(r.mwu_p)} | "
-                f"{_fmt(r.paired_p)} | {_fmt(r.wilcoxon_p)} | {_fmt(r.hedges_g)} | "
-                f"{_fmt(r.prob_improvement)} [{_fmt(r.pi_low)}, {_fmt(r.pi_high)}] | "
-                f"{_fmt(r.p_adjusted)} ({r.correction}) |"
-            )
-        lines += [""] + [f"- {w}" for w in self.warnings + [f"excluded {e}" for e in self.excluded]]
-        return "\n".join(lines).rstrip() + "\n"
 
 
 # ---------------------------------------------------------------------- pure statistics on arrays
@@ -478,10 +428,6 @@ def _small_n_warnings(rows: Sequence[ComparisonRow]) -> list[str]:
             "bootstrap intervals under-cover at n <= 5 runs per group: read the P(improve) intervals as optimistic"
         )
     return out
-
-
-def _fmt(v: float) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.4g}"
 
 
 def _plain(v: Any) -> Any:

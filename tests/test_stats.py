@@ -15,6 +15,7 @@ from synthetic import write_group
 
 from analyses import stats as ws_stats
 from analyses.stats import adjust_pvalues, compare, compare_values
+from workstation.render import comparison_csv, comparison_markdown
 
 A = [0.712, 0.735, 0.701, 0.744]
 B = [0.690, 0.702, 0.671, 0.699]
@@ -157,7 +158,7 @@ def test_five_pairs_cannot_reach_significance_with_wilcoxon():
 def test_report_renders_as_csv_and_markdown(runs):
     d, _ = runs
     report = compare([d], "variant", "final_hm", baseline="plain")
-    csv_text = report.to_csv().splitlines()
+    csv_text = comparison_csv(report).splitlines()
     assert csv_text[0].startswith("a,b,n_a,n_b,mean_a") and csv_text[1].startswith("gated,plain,4,4")
-    md = report.to_markdown()
+    md = comparison_markdown(report)
     assert "| gated | 4 | 1, 2, 3, 4 |" in md and "gated vs plain" in md

@@ -1,14 +1,26 @@
-"""Rich rendering helpers for the headless commands."""
+"""Rendering for the headless commands: numbers, tables, CSV and Markdown (analyses return data, this renders it)."""
 
 from __future__ import annotations
 
-from typing import Any
+import csv
+import io
+import math
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from analyses.stats import ComparisonReport
+
 console = Console()
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """``value`` to ``digits`` significant digits; ``-`` for a missing (None, NaN or infinite) number."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
 def config_summary(config: dict[str, Any], limit: int = 16) -> str:
@@ -58,3 +70,53 @@ def print_summary(s: dict[str, Any]) -> None:
     for key, value in rows:
         table.add_row(key, escape(value))
     console.print(table)
+
+
+def comparison_csv(report: ComparisonReport) -> str:
+    """One line per comparison, with both groups' n, mean and std."""
+    from analyses.stats import ComparisonRow  # scipy: not at `ws --help`
+
+    out = io.StringIO()
+    fields = list(ComparisonRow.__dataclass_fields__)
+    writer = csv.DictWriter(out, [*fields[:4], "mean_a", "std_a", "mean_b", "std_b", *fields[4:]], lineterminator="\n")
+    writer.writeheader()
+    for row in report.rows:
+        a, b = report.groups[row.a], report.groups[row.b]
+        sides = {"mean_a": a.mean, "std_a": a.std, "mean_b": b.mean, "std_b": b.std}
+        writer.writerow({**asdict(row), **sides})
+    return out.getvalue()
+
+
+def comparison_markdown(report: ComparisonReport) -> str:
+    """Two GitHub-markdown tables (groups, comparisons) and the warnings as a list."""
+    title = f"**{report.metric}** by **{report.by}**"
+    if report.baseline is not None:
+        title += f", baseline **{report.baseline}**"
+    lines = [
+        title,
+        "",
+        "| group | n | seeds | values | mean ± std | 95% CI | IQM |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in report.groups.values():
+        lines.append(
+            f"| {g.name} | {g.n} | {', '.join(map(str, g.seeds))} | "
+            f"{', '.join(number(v) for v in g.values)} | {number(g.mean)} ± {number(g.std)} | "
+            f"[{number(g.ci_low)}, {number(g.ci_high)}] | {number(g.iqm)} |"
+        )
+    lines += [
+        "",
+        "| comparison | diff | Welch p | perm p | MWU p | paired t p | Wilcoxon p | Hedges g | "
+        "P(improve) [95% CI] | adj. p |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report.rows:
+        lines.append(
+            f"| {r.a} vs {r.b} | {number(r.mean_diff)} | {number(r.welch_p)} | {number(r.perm_p)}"
+            f"{'' if r.perm_resamples is None else ' (MC)'} | {number(r.mwu_p)} | "
+            f"{number(r.paired_p)} | {number(r.wilcoxon_p)} | {number(r.hedges_g)} | "
+            f"{number(r.prob_improvement)} [{number(r.pi_low)}, {number(r.pi_high)}] | "
+            f"{number(r.p_adjusted)} ({r.correction}) |"
+        )
+    lines += [""] + [f"- {w}" for w in report.warnings + [f"excluded {e}" for e in report.excluded]]
+    return "\n".join(lines).rstrip() + "\n"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from workstation.render import comparison_csv, comparison_markdown, number
 
 
 def stats(
@@ -42,15 +43,11 @@ def stats(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     elif as_csv:
-        typer.echo(report.to_csv(), nl=False)
+        typer.echo(comparison_csv(report), nl=False)
     elif as_markdown:
-        typer.echo(report.to_markdown(), nl=False)
+        typer.echo(comparison_markdown(report), nl=False)
     else:
         print_report(report)
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.4g}"
 
 
 def print_report(report) -> None:  # noqa: ANN001 (ComparisonReport; imported lazily)
@@ -65,15 +62,15 @@ def print_report(report) -> None:  # noqa: ANN001 (ComparisonReport; imported la
     for column in ("group", "n", "seeds", "values", "mean ± std", "95% t-interval", "IQM"):
         groups.add_column(column)
     for g in report.groups.values():
-        values = ", ".join(_fmt(v) for v in g.values)
+        values = ", ".join(number(v) for v in g.values)
         groups.add_row(
             escape(g.name),
             str(g.n),
             ", ".join(map(str, g.seeds)),
             values,
-            f"{_fmt(g.mean)} ± {_fmt(g.std)}",
-            f"[{_fmt(g.ci_low)}, {_fmt(g.ci_high)}]",
-            _fmt(g.iqm),
+            f"{number(g.mean)} ± {number(g.std)}",
+            f"[{number(g.ci_low)}, {number(g.ci_high)}]",
+            number(g.iqm),
         )
     console.print(groups)
     rows = Table(title="comparisons (differences are first − second)", title_justify="left")
@@ -91,18 +88,18 @@ def print_report(report) -> None:  # noqa: ANN001 (ComparisonReport; imported la
     ):
         rows.add_column(column)
     for r in report.rows:
-        perm = _fmt(r.perm_p) + ("" if r.perm_resamples is None else f" (MC {r.perm_resamples})")
+        perm = number(r.perm_p) + ("" if r.perm_resamples is None else f" (MC {r.perm_resamples})")
         rows.add_row(
             escape(f"{r.a} vs {r.b}"),
-            _fmt(r.mean_diff),
-            _fmt(r.welch_p),
+            number(r.mean_diff),
+            number(r.welch_p),
             perm,
-            _fmt(r.mwu_p),
-            _fmt(r.paired_p),
-            _fmt(r.wilcoxon_p),
-            _fmt(r.hedges_g),
-            f"{_fmt(r.prob_improvement)} [{_fmt(r.pi_low)}, {_fmt(r.pi_high)}]",
-            f"{_fmt(r.p_adjusted)} ({r.correction})",
+            number(r.mwu_p),
+            number(r.paired_p),
+            number(r.wilcoxon_p),
+            number(r.hedges_g),
+            f"{number(r.prob_improvement)} [{number(r.pi_low)}, {number(r.pi_high)}]",
+            f"{number(r.p_adjusted)} ({r.correction})",
         )
     console.print(rows)
     for line in report.warnings:

@@ -6,8 +6,6 @@ depends on pretraining; the checks are exact identities or loss decreases on a f
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,8 +32,12 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory):
     return random_backbone(tmp_path_factory)
 
 
+def run_config(method: str, **overrides):
+    return build_config([("method", method), *overrides.items()])
+
+
 def make(backbone, method: str, **overrides):
-    cfg = build_config([("method", method), *overrides.items()])
+    cfg = run_config(method, **overrides)
     torch.manual_seed(0)
     return build_method(cfg, backbone)
 
@@ -188,7 +190,7 @@ def test_every_method_lowers_its_loss_on_a_fixed_batch(tiny_backbone, name):
     method = make(tiny_backbone, name, lr=0.05)
     classes = method.encode_classes(CLASSES)
     image, labels = inputs_for(method, tiny_backbone, batch=8), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
-    optimizer = make_optimizer(method, method.cfg)
+    optimizer = make_optimizer(method, run_config(name, lr=0.05))
 
     def loss() -> torch.Tensor:
         out = method(image, classes)
@@ -215,7 +217,9 @@ def test_gate_init_and_equilibrium_reach_the_gates(tiny_backbone):
     method = make(tiny_backbone, "coop-gating", gate_init="biased:2.5", grad_equilibrium=True)
     assert torch.equal(method.gate.logits.detach(), torch.full((4,), 2.5))
     assert method.gate.equilibrium
-    cfg = replace(method.cfg, gate_lr_scale=50.0, gate_weight_decay=0.0)
+    cfg = run_config(
+        "coop-gating", gate_init="biased:2.5", grad_equilibrium=True, gate_lr_scale=50.0, gate_weight_decay=0.0
+    )
     groups = {g["name"]: g for g in make_optimizer(method, cfg).param_groups}
     assert groups["gates"]["lr"] == pytest.approx(50 * cfg.lr) and groups["gates"]["weight_decay"] == 0.0
     assert groups["ctx"]["lr"] == pytest.approx(cfg.lr) and groups["ctx"]["weight_decay"] == cfg.weight_decay

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from recorders.format.errors import ConfigError
+from recorders.methods.config import MethodConfig
 from recorders.methods.gates import Gate
-from recorders.train.config import Config
 
 if TYPE_CHECKING:
     from transformers import CLIPModel
@@ -108,7 +108,7 @@ class PromptMethod(nn.Module):
 
     needs_pixels: ClassVar[bool] = False
 
-    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.cfg = cfg
@@ -243,13 +243,14 @@ class PromptMethod(nn.Module):
     def groups(self) -> list[ParamGroup]:
         """Trainable parameter groups (frozen parameters left out), in a fixed order."""
         out = []
-        for name, role, params in self._groups():
-            trainable = [p for p in params if p.requires_grad]
+        for group in self._groups():
+            trainable = [p for p in group.params if p.requires_grad]
             if trainable:
-                out.append(ParamGroup(name, role, trainable))
+                out.append(ParamGroup(group.name, group.role, trainable))
         return out
 
-    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
+    def _groups(self) -> list[ParamGroup]:
+        """Every parameter group of the method, frozen parameters included."""
         raise NotImplementedError
 
     def prompt_params(self) -> dict[str, nn.Parameter]:

@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from recorders.methods.base import ParamGroup
 from recorders.methods.maple import MaPLe
 
 if TYPE_CHECKING:
     from recorders.clip.backbone import Backbone
-    from recorders.train.config import Config
+    from recorders.methods.config import MethodConfig
 
 
 class BiMaPLe(MaPLe):
-    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         width, vision = backbone.text_width, backbone.vision_width
         self.coupling_back = nn.ModuleList(nn.Linear(vision, width) for _ in range(self.depth))
@@ -39,8 +40,8 @@ class BiMaPLe(MaPLe):
     def extra_losses(self) -> tuple[str, ...]:
         return ("cyc", *super().extra_losses())
 
-    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
-        return [*super()._groups(), ("coupling_back", "coupling", list(self.coupling_back.parameters()))]
+    def _groups(self) -> list[ParamGroup]:
+        return [*super()._groups(), ParamGroup("coupling_back", "coupling", list(self.coupling_back.parameters()))]
 
     def strided_tensors(self) -> dict[str, nn.Parameter]:
         return {
@@ -50,7 +51,7 @@ class BiMaPLe(MaPLe):
 
 
 class AdaptiveBiMaPLe(BiMaPLe):
-    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.length_gates = nn.ModuleList(
             self.make_gate(self.n_ctx, "length", prompt=f"text{d}") for d in range(self.depth)
@@ -75,11 +76,11 @@ class AdaptiveBiMaPLe(BiMaPLe):
     def extra_losses(self) -> tuple[str, ...]:
         return (*super().extra_losses(), *(() if self.matched else ("sparse", "smooth")))
 
-    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
+    def _groups(self) -> list[ParamGroup]:
         name, role = self.gate_group_name()
         length = [p for g in self.length_gates for p in g.parameters()]
         return [
             *super()._groups(),
-            (f"length_{name}", role, length),
-            (f"depth_{name}", role, list(self.depth_gate.parameters())),
+            ParamGroup(f"length_{name}", role, length),
+            ParamGroup(f"depth_{name}", role, list(self.depth_gate.parameters())),
         ]

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from recorders.methods.base import ClassPrompts, MethodOutput, PromptMethod
+from recorders.methods.base import ClassPrompts, MethodOutput, ParamGroup, PromptMethod
 
 if TYPE_CHECKING:
     from recorders.clip.backbone import Backbone
-    from recorders.train.config import Config
+    from recorders.methods.config import MethodConfig
 
 
 class CoCoOp(PromptMethod):
-    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.ctx = nn.Parameter(self.init_context())
         embed, width = backbone.embed_dim, backbone.text_width
@@ -37,8 +37,11 @@ class CoCoOp(PromptMethod):
         text = self.text_features(classes, ctx)  # (B, C, E), one batched text forward
         return MethodOutput(self.logit_scale() * torch.einsum("be,bce->bc", image, text), terms)
 
-    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
-        return [("ctx", "prompt", [self.ctx]), ("meta_net", "meta", list(self.meta_net.parameters()))]
+    def _groups(self) -> list[ParamGroup]:
+        return [
+            ParamGroup("ctx", "prompt", [self.ctx]),
+            ParamGroup("meta_net", "meta", list(self.meta_net.parameters())),
+        ]
 
     def prompt_params(self) -> dict[str, nn.Parameter]:
         return {"ctx": self.ctx}

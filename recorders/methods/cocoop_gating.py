@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from recorders.methods.base import ParamGroup
 from recorders.methods.cocoop import CoCoOp
 
 if TYPE_CHECKING:
     from recorders.clip.backbone import Backbone
-    from recorders.train.config import Config
+    from recorders.methods.config import MethodConfig
 
 
 class CoCoOpGating(CoCoOp):
-    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.gate = self.make_gate(self.n_ctx, "instance", prompt="ctx", feature_dim=backbone.embed_dim)
 
@@ -29,8 +30,8 @@ class CoCoOpGating(CoCoOp):
         values = self.gate(image)  # (B, n_ctx)
         return values[..., None] * ctx, self.gate_terms([values])
 
-    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
-        return [*super()._groups(), (*self.gate_group_name(), list(self.gate.parameters()))]
+    def _groups(self) -> list[ParamGroup]:
+        return [*super()._groups(), ParamGroup(*self.gate_group_name(), list(self.gate.parameters()))]
 
     def strided_tensors(self) -> dict[str, nn.Parameter]:
         return {

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from recorders.methods.base import ClassPrompts, MethodOutput, PromptMethod
+from recorders.methods.base import ClassPrompts, MethodOutput, ParamGroup, PromptMethod
 
 if TYPE_CHECKING:
     from recorders.clip.backbone import Backbone
-    from recorders.train.config import Config
+    from recorders.methods.config import MethodConfig
 
 
 class CoOp(PromptMethod):
-    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.ctx = nn.Parameter(self.init_context())
 
@@ -32,8 +32,8 @@ class CoOp(PromptMethod):
         text = self.text_features(classes, ctx)
         return MethodOutput(self.logit_scale() * image @ text.T, terms)
 
-    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
-        return [("ctx", "prompt", [self.ctx])]
+    def _groups(self) -> list[ParamGroup]:
+        return [ParamGroup("ctx", "prompt", [self.ctx])]
 
     def prompt_params(self) -> dict[str, nn.Parameter]:
         return {"ctx": self.ctx}

@@ -8,17 +8,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
+from recorders.methods.base import ParamGroup
 from recorders.methods.coop import CoOp
 
 if TYPE_CHECKING:
     from recorders.clip.backbone import Backbone
-    from recorders.train.config import Config
+    from recorders.methods.config import MethodConfig
 
 
 class CoOpGating(CoOp):
-    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.gate = self.make_gate(self.n_ctx, "length", prompt="ctx")
 
@@ -26,5 +26,5 @@ class CoOpGating(CoOp):
         values = self.gate()
         return values[:, None] * self.ctx, self.gate_terms([values])
 
-    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
-        return [*super()._groups(), (*self.gate_group_name(), list(self.gate.parameters()))]
+    def _groups(self) -> list[ParamGroup]:
+        return [*super()._groups(), ParamGroup(*self.gate_group_name(), list(self.gate.parameters()))]

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from recorders.methods.base import ClassPrompts, MethodOutput, PromptMethod
+from recorders.methods.base import ClassPrompts, MethodOutput, ParamGroup, PromptMethod
 
 if TYPE_CHECKING:
     from recorders.clip.backbone import Backbone
-    from recorders.train.config import Config
+    from recorders.methods.config import MethodConfig
 
 
 def prompt_depth(backbone: Backbone, requested: int) -> int:
@@ -31,7 +31,7 @@ def prompt_depth(backbone: Backbone, requested: int) -> int:
 class MaPLe(PromptMethod):
     needs_pixels = True
 
-    def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.depth = prompt_depth(backbone, cfg.prompt_depth)
         width, vision = backbone.text_width, backbone.vision_width
@@ -54,10 +54,10 @@ class MaPLe(PromptMethod):
         text = self.text_features(classes, text_prompts[0], text_prompts[1:] or None)
         return MethodOutput(self.logit_scale() * image @ text.T, terms)
 
-    def _groups(self) -> list[tuple[str, str, list[nn.Parameter]]]:
+    def _groups(self) -> list[ParamGroup]:
         return [
-            ("prompts", "prompt", list(self.prompts)),
-            ("coupling", "coupling", list(self.coupling.parameters())),
+            ParamGroup("prompts", "prompt", list(self.prompts)),
+            ParamGroup("coupling", "coupling", list(self.coupling.parameters())),
         ]
 
     def prompt_params(self) -> dict[str, nn.Parameter]:

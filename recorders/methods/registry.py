@@ -52,4 +52,4 @@ def build_method(cfg: Config, backbone: Backbone) -> PromptMethod:
     import torch
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    return method_class(cfg.method)(backbone, cfg, generator).to(backbone.device)
+    return method_class(cfg.method)(backbone, cfg.method_config(), generator).to(backbone.device)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recorders.format.errors import ConfigError
+from recorders.methods.config import MethodConfig
 from recorders.methods.registry import GATED_METHODS, METHODS
 
 VARIANTS = ("standard", "param-matched", "always-frozen")
@@ -49,20 +50,22 @@ class Config:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5  # constant lr during warm-up
     # prompts
-    n_ctx: int = 4  # learnable context tokens (per layer for the MaPLe family)
-    ctx_init: str = "a photo of a"  # "" = random N(0, 0.02²); its first n_ctx tokens initialise the context
-    prompt_depth: int = 9  # MaPLe J: layers that receive prompts (clipped to the model's depth)
-    lambda_cyc: float = 1.0  # BiMaPLe cycle-consistency weight
-    lambda_sparse: float = 1e-3  # AdaptiveBiMaPLe L1 weight on gate values
-    lambda_smooth: float = 1e-3  # AdaptiveBiMaPLe weight on squared differences of adjacent depth gates
+    n_ctx: int = MethodConfig.n_ctx  # learnable context tokens (per layer for the MaPLe family)
+    ctx_init: str = MethodConfig.ctx_init  # "" = random N(0, 0.02²); its first n_ctx tokens initialise the context
+    prompt_depth: int = MethodConfig.prompt_depth  # MaPLe J: layers that receive prompts (clipped to the model's depth)
+    lambda_cyc: float = MethodConfig.lambda_cyc  # BiMaPLe cycle-consistency weight
+    lambda_sparse: float = MethodConfig.lambda_sparse  # AdaptiveBiMaPLe L1 weight on gate values
+    lambda_smooth: float = (
+        MethodConfig.lambda_smooth
+    )  # AdaptiveBiMaPLe weight on squared differences of adjacent depth gates
     # interventions
-    gate_init: str = "zero"  # zero | uniform | biased[:VALUE]
+    gate_init: str = MethodConfig.gate_init  # zero | uniform | biased[:VALUE]
     gate_lr_scale: float = 1.0  # gate parameters train at lr × this
     gate_weight_decay: float | None = None  # None = weight_decay (the reference decays gates too)
     clip_grad: float = 0.0  # max global gradient norm; 0 = off
-    grad_equilibrium: bool = False  # ∂L/∂g ← min(1/(σ(1−σ)+1e-8), 10)·∂L/∂g
-    gate_entropy: float = 0.0  # λ·mean binary entropy of gate values added to the loss
-    variant: str = "standard"  # standard | param-matched | always-frozen
+    grad_equilibrium: bool = MethodConfig.grad_equilibrium  # ∂L/∂g ← min(1/(σ(1−σ)+1e-8), 10)·∂L/∂g
+    gate_entropy: float = MethodConfig.gate_entropy  # λ·mean binary entropy of gate values added to the loss
+    variant: str = MethodConfig.variant  # standard | param-matched | always-frozen
     on_nan: str = "stop"  # skip | stop: what a non-finite loss or gradient does
     # data and evaluation
     views: int = 8  # augmented views per training image in the frozen-feature cache
@@ -156,6 +159,10 @@ class Config:
                 "interventions do not apply; drop them or use --variant standard"
             )
         return self
+
+    def method_config(self) -> MethodConfig:
+        """The fields a method reads (:class:`~recorders.methods.config.MethodConfig`), nothing else."""
+        return MethodConfig(**{f.name: getattr(self, f.name) for f in fields(MethodConfig)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

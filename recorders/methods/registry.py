@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from recorders.clip.backbone import Backbone
     from recorders.methods.base import PromptMethod
-    from recorders.train.config import Config
+    from recorders.methods.config import MethodConfig
+
+
+class MethodRequest(Protocol):
+    """What building a method needs from a run's config (:class:`~recorders.train.config.Config` is one)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    def method_config(self) -> MethodConfig: ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,7 @@ def method_class(name: str) -> type[PromptMethod]:
     return getattr(importlib.import_module(f"recorders.methods.{entry.module}"), entry.cls)
 
 
-def build_method(cfg: Config, backbone: Backbone) -> PromptMethod:
+def build_method(cfg: MethodRequest, backbone: Backbone) -> PromptMethod:
     """The method ``cfg.method`` on ``backbone``, its parameters on the backbone's device.
 
     Random initialisation draws from a CPU generator seeded with ``cfg.seed``: reproducible on any device.

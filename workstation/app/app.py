@@ -123,6 +123,15 @@ class WsApp(App[None]):
 
         self.push_screen(StatsScreen(paths))
 
+    def on_recordings_screen_open_run(self, message: RecordingsScreen.OpenRun) -> None:
+        self.open_run(message.path)
+
+    def on_recordings_screen_open_compare(self, message: RecordingsScreen.OpenCompare) -> None:
+        self.open_compare(message.paths)
+
+    def on_recordings_screen_open_stats(self, message: RecordingsScreen.OpenStats) -> None:
+        self.open_stats(message.paths)
+
     def ws_commands(self) -> Iterator[Command]:
         """The palette's commands for the current state."""
         for path in self.paths:

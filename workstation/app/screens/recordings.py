@@ -12,6 +12,7 @@ from pathlib import Path
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Tree
@@ -105,6 +106,27 @@ class RecordingsScreen(Screen[None]):
     """A tree of the catalog's recordings; enter opens one, m marks up to four for compare, c compares, s opens
     stats, r rescans (as it does by itself every ``RESCAN_SECONDS`` while it is the active screen)."""
 
+    class OpenRun(Message):
+        """Open the run view of ``path`` (handled by the app)."""
+
+        def __init__(self, path: Path) -> None:
+            super().__init__()
+            self.path = path
+
+    class OpenCompare(Message):
+        """Open the compare view of ``paths`` (2–4 recordings)."""
+
+        def __init__(self, paths: list[Path]) -> None:
+            super().__init__()
+            self.paths = paths
+
+    class OpenStats(Message):
+        """Open the statistics screen over ``paths``."""
+
+        def __init__(self, paths: list[Path]) -> None:
+            super().__init__()
+            self.paths = paths
+
     BINDINGS = [
         Binding("m", "mark", "mark"),
         Binding("c", "compare", "compare marked"),
@@ -194,7 +216,7 @@ class RecordingsScreen(Screen[None]):
 
     def on_tree_node_selected(self, message: Tree.NodeSelected[Path]) -> None:
         if message.node.data is not None:
-            self.app.open_run(message.node.data)  # type: ignore[attr-defined]
+            self.post_message(self.OpenRun(message.node.data))
 
     def action_mark(self) -> None:
         node = self.query_one(Tree).cursor_node
@@ -214,7 +236,7 @@ class RecordingsScreen(Screen[None]):
         if len(self.marked) < 2:
             self.notify("mark two to four recordings with m first", severity="warning")
             return
-        self.app.open_compare(self.marked)  # type: ignore[attr-defined]
+        self.post_message(self.OpenCompare(list(self.marked)))
 
     def action_stats(self) -> None:
-        self.app.open_stats([e.path for e in self.entries.values() if not e.error])  # type: ignore[attr-defined]
+        self.post_message(self.OpenStats([e.path for e in self.entries.values() if not e.error]))

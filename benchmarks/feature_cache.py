@@ -106,7 +106,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     common = dict(seed=1, cache_dir=scratch / "cache", dataset_fingerprint=task.dataset.fingerprint)
-    table = cached_features(backbone, items, load, kind="train", views=args.views, progress=False, **common)
+    table = cached_features(backbone, items, load, kind="train", views=args.views, **common)
     synchronise(backbone.device)
     print(f"cache build: {time.perf_counter() - t0:.2f} s for {len(items) * args.views} views")
 

@@ -161,3 +161,23 @@ def test_inspect_json_and_directories(tmp_path: Path, demo_recording: Path) -> N
         shutil.copy(demo_recording, tmp_path / name)
     both = json.loads(_run("inspect", str(tmp_path), "--json"))
     assert [Path(s["path"]).name for s in both] == ["a.h5", "b.h5"]
+
+
+def test_rich_progress_draws_each_task_until_it_completes():
+    """The CLI's renderer: a bar per task name, removed when completed reaches total; other tasks keep theirs."""
+    import io
+
+    from rich.console import Console
+
+    from workstation.progress import RichProgress
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with RichProgress(console) as progress:
+        progress("features", 4, 8)
+        progress("train", 1, 3, loss=2.5)
+        assert [t.description for t in progress._bar.tasks] == ["image features", "train"]
+        progress("features", 8, 8)  # done: removed, and "train" (a later task id) still updates
+        progress("train", 2, 3, loss=1.25)
+        assert [(t.description, t.completed) for t in progress._bar.tasks] == [("train", 2)]
+        progress("train", 3, 3)
+        assert progress._bar.tasks == []

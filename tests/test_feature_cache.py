@@ -53,7 +53,7 @@ def features(backbone, dataset, cache: Path, **overrides) -> torch.Tensor:
     args = dict(kind="train", views=3, seed=4, cache_dir=cache, dataset_fingerprint=dataset.fingerprint)
     args |= overrides
     items = args.pop("items", dataset.train)
-    return fc.cached_features(backbone, items, dataset.load_image, batch_size=4, progress=False, **args)
+    return fc.cached_features(backbone, items, dataset.load_image, batch_size=4, **args)
 
 
 def test_train_features_equal_transformers_on_the_seeded_views(backbone, dataset, tmp_path: Path) -> None:

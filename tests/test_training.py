@@ -60,14 +60,14 @@ def config(method: str, out: Path, **overrides):
 
 def record(backbone, task, cache: Path, cfg):
     run = build_run(cfg, backbone=backbone, task=task)
-    return run, train(run, cache_dir=cache, progress=False)
+    return run, train(run, cache_dir=cache)
 
 
 def autograd_gate_grads(backbone, task, cache: Path, cfg) -> tuple[dict[str, torch.Tensor], object]:
     """∂L/∂g of the first step, by autograd on a freshly built, identically seeded method (equilibrium off)."""
     run = build_run(replace(cfg, grad_equilibrium=False), backbone=backbone, task=task)
     method = run.method
-    data = prepare_data(method, task, run.cfg, cache, progress=False)
+    data = prepare_data(method, task, run.cfg, cache)
     inputs, labels = next(train_batches(data, method, run.cfg, 0))
     base = method.encode_classes(task.base_classnames)
     gates = {}
@@ -154,9 +154,9 @@ def test_on_nan_stop_fails_the_run_and_skip_continues(tiny_backbone, tiny_task, 
             run.method.ctx[0, 0] = float("nan")
         if policy == "stop":
             with pytest.raises(WsError, match="non-finite loss at step 0"):
-                train(run, cache_dir=cache, progress=False)
+                train(run, cache_dir=cache)
         else:
-            train(run, cache_dir=cache, progress=False)
+            train(run, cache_dir=cache)
         with Recording.open(cfg.out) as rec:
             events = [e for e in rec.events() if e.kind == "nonfinite"]
             assert rec.status == ("failed" if policy == "stop" else "complete")
@@ -169,3 +169,18 @@ def test_bad_schedule_is_rejected_before_any_file_exists(tiny_backbone, tiny_tas
     with pytest.raises(ConfigError, match="warmup_epochs"):
         build_run(cfg, backbone=tiny_backbone, task=tiny_task)
     assert not (tmp_path / "never.h5").exists()
+
+
+def test_train_reports_progress_to_the_callback_it_is_given(tiny_backbone, tiny_task, tmp_path):
+    """Steps 1..total for "train" with a loss every 25 steps and at the end; nothing is drawn by the recorder."""
+    calls: list[tuple[str, int, int, dict]] = []
+    cfg = config("coop", tmp_path / "p.h5", epochs=30, eval_at_start=False)
+    run = build_run(cfg, backbone=tiny_backbone, task=tiny_task)
+    result = train(run, cache_dir=tmp_path / "fresh", progress=lambda *a, **f: calls.append((*a, f)))
+    steps = [(done, total, f) for task_name, done, total, f in calls if task_name == "train"]
+    assert [done for done, _, _ in steps] == list(range(1, result.steps + 1))
+    assert all(total == result.steps for _, total, _ in steps)
+    with_loss = [done for done, _, f in steps if "loss" in f]
+    assert with_loss == sorted({*range(25, result.steps + 1, 25), result.steps})
+    features = [(done, total) for task_name, done, total, _ in calls if task_name == "features"]
+    assert features and all(done <= total for done, total in features) and features[-1][0] == features[-1][1]

@@ -40,6 +40,7 @@ from recorders.data.world import (
     render,
     sample_scene,
 )
+from recorders.progress import Progress, silent
 
 RECIPE_VERSION = "v3"  # bump whenever the recipe, the config or the world's renderer changes
 IMAGE_SIZE = 24  # shapes fill the frame (recorders.data.world.sample_scene), so 24 px keep them legible
@@ -193,12 +194,10 @@ def pretrain(
     seed: int = 0,
     batch_size: int = BATCH_SIZE,
     eval_images: int = EVAL_IMAGES,
-    show_progress: bool = True,
+    progress: Progress = silent,
 ) -> dict:
     """Pretrain the tiny CLIP for ``steps`` steps (stopping early after ``seconds`` if given), save it at ``out``
     and return its metrics (zero-shot accuracies, steps done, seconds, parameter count, checkpoint bytes)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tokenizer = world_tokenizer()
@@ -213,41 +212,32 @@ def pretrain(
     start = time.perf_counter()
     _, bank = render_bank(per_pair, IMAGE_SIZE, rng)
     done = 0
-    with Progress(
-        TextColumn("pretraining tiny CLIP"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-        disable=not show_progress,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("pretrain", total=steps, loss=float("nan"))
-        for step in range(steps):
-            index = torch.from_numpy(rng.integers(len(bank), size=batch_size))
-            flip = torch.from_numpy(rng.random(batch_size) < 0.5)[:, None, None, None]
-            images = torch.where(flip, bank[index].flip(-1), bank[index])  # mirror images: the classes are too
-            templates = rng.integers(len(TEMPLATES), size=len(pairs))
-            texts = [
-                TEMPLATES[t].format(domain=DOMAINS[domain], cls=name)
-                for t, (name, domain) in zip(templates, pairs, strict=True)
-            ]
-            loss = contrastive_loss(
-                F.normalize(image_features(model, images), dim=-1),
-                encode_texts(model, tokenizer, texts),
-                index // per_pair,
-                model.logit_scale.exp(),
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, float(np.log(100)))
-            done = step + 1
-            progress.update(task, advance=1, loss=loss.item())
-            if seconds is not None and time.perf_counter() - start > seconds:
-                break
+    for step in range(steps):
+        index = torch.from_numpy(rng.integers(len(bank), size=batch_size))
+        flip = torch.from_numpy(rng.random(batch_size) < 0.5)[:, None, None, None]
+        images = torch.where(flip, bank[index].flip(-1), bank[index])  # mirror images: the classes are too
+        templates = rng.integers(len(TEMPLATES), size=len(pairs))
+        texts = [
+            TEMPLATES[t].format(domain=DOMAINS[domain], cls=name)
+            for t, (name, domain) in zip(templates, pairs, strict=True)
+        ]
+        loss = contrastive_loss(
+            F.normalize(image_features(model, images), dim=-1),
+            encode_texts(model, tokenizer, texts),
+            index // per_pair,
+            model.logit_scale.exp(),
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, float(np.log(100)))
+        done = step + 1
+        if done % 25 == 0 or done == steps:  # the loss is read (a device sync) every 25 steps only
+            progress("pretrain", done, steps, loss=loss.item())
+        if seconds is not None and time.perf_counter() - start > seconds:
+            break
     train_seconds = time.perf_counter() - start
     model.eval()
     metrics: dict = {

@@ -11,25 +11,24 @@ a stale entry is never read. Entries are float32 ``.npy`` files under ``cache_di
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recorders.data.transforms import EvalTransform, TrainTransform, load_batch, test_transform, train_transform
 from recorders.data.types import Item
 from recorders.files import atomic_write
 from recorders.format.errors import ConfigError
 from recorders.paths import features_dir
+from recorders.progress import Progress, silent
 
 KINDS = ("train", "test")
 FORMAT_VERSION = 1  # bump when the computation changes in a way the key does not capture
@@ -46,7 +45,7 @@ def cached_features(
     cache_dir: Path | None,
     dataset_fingerprint: str,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: Progress = silent,
     crop_scale: float = 0.08,
 ) -> torch.Tensor:
     """Image features of ``items`` from ``backbone`` (a :class:`recorders.clip.backbone.Backbone`), cached on disk.
@@ -111,7 +110,7 @@ def compute_features(
     views: int = 1,
     seed: int = 0,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: Progress = silent,
 ) -> np.ndarray:
     """Features ``(len(items) * views, embed_dim)`` float32, ordered item-major (row ``i * views + v``)."""
     from recorders.clip.encoders import image_features
@@ -121,7 +120,7 @@ def compute_features(
     load = functools.lru_cache(maxsize=batch_size)(load_image)  # decode each item once for all its views
     out = np.empty((len(jobs), backbone.embed_dim), dtype=np.float32)
     model = backbone.model
-    with _progress(progress, len(jobs)) as advance, torch.inference_mode():
+    with torch.inference_mode():
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start : start + batch_size]
             rngs = [np.random.default_rng([seed, i, v]) for i, v in batch] if augment else None
@@ -129,20 +128,8 @@ def compute_features(
             with backbone.autocast():
                 feats = image_features(model, pixels.to(backbone.device))
             out[start : start + len(batch)] = feats.float().cpu().numpy()
-            advance(len(batch))
+            progress("features", start + len(batch), len(jobs))
     return out
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
-    """A transient rich progress bar over ``total`` images (or nothing); yields ``advance(n)``."""
-    if not enabled:
-        yield lambda n: None
-        return
-    columns = (TextColumn("image features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("features", total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def _read(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:

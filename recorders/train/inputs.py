@@ -13,6 +13,7 @@ import torch
 from recorders.data.transforms import EvalTransform, TrainTransform, load_batch, test_transform, train_transform
 from recorders.data.types import FewShotTask, Item
 from recorders.methods.base import PromptMethod
+from recorders.progress import Progress, silent
 from recorders.train.config import Config
 
 #: Test pixels of pixel-input methods stay in memory for the run when they take at most this many bytes.
@@ -44,7 +45,7 @@ def load_task(cfg: Config, cache_dir: Path | None = None) -> FewShotTask:
 
 
 def prepare_data(
-    method: PromptMethod, task: FewShotTask, cfg: Config, cache_dir: Path | None, progress: bool
+    method: PromptMethod, task: FewShotTask, cfg: Config, cache_dir: Path | None, progress: Progress = silent
 ) -> TaskData:
     device = method.backbone.device
     labels = torch.tensor([item.label for item in task.train], device=device)

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recorders.data.types import FewShotTask
 from recorders.format import RECORDINGS_DIR, SATURATED_ABOVE, SATURATED_BELOW, RecordingWriter
@@ -36,6 +34,7 @@ from recorders.format.errors import ConfigError, WsError
 from recorders.methods.base import ParamGroup, PromptMethod
 from recorders.methods.gates import find_gates
 from recorders.methods.registry import build_method
+from recorders.progress import Progress, silent
 from recorders.train.config import Config
 from recorders.train.evaluation import Evaluation, evaluate
 from recorders.train.inputs import load_task, prepare_data, steps_per_epoch, train_batches
@@ -165,7 +164,7 @@ def build_run(
     return Run(cfg, method, task, path)
 
 
-def train(run: Run, *, cache_dir: Path | None = None, progress: bool = True) -> RunResult:
+def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silent) -> RunResult:
     """Train ``run.method`` and record every step to ``run.path``; returns the final evaluation and gates.
 
     Raises :class:`WsError` when ``on_nan = "stop"`` meets a non-finite loss or gradient (the recording is then
@@ -193,20 +192,17 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: bool = True) -> 
     scaler = torch.amp.GradScaler(method.backbone.device.type, enabled=method.backbone.autocast_dtype == torch.float16)
     before = None
     step = 0
-    with (
-        RecordingWriter(
-            run.path,
-            probe.layout,
-            config=cfg.to_dict(),
-            method=cfg.method,
-            seed=cfg.seed,
-            device=str(method.backbone.device),
-            dataset=cfg.dataset,
-            flush_every=cfg.flush_every,
-            total_steps=total,
-        ) as writer,
-        _Progress(progress, total) as advance,
-    ):
+    with RecordingWriter(
+        run.path,
+        probe.layout,
+        config=cfg.to_dict(),
+        method=cfg.method,
+        seed=cfg.seed,
+        device=str(method.backbone.device),
+        dataset=cfg.dataset,
+        flush_every=cfg.flush_every,
+        total_steps=total,
+    ) as writer:
         probe.attach(writer)
         method.train()
         if cfg.eval_at_start:
@@ -233,7 +229,10 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: bool = True) -> 
                     scaler.step(optimizer)
                     scaler.update()
                 step += 1
-                advance(step, losses["total"])
+                if step % 25 == 0 or step == total:  # the loss is read (a device sync) every 25 steps only
+                    progress("train", step, total, loss=losses["total"].item())
+                else:
+                    progress("train", step, total)
             after = evaluate(method, base, novel, data, cfg)
             writer.add_eval(step, epoch + 1, after.base, after.novel)
             writer.add_event(step, "epoch_end", f"epoch {epoch + 1}: base {after.base:.4f} novel {after.novel:.4f}")
@@ -258,43 +257,6 @@ def _nonfinite(
             f"non-finite {what} at step {step}: the run stopped (status failed); lower --lr, "
             "add --clip-grad 1.0, or pass --on-nan skip"
         )
-
-
-class _Progress:
-    """A rich progress bar (step rate, ETA, loss every 25 steps) or nothing; yields ``advance(step, loss)``."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-        self.bar: Progress | None = None
-
-    def __enter__(self) -> Callable[[int, torch.Tensor], None]:
-        if not self.enabled:
-            return lambda step, loss: None
-        self.bar = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:.1f} steps/s"),
-            TimeRemainingColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            transient=True,
-        )
-        self.bar.start()
-        task = self.bar.add_task("train", total=self.total, rate=0.0, loss="…")
-
-        def advance(step: int, loss: torch.Tensor) -> None:
-            assert self.bar is not None
-            fields: dict[str, Any] = {}
-            if step % 25 == 0 or step == self.total:
-                fields["loss"] = f"{loss.item():.4f}"
-                fields["rate"] = self.bar.tasks[0].speed or 0.0
-            self.bar.update(task, completed=step, **fields)
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def describe(cfg: Config, backbone: Backbone) -> list[ParamGroup]:

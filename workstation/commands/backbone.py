@@ -30,16 +30,19 @@ def pretrain(
     """Pretrain the tiny CLIP on the built-in world and save it in the Hugging Face layout, with metrics.json."""
     from recorders.clip import pretrain as recipe
     from recorders.clip.backbone import builtin_dir
+    from workstation.progress import RichProgress
 
     directory = out if out is not None else builtin_dir()
-    metrics = recipe.pretrain(
-        directory,
-        steps=steps or recipe.DEFAULT_STEPS,
-        seconds=seconds,
-        seed=seed,
-        batch_size=batch_size or recipe.BATCH_SIZE,
-        eval_images=eval_images or recipe.EVAL_IMAGES,
-    )
+    with RichProgress() as progress:
+        metrics = recipe.pretrain(
+            directory,
+            steps=steps or recipe.DEFAULT_STEPS,
+            seconds=seconds,
+            seed=seed,
+            batch_size=batch_size or recipe.BATCH_SIZE,
+            eval_images=eval_images or recipe.EVAL_IMAGES,
+            progress=progress,
+        )
     accuracy = metrics["zero_shot"]
     typer.echo(
         f"saved {directory} ({metrics['checkpoint_bytes'] / 1e6:.1f} MB, {metrics['parameters']:,} "

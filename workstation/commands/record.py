@@ -140,13 +140,15 @@ def record(
         _dry_run(cfg, console)
         return
     from recorders.train.loop import build_run, train
+    from workstation.progress import RichProgress
 
     run = build_run(cfg)
     console.print(
         f"[bold]{cfg.method}[/] on {cfg.dataset} ({cfg.shots} shots, seed {cfg.seed}), "
         f"{run.method.n_trainable():,} trainable parameters, device {run.method.backbone.device}"
     )
-    result = train(run)
+    with RichProgress(console) as progress:
+        result = train(run, progress=progress)
     console.print(f"recording: {result.path}")
     if result.before is not None:
         b = result.before

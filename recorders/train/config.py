@@ -26,6 +26,7 @@ from recorders.format.errors import ConfigError
 METHODS = ("coop", "cocoop", "maple", "bimaple", "adaptive-bimaple", "coop-gating", "cocoop-gating")
 GATED_METHODS = ("adaptive-bimaple", "coop-gating", "cocoop-gating")
 VARIANTS = ("standard", "param-matched", "always-frozen")
+BIMAPLE_INITS = ("maple", "random")
 ON_NAN = ("skip", "stop")
 
 
@@ -54,6 +55,7 @@ class Config:
     ctx_init: str = "a photo of a"  # "" = random N(0, 0.02²); its first n_ctx tokens initialise the context
     prompt_depth: int = 9  # MaPLe J: layers that receive prompts (clipped to the model's depth)
     lambda_cyc: float = 1.0  # BiMaPLe cycle-consistency weight
+    bimaple_init: str = "maple"  # maple: vision prompts and f_{V→L} bias 0 (starts as MaPLe) | random: N(0, 0.02²)
     lambda_sparse: float = 1e-3  # AdaptiveBiMaPLe L1 weight on gate values
     lambda_smooth: float = 1e-3  # AdaptiveBiMaPLe weight on squared differences of adjacent depth gates
     # interventions
@@ -83,6 +85,7 @@ class Config:
         """Check values and combinations; return ``self`` or raise :class:`ConfigError`."""
         _choice("method", self.method, METHODS)
         _choice("variant", self.variant, VARIANTS)
+        _choice("bimaple_init", self.bimaple_init, BIMAPLE_INITS)
         _choice("on_nan", self.on_nan, ON_NAN)
         for name in (
             "shots",

@@ -1,7 +1,7 @@
 """Speed of the methods: step time, batched vs looped CoCoOp, cost of full per-step recording.
 
     python benchmarks/methods.py [--backbone builtin|DIR] [--steps 20] [--device cpu|cuda] [--methods a,b]
-                                 [--sections 1,2,3]
+                                 [--sections 1,2,3] [--threads N] [--cpu-time]
 
 1. Step time (forward + backward + SGD step) of every method (or of ``--methods``) at its preset batch size on the
    backbone, with the 18 base classes of the built-in world (feature methods get random cached-style features, the
@@ -35,6 +35,7 @@ from recorders.train.loop import loss_terms, make_optimizer
 from recorders.train.probes import watch
 
 WORLD_BASE = 18
+CLOCK = time.perf_counter  # --cpu-time: time.process_time (this process's CPU seconds, steadier on a shared machine)
 
 
 def _sync(device: torch.device) -> None:
@@ -81,11 +82,11 @@ class Stepper:
     def seconds_per_step(self, steps: int, probe=None) -> float:
         self.step(probe)  # warm-up
         _sync(self.backbone.device)
-        start = time.perf_counter()
+        start = CLOCK()
         for _ in range(steps):
             self.step(probe)
         _sync(self.backbone.device)
-        return (time.perf_counter() - start) / steps
+        return (CLOCK() - start) / steps
 
 
 def step_times(
@@ -271,7 +272,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods for section 1")
     parser.add_argument("--sections", default="1,2,3", help="comma-separated sections to run (1, 2, 3)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--cpu-time", action="store_true", help="time sections 1 and 3 in process CPU seconds (shared machines)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

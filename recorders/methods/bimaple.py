@@ -50,11 +50,12 @@ class BiMaPLe(MaPLe):
     def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         width, vision = backbone.text_width, backbone.vision_width
-        self.coupling_back = nn.ModuleList(nn.Linear(vision, width) for _ in range(self.depth))
+        backs = [nn.Linear(vision, width) for _ in range(self.depth)]
+        self.coupling_back = nn.ModuleList(backs)
         if cfg.bimaple_init == "maple":
             own = [torch.zeros(self.n_ctx, vision) for _ in range(self.depth)]
             with torch.no_grad():
-                for back in self.coupling_back:
+                for back in backs:
                     back.bias.zero_()
         else:
             own = [torch.randn(self.n_ctx, vision, generator=generator) * 0.02 for _ in range(self.depth)]

@@ -309,5 +309,7 @@ def variant_counterpart(cfg: Config, variant: str) -> Config:
         return cfg
     if variant == "standard":
         return replace(cfg, variant=variant)
-    gate_flags = dict(grad_equilibrium=False, gate_lr_scale=1.0, gate_weight_decay=None)
-    return replace(cfg, variant=variant, **gate_flags, **({"gate_entropy": 0.0} if variant == "param-matched" else {}))
+    entropy = 0.0 if variant == "param-matched" else cfg.gate_entropy
+    return replace(
+        cfg, variant=variant, grad_equilibrium=False, gate_lr_scale=1.0, gate_weight_decay=None, gate_entropy=entropy
+    )

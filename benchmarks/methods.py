@@ -1,10 +1,11 @@
 """Speed of the methods: step time, batched vs looped CoCoOp, cost of full per-step recording.
 
-    python benchmarks/methods.py [--backbone builtin|DIR] [--steps 20] [--device cpu|cuda]
+    python benchmarks/methods.py [--backbone builtin|DIR] [--steps 20] [--device cpu|cuda] [--methods a,b]
+                                 [--sections 1,2,3] [--threads N] [--cpu-time]
 
-1. Step time (forward + backward + SGD step) of every method at its preset batch size on the backbone, with
-   the 18 base classes of the built-in world (feature methods get random cached-style features, the MaPLe family
-   random pixels).
+1. Step time (forward + backward + SGD step) of every method (or of ``--methods``) at its preset batch size on the
+   backbone, with the 18 base classes of the built-in world (feature methods get random cached-style features, the
+   MaPLe family random pixels); ``adaptive-bimaple`` also under ``--variant param-matched`` and ``always-frozen``.
 2. CoCoOp at batch 8: our text forward (B × C prompts at once, the shared start-and-context prefix run once per
    image) against batching alone, a per-image loop, and the reference's per-image loop over full-length prompts;
    prints the speed-ups (target >= 5x over the reference) and the loss differences (target <= 1e-5).
@@ -34,6 +35,7 @@ from recorders.train.loop import loss_terms, make_optimizer
 from recorders.train.probes import watch
 
 WORLD_BASE = 18
+CLOCK = time.perf_counter  # --cpu-time: time.process_time (this process's CPU seconds, steadier on a shared machine)
 
 
 def _sync(device: torch.device) -> None:
@@ -53,8 +55,10 @@ def _batch(method, backbone: Backbone, batch: int, n_classes: int, seed: int = 0
 class Stepper:
     """One method, one fixed batch, one optimiser; ``step(probe)`` runs a full training step."""
 
-    def __init__(self, backbone: Backbone, name: str, classnames: list[str], batch: int | None = None) -> None:
-        cfg = build_config([("method", name)])
+    def __init__(
+        self, backbone: Backbone, name: str, classnames: list[str], batch: int | None = None, variant: str = "standard"
+    ) -> None:
+        cfg = build_config([("method", name), ("variant", variant)])
         self.cfg = cfg if batch is None else replace(cfg, batch_size=batch)
         self.backbone = backbone
         self.method = build_method(self.cfg, backbone)
@@ -78,20 +82,33 @@ class Stepper:
     def seconds_per_step(self, steps: int, probe=None) -> float:
         self.step(probe)  # warm-up
         _sync(self.backbone.device)
-        start = time.perf_counter()
+        start = CLOCK()
         for _ in range(steps):
             self.step(probe)
         _sync(self.backbone.device)
-        return (time.perf_counter() - start) / steps
+        return (CLOCK() - start) / steps
 
 
-def step_times(backbone: Backbone, classnames: list[str], steps: int) -> None:
+def step_times(
+    backbone: Backbone, classnames: list[str], steps: int, repeats: int = 1, methods: tuple[str, ...] = METHODS
+) -> None:
+    """Median seconds/step over ``repeats`` rounds of ``steps`` steps, round-robin across the methods, so a shared
+    machine's slow spells hit every method alike."""
     print(f"1. step time per method ({len(classnames)} classes, preset batch sizes, {backbone.device})")
-    for name in METHODS:
-        s = Stepper(backbone, name, classnames)
-        t = s.seconds_per_step(steps)
+    runs = [(name, "standard") for name in methods]
+    if "adaptive-bimaple" in methods:
+        runs += [("adaptive-bimaple", "param-matched"), ("adaptive-bimaple", "always-frozen")]
+    steppers = {run: Stepper(backbone, run[0], classnames, variant=run[1]) for run in runs}
+    samples: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+    for _ in range(repeats):
+        for run, s in steppers.items():
+            samples[run].append(s.seconds_per_step(steps))
+    for (name, variant), s in steppers.items():
+        t = statistics.median(samples[(name, variant)])
+        label = name if variant == "standard" else f"{name} {variant}"
         print(
-            f"   {name:<17} batch {s.cfg.batch_size:>3}: {t * 1e3:8.1f} ms/step  ({s.method.n_trainable():,} trainable)"
+            f"   {label:<31} batch {s.cfg.batch_size:>3}: {t * 1e3:8.1f} ms/step  "
+            f"({s.method.n_trainable():,} trainable)"
         )
 
 
@@ -253,18 +270,38 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods for section 1")
+    parser.add_argument("--sections", default="1,2,3", help="comma-separated sections to run (1, 2, 3)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--cpu-time", action="store_true", help="time sections 1 and 3 in process CPU seconds (shared machines)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    sections = {s.strip() for s in args.sections.split(",")}
     torch.manual_seed(0)
     backbone = load_backbone(args.backbone, args.device)
     from recorders.data.world import load_world
 
     classnames = load_world().classnames[:WORLD_BASE]
-    step_times(backbone, classnames, args.steps)
-    cocoop_batched_vs_loop(backbone, classnames, args.repeats)
-    a, b, ratio = recording_overhead(backbone, classnames, "adaptive-bimaple", args.steps, args.repeats)
-    print(
-        f"3. adaptive-bimaple full recording: {a * 1e3:.1f} → {b * 1e3:.1f} ms/step, ratio {ratio:.3f} (target <= 1.05)"
-    )
+    if "1" in sections:
+        step_times(backbone, classnames, args.steps, max(1, args.repeats // 3), methods)
+    if "2" in sections:
+        cocoop_batched_vs_loop(backbone, classnames, args.repeats)
+    if "3" in sections:
+        a, b, ratio = recording_overhead(backbone, classnames, "adaptive-bimaple", args.steps, args.repeats)
+        print(
+            f"3. adaptive-bimaple full recording: {a * 1e3:.1f} → {b * 1e3:.1f} ms/step, ratio {ratio:.3f} "
+            "(target <= 1.05)"
+        )
     if backbone.device.type == "cuda":
         gpu_section(backbone.device)
 

@@ -93,14 +93,15 @@ def expected_counts(config) -> dict[str, int]:
     h = e // 16
     meta = e * h + h + h * d + d  # CoCoOp meta-net: Linear(E, E/16), ReLU, Linear(E/16, D)
     maple = j * 2 * d + j * (d * v + v)  # J prompt sets of 2 tokens + J couplings D → V
+    bimaple = maple + j * 2 * v + j * (v * d + d)  # + J vision prompt sets of 2 tokens + J couplings V → D
     return {
         "coop": 4 * d,
         "coop-gating": 4 * d + 4,
         "cocoop": 4 * d + meta,
         "cocoop-gating": 4 * d + meta + e * 4 + 4,
         "maple": maple,
-        "bimaple": maple + j * (v * d + d),
-        "adaptive-bimaple": maple + j * (v * d + d) + j * 2 + j,
+        "bimaple": bimaple,
+        "adaptive-bimaple": bimaple + j * 2 + j,  # + J length gate sets of 2 + J depth gates
     }
 
 
@@ -158,15 +159,19 @@ def test_maple_prompts_reach_both_encoders(tiny_backbone):
 
 
 def test_bimaple_cycle_loss_is_the_documented_formula(tiny_backbone):
-    method = make(tiny_backbone, "bimaple", lambda_cyc=0.5)
+    method = make(tiny_backbone, "bimaple", lambda_cyc=0.5, bimaple_init="random")
     out = method(inputs_for(method, tiny_backbone), method.encode_classes(CLASSES))
+
+    def linear(f, x):
+        return x @ f.weight.detach().double().T + f.bias.detach().double()
+
     expected = 0.0
-    for d in range(method.depth):
-        p = method.prompts[d].detach().double()
-        there = p @ method.coupling[d].weight.double().T + method.coupling[d].bias.double()
-        back = there @ method.coupling_back[d].weight.double().T + method.coupling_back[d].bias.double()
-        expected += ((back - p) ** 2).sum(-1).mean() / method.depth
-    assert float(out.terms["cyc"].detach()) == pytest.approx(0.5 * float(expected.detach()), rel=1e-5)
+    for d in range(method.depth):  # both round trips, on the own (ungated) prompts, in float64
+        to_v, to_t = method.coupling[d], method.coupling_back[d]
+        p_t, p_v = method.prompts[d].detach().double(), method.vision_prompts[d].detach().double()
+        expected += ((linear(to_t, linear(to_v, p_t)) - p_t) ** 2).sum(-1).mean() / method.depth
+        expected += ((linear(to_v, linear(to_t, p_v)) - p_v) ** 2).sum(-1).mean() / method.depth
+    assert float(out.terms["cyc"].detach()) == pytest.approx(0.5 * float(expected), rel=1e-5)
 
 
 def test_adaptive_bimaple_regularisers(tiny_backbone):

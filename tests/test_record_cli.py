@@ -92,10 +92,14 @@ def test_dry_run_prints_hand_counted_parameters(checkpoint, tmp_path, method, va
     assert result.exit_code == 0, result.output
     from transformers import CLIPConfig
 
-    expected = expected_counts(CLIPConfig.from_pretrained(checkpoint))[method]
+    config = CLIPConfig.from_pretrained(checkpoint)
+    expected = expected_counts(config)[method]
     assert f"{expected:,}" in result.output
-    if variant == "param-matched":
-        assert "with gates" in result.output
+    gates = 4 if method == "coop-gating" else 3 * min(9, config.text_config.num_hidden_layers)  # J·n + J, n = 2
+    header = next(line for line in result.output.splitlines() if "param-matched" in line and "always-frozen" in line)
+    assert header.split() == ["┃", "gated", "┃", "param-matched", "┃", "always-frozen", "┃"]
+    row = result.output.splitlines()[result.output.splitlines().index(header) + 2]
+    assert [int(x.replace(",", "")) for x in row.strip("│ ").split("│")] == [expected, expected, expected - gates]
     assert not (tmp_path / "x.h5").exists()
 
 

@@ -68,33 +68,43 @@ class ParamGroup:
 
 
 class PlainScale(nn.Module):
-    """The ``param-matched`` stand-in for a :class:`Gate`: the same parameter count, no sigmoid.
+    """The ``param-matched`` stand-in for a :class:`Gate`: the same parameter count, no sigmoid, and the same
+    starting value, so the matched model starts exactly where the gated model starts.
 
-    Returns ``1 + w`` (static, ``(n,)``) or ``1 + W·x + b`` (instance, ``(B, n)``), starting at 1.
+    Built from the gate it replaces (after that gate drew its initial logits, so every other parameter draws the
+    same numbers under either variant). Static (``length``/``depth``): ``s0 + w`` with ``s0 = σ(g0)`` (a buffer)
+    and ``w`` ``(n,)`` starting at 0, so at step 0 it returns the gate's values bit for bit. Instance: ``s0 + W·x + b``
+    ``(B, n)`` with ``s0 = σ(c0)`` (the gate's initial bias c0), ``W = σ'(c0)·W0`` (the gate's initial weights) and
+    ``b = 0``: the gate's first-order expansion around x = 0, its value and input slope at init.
     """
 
-    def __init__(
-        self, n: int, kind: str, feature_dim: int | None = None, generator: torch.Generator | None = None
-    ) -> None:
+    start: torch.Tensor
+
+    def __init__(self, gate: Gate) -> None:
         super().__init__()
-        self.kind = kind
-        if kind == "instance":
-            assert feature_dim
-            self.proj: nn.Linear | None = nn.Linear(feature_dim, n)
-            with torch.no_grad():
-                self.proj.weight.normal_(0.0, 0.02, generator=generator)
-                self.proj.bias.zero_()
-            self.weight = None
-        else:
-            self.proj = None
-            self.weight = nn.Parameter(torch.zeros(n))
+        self.kind = gate.kind
+        self.n_gates = gate.n_gates
+        self.proj_weight: nn.Parameter | None = None
+        self.proj_bias: nn.Parameter | None = None
+        self.weight: nn.Parameter | None = None
+        with torch.no_grad():
+            if gate.proj is not None:
+                bias = gate.proj.bias.detach().float()
+                self.register_buffer("start", torch.sigmoid(bias).clone())
+                slope = torch.sigmoid(bias) * torch.sigmoid(-bias)
+                self.proj_weight = nn.Parameter(gate.proj.weight.detach().float() * slope[:, None])
+                self.proj_bias = nn.Parameter(torch.zeros_like(bias))
+            else:
+                assert gate.logits is not None
+                self.register_buffer("start", torch.sigmoid(gate.logits.detach()).clone())
+                self.weight = nn.Parameter(torch.zeros(gate.n_gates))
 
     def forward(self, features: torch.Tensor | None = None) -> torch.Tensor:
-        if self.proj is not None:
-            assert features is not None
-            return 1.0 + self.proj(features.to(self.proj.weight.dtype))
+        if self.proj_weight is not None:
+            assert features is not None and self.proj_bias is not None
+            return self.start + F.linear(features.to(self.proj_weight.dtype), self.proj_weight, self.proj_bias)
         assert self.weight is not None
-        return 1.0 + self.weight
+        return self.start + self.weight
 
 
 def binary_entropy(values: torch.Tensor) -> torch.Tensor:
@@ -220,10 +230,11 @@ class PromptMethod(nn.Module):
 
     # ------------------------------------------------------------------ gates
     def make_gate(self, n: int, kind: str, prompt: str = "", feature_dim: int | None = None) -> nn.Module:
-        """A :class:`Gate`, or its variant: a :class:`PlainScale` (``param-matched``) or a frozen gate."""
-        if self.cfg.variant == "param-matched":
-            return PlainScale(n, "instance" if kind == "instance" else "static", feature_dim, self.generator)
+        """A :class:`Gate`, or its variant: a :class:`PlainScale` (``param-matched``, starting at the gate's initial
+        values) or a frozen gate (``always-frozen``)."""
         gate = Gate(n, kind, init=self.cfg.gate_init, feature_dim=feature_dim, prompt=prompt, generator=self.generator)
+        if self.cfg.variant == "param-matched":
+            return PlainScale(gate)
         gate.equilibrium = self.cfg.grad_equilibrium
         if self.cfg.variant == "always-frozen":
             gate.requires_grad_(False)

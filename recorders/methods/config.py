@@ -17,6 +17,7 @@ class MethodConfig:
     ctx_init: str = "a photo of a"  # "" = random N(0, 0.02²)
     prompt_depth: int = 9  # MaPLe J: layers that receive prompts
     lambda_cyc: float = 1.0  # BiMaPLe cycle-consistency weight
+    bimaple_init: str = "maple"  # maple: vision prompts and f_{V→L} bias 0 (starts as MaPLe) | random: N(0, 0.02²)
     lambda_sparse: float = 1e-3  # AdaptiveBiMaPLe L1 weight on gate values
     lambda_smooth: float = 1e-3  # AdaptiveBiMaPLe weight on squared differences of adjacent depth gates
     gate_init: str = "zero"  # zero | uniform | biased[:VALUE]

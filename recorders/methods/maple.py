@@ -39,17 +39,14 @@ class MaPLe(PromptMethod):
         self.prompts = nn.ParameterList([nn.Parameter(self.init_context()), *map(nn.Parameter, deep)])
         self.coupling = nn.ModuleList(nn.Linear(width, vision) for _ in range(self.depth))
 
-    def layer_prompts(self) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        """Text prompts per layer (J tensors ``(n_ctx, D_text)``) as fed to both encoders, and terms."""
-        return list(self.prompts), {}
-
-    def coupling_terms(self, text: list[torch.Tensor], vision: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {}
+    def encoder_prompts(self) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Per layer d < J, the text prompts ``(n_ctx, D_text)`` and vision prompts ``(n_ctx, D_vision)`` the encoders
+        receive, and the method's weighted loss terms. MaPLe: P^(d) and f^(d)(P^(d)), no terms."""
+        text = list(self.prompts)
+        return text, [f(p) for f, p in zip(self.coupling, text, strict=True)], {}
 
     def forward(self, inputs: torch.Tensor, classes: ClassPrompts) -> MethodOutput:
-        text_prompts, terms = self.layer_prompts()
-        vision_prompts = [f(p) for f, p in zip(self.coupling, text_prompts, strict=True)]
-        terms = {**terms, **self.coupling_terms(text_prompts, vision_prompts)}
+        text_prompts, vision_prompts, terms = self.encoder_prompts()
         image = self.image_features(inputs, vision_prompts)
         text = self.text_features(classes, text_prompts[0], text_prompts[1:] or None)
         return MethodOutput(self.logit_scale() * image @ text.T, terms)

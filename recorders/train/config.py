@@ -26,6 +26,7 @@ from recorders.methods.config import MethodConfig
 from recorders.methods.registry import GATED_METHODS, METHODS
 
 VARIANTS = ("standard", "param-matched", "always-frozen")
+BIMAPLE_INITS = ("maple", "random")
 ON_NAN = ("skip", "stop")
 
 
@@ -52,12 +53,11 @@ class Config:
     # prompts
     n_ctx: int = MethodConfig.n_ctx  # learnable context tokens (per layer for the MaPLe family)
     ctx_init: str = MethodConfig.ctx_init  # "" = random N(0, 0.02²); its first n_ctx tokens initialise the context
-    prompt_depth: int = MethodConfig.prompt_depth  # MaPLe J: layers that receive prompts (clipped to the model's depth)
+    prompt_depth: int = MethodConfig.prompt_depth  # MaPLe J: layers that receive prompts (clipped to the depth)
     lambda_cyc: float = MethodConfig.lambda_cyc  # BiMaPLe cycle-consistency weight
+    bimaple_init: str = MethodConfig.bimaple_init  # maple: vision prompts, f_{V→L} bias 0 (starts as MaPLe) | random
     lambda_sparse: float = MethodConfig.lambda_sparse  # AdaptiveBiMaPLe L1 weight on gate values
-    lambda_smooth: float = (
-        MethodConfig.lambda_smooth
-    )  # AdaptiveBiMaPLe weight on squared differences of adjacent depth gates
+    lambda_smooth: float = MethodConfig.lambda_smooth  # AdaptiveBiMaPLe weight on squared adjacent depth-gate steps
     # interventions
     gate_init: str = MethodConfig.gate_init  # zero | uniform | biased[:VALUE]
     gate_lr_scale: float = 1.0  # gate parameters train at lr × this
@@ -85,6 +85,7 @@ class Config:
         """Check values and combinations; return ``self`` or raise :class:`ConfigError`."""
         _choice("method", self.method, METHODS)
         _choice("variant", self.variant, VARIANTS)
+        _choice("bimaple_init", self.bimaple_init, BIMAPLE_INITS)
         _choice("on_nan", self.on_nan, ON_NAN)
         for name in (
             "shots",

@@ -265,6 +265,14 @@ def describe(cfg: Config, backbone: Backbone) -> list[ParamGroup]:
     return build_method(cfg, backbone).groups()
 
 
-def gated_counterpart(cfg: Config) -> Config:
-    """The same config with the gates in (to print next to a ``param-matched`` count)."""
-    return replace(cfg, variant="standard")
+def variant_counterpart(cfg: Config, variant: str) -> Config:
+    """The same config under another ``variant`` (``--dry-run`` prints every variant's count side by side), without
+    the gate interventions that variant refuses."""
+    if variant == cfg.variant:
+        return cfg
+    if variant == "standard":
+        return replace(cfg, variant=variant)
+    entropy = 0.0 if variant == "param-matched" else cfg.gate_entropy
+    return replace(
+        cfg, variant=variant, grad_equilibrium=False, gate_lr_scale=1.0, gate_weight_decay=None, gate_entropy=entropy
+    )

@@ -159,11 +159,13 @@ def record(
 
 
 def _dry_run(cfg, console) -> None:
-    """Print the trainable parameter count per group (and, for ``param-matched``, the gated count too)."""
+    """Print the trainable parameter count per group and, for a gated method, the counts of the gated model and of
+    both variants side by side."""
     from rich.table import Table
 
     from recorders.clip.backbone import load_backbone
-    from recorders.train.loop import describe, gated_counterpart
+    from recorders.train.config import GATED_METHODS, VARIANTS
+    from recorders.train.loop import describe, variant_counterpart
 
     bb = load_backbone(cfg.backbone, cfg.device)
     groups = describe(cfg, bb)
@@ -175,6 +177,13 @@ def _dry_run(cfg, console) -> None:
     total = sum(g.n_params for g in groups)
     table.add_row("total", "", f"{total:,}", end_section=True)
     console.print(table)
-    if cfg.variant == "param-matched":
-        gated = sum(g.n_params for g in describe(gated_counterpart(cfg), bb))
-        console.print(f"param-matched: {total:,} trainable parameters; with gates: {gated:,}")
+    if cfg.method in GATED_METHODS:
+        variants = Table(title=f"{cfg.method}: trainable parameters per variant")
+        for variant in VARIANTS:
+            variants.add_column(("gated" if variant == "standard" else variant), justify="right")
+        counts = [
+            total if v == cfg.variant else sum(g.n_params for g in describe(variant_counterpart(cfg, v), bb))
+            for v in VARIANTS
+        ]
+        variants.add_row(*(f"{n:,}" for n in counts))
+        console.print(variants)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 class CoCoOp(PromptMethod):
     name = "cocoop"
+    text_per_input = True
 
     def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)

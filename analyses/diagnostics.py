@@ -247,7 +247,7 @@ def _diagnose_gates(
     reasons = {k: float(v) for c in evidence.criteria for k, v in c.values.items()}
     reasons["max_grad_displacement"] = float(np.nanmax(np.abs(grad_disp))) if k else math.nan
     if std_inputs is not None:
-        reasons["late_batch_input_std"] = _nanmedian(std_inputs[thirds[2]])
+        reasons["late_input_std"] = _nanmedian(std_inputs[thirds[2]])
     low, high = th.saturation_low, th.saturation_high
     return GateSetDiagnostics(
         name=spec.name,

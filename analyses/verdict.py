@@ -16,12 +16,13 @@ Two kinds of evidence, each a :class:`Criterion` with its numbers:
   deviation of σ over the test images at the last evaluation relative to the first (before training).
 
 Rules: ``adaptive`` when a deciding counterfactual lowers HM significantly (interval above 0); ``collapsed`` when
-every deciding counterfactual is within noise (interval contains 0) and the gates do not move by gradient
-(movement below ``movement_min`` or a gradient indistinguishable from random signs, and for instance gates an
-across-input spread that did not grow ``spread_growth_min``-fold); ``inconclusive`` otherwise, naming the missing
-or contradicting evidence. Onset: on a grid of windows whose size scales with the run (``n_rows // windows``), the
-first window start from which, at every later window start, the gradient-driven movement to the end of the run is
-below ``movement_min`` or the window's gradient is sign-random.
+every deciding counterfactual is within noise (interval contains 0) and the gates are still: their dynamics are quiet
+from an onset to the end over at least ``quiet_min_fraction`` of the run (and, for instance gates, the across-input
+spread did not grow ``spread_growth_min``-fold); ``inconclusive`` otherwise, naming the missing or contradicting
+evidence. Onset: on a grid of windows whose size scales with the run (``n_rows // windows`` rows), the first window
+start from which every later window start is quiet — the gradient-driven movement from it to the end of the run
+is below ``movement_min``, or the window's gradient is sign-random. The whole-run movement and sign consistency
+are reported as criteria too.
 
 Torch-free; reads only the series it uses.
 """
@@ -51,6 +52,7 @@ class VerdictThresholds:
     sign_quantile: float = 0.95  # mean S² above this quantile of its sign-random law: a consistent gradient
     n_sign_draws: int = 400  # Monte Carlo draws of the sign-random reference
     spread_growth_min: float = 2.0  # instance gates: across-input std must grow this much over its init value
+    quiet_min_fraction: float = 1 / 3  # the quiet stretch before the end must span this much of the run
     windows: int = 10  # the onset grid has n_rows // windows rows per window ...
     min_window: int = 2  # ... but at least this many rows
     seed: int = 0  # of the bootstrap and the sign draws (the verdict is deterministic)
@@ -285,7 +287,19 @@ def judge_with(rec: Recording, spec: GateSetSpec, cfs: dict[str, Counterfactual]
     )
     if moves is None or consistent is None:
         missing.append("gate dynamics (no recorded steps or gradients)")
-    moved_by_gradient = None if moves is None or consistent is None else (moves and consistent)
+    onset_row = onset_index(rec, spec, lr, grad, window, th) if n else None
+    quiet_fraction = (n - onset_row) / n if onset_row is not None else 0.0
+    still = None if moves is None or consistent is None else quiet_fraction >= th.quiet_min_fraction
+    onset = int(rec.read("steps/step", onset_row, onset_row + 1)[0]) if onset_row is not None else None
+    criteria.append(
+        Criterion(
+            "still",
+            still,
+            f"quiet (moved < {th.movement_min} σ by gradient to the end, or a sign-random gradient) from step "
+            f"{'-' if onset is None else onset}: {quiet_fraction:.0%} of the run (needs ≥ {th.quiet_min_fraction:.0%})",
+            {"quiet_fraction": quiet_fraction},
+        )
+    )
     if instance:
         first, last, growth = spread_growth(rec, spec)
         grew = None if math.isnan(growth) else growth >= th.spread_growth_min
@@ -300,29 +314,29 @@ def judge_with(rec: Recording, spec: GateSetSpec, cfs: dict[str, Counterfactual]
         )
         if grew is None:
             missing.append("instance-gate spread over the test images (not recorded: schema 1.0)")
-            moved_by_gradient = None
-        elif moved_by_gradient is not None:
-            moved_by_gradient = moved_by_gradient or grew
+            still = None
+        elif still is not None:
+            still = still and not grew
 
     verdict = "inconclusive"
+    hurts = any(c.drop_hi < 0 for c in deciding)
     if functional.holds:
         verdict = "adaptive"
-    elif functional.holds is False and not any(c.drop_hi < 0 for c in deciding) and moved_by_gradient is False:
+    elif functional.holds is False and not hurts and still:
         verdict = "collapsed"
-    elif functional.holds is False and moved_by_gradient:
-        missing.append("a functional effect of gates that moved by a consistent gradient")
-    elif functional.holds is False and any(c.drop_hi < 0 for c in deciding):
+    elif functional.holds is False and still is False:
+        missing.append("a functional effect of gates that kept moving by a consistent gradient")
+    elif functional.holds is False and hurts:
         missing.append("agreement: the learned gates lower accuracy")
-    onset = onset_step(rec, spec, lr, grad, window, th) if verdict == "collapsed" else None
-    return Verdict(verdict, onset, criteria, missing, cfs)
+    return Verdict(verdict, onset if verdict == "collapsed" else None, criteria, missing, cfs)
 
 
-def onset_step(
+def onset_index(
     rec: Recording, spec: GateSetSpec, lr: np.ndarray, grad: np.ndarray, window: int, th: VerdictThresholds
 ) -> int | None:
-    """First window start from which every later one is quiet (see the module docstring); None if none is."""
-    n = rec.n_steps
-    starts = list(range(0, n, window))
+    """Row of the first window start from which every later one is quiet (module docstring); None if the last
+    window is not quiet."""
+    starts = list(range(0, rec.n_steps, window))
     quiet = []
     for start in starts:
         g = grad[start : start + window].astype(np.float64)
@@ -331,9 +345,7 @@ def onset_step(
         quiet.append(random_signs or gradient_movement(rec, spec, lr, start) < th.movement_min)
     loud = [i for i, q in enumerate(quiet) if not q]
     first = loud[-1] + 1 if loud else 0
-    if first >= len(starts):
-        return None
-    return int(rec.read("steps/step", starts[first], starts[first] + 1)[0])
+    return starts[first] if first < len(starts) else None
 
 
 def _cf_text(c: Counterfactual) -> str:

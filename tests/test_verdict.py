@@ -267,3 +267,78 @@ def test_version_1_recordings_in_ws_stats_and_the_viewer_loader(tmp_path):
         assert run.diagnose().gate_sets["gate"].verdict == "inconclusive"
     finally:
         run.rec.close()
+
+
+# ------------------------------------------------------------------------------------------------ real evaluations
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["coop-gating", "cocoop-gating"])
+def test_counterfactual_accuracies_equal_an_evaluation_with_the_gates_edited_by_hand(tmp_path, method):
+    """evaluate()'s counterfactuals against the same model with its gate parameters overwritten by hand."""
+    import torch
+    from test_methods import random_backbone
+    from test_training import config
+
+    from recorders.data.fewshot import base_to_novel
+    from recorders.data.world import load_world
+    from recorders.methods.gates import find_gates, gate_states
+    from recorders.train.evaluation import evaluate
+    from recorders.train.inputs import prepare_data
+    from recorders.train.loop import build_run
+
+    class Factory:
+        def mktemp(self, name):
+            path = tmp_path / name
+            path.mkdir()
+            return path
+
+    backbone = random_backbone(Factory())
+    task = base_to_novel(load_world(), shots=1, seed=1)
+    task.test_base, task.test_novel = task.test_base[:60], task.test_novel[:60]
+    cfg = config(method, tmp_path / "r.h5", eval_batch_size=16)
+    run = build_run(cfg, backbone=backbone, task=task, cache_dir=tmp_path)
+    m = run.method
+    initial = gate_states(m)
+    (name, gate), *_ = find_gates(m).items()
+    with torch.no_grad():  # move the gates away from init, as training would
+        for p in gate.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 2.0)
+    base, novel = m.encode_classes(task.base_classnames), m.encode_classes(task.novel_classnames)
+    data = prepare_data(m, task, cfg, tmp_path, False)
+    ev = evaluate(m, base, novel, data, cfg, initial)
+    trained = {k: v.clone() for k, v in gate.state_dict().items()}
+
+    def by_hand() -> np.ndarray:
+        edited = evaluate(m, base, novel, data, cfg)  # no counterfactuals: the plain model as edited
+        return edited.correct["trained"]
+
+    with torch.no_grad():
+        gate.load_state_dict(initial[name])
+        np.testing.assert_array_equal(ev.correct["init"], by_hand())
+        if gate.kind == "instance":  # σ constant at its test-set mean: zero weights, bias = logit(mean)
+            mean = torch.from_numpy(ev.gate_stats[name]["mean"]).float()
+            gate.proj.weight.zero_()
+            gate.proj.bias.copy_(torch.log(mean / (1 - mean)))
+            np.testing.assert_array_equal(ev.correct["mean"], by_hand())
+            gate.proj.bias.fill_(40.0)  # σ(40) = 1 in float32
+        else:
+            gate.logits.fill_(40.0)
+        np.testing.assert_array_equal(ev.correct["open"], by_hand())
+        gate.load_state_dict(trained)
+    np.testing.assert_array_equal(ev.correct["trained"], by_hand())
+    assert ev.base == pytest.approx(ev.correct["trained"][:60].mean())
+    assert not np.isnan(ev.val)
+
+
+@pytest.mark.slow
+def test_a_short_default_world_run_is_collapsed_with_no_functional_effect(tmp_path):
+    """The README default run (coop-gating, world, seed 1) shortened to 6 epochs (54 steps) on the built-in CLIP."""
+    from recorders.train.config import build_config
+    from recorders.train.loop import build_run, train
+
+    cfg = build_config([("epochs", 6), ("out", str(tmp_path / "run.h5"))])
+    train(build_run(cfg, cache_dir=tmp_path), cache_dir=tmp_path, progress=False)
+    with Recording.open(tmp_path / "run.h5") as rec:
+        g = diagnose(rec).gate_sets["gate"]
+    assert g.verdict == "collapsed", g.evidence
+    init = g.evidence.counterfactuals["init"]
+    assert init.drop_lo <= 0 <= init.drop_hi

@@ -19,17 +19,13 @@ Definitions (all on the recorded rows, read with a stride so that at most ``max_
   ``steps/lr`` over the updates between the first and the last row moves g(0) to f·g(0).
   ``decay_displacement`` = (f − 1)·g(0), ``grad_displacement`` = observed displacement − decay_displacement
   (the gradient's part, including its interaction with decay).
-- **onset** (:class:`CollapseThresholds`): a row t is *quiet* when, over the forward window of
-  ``window_steps`` steps starting at t, the median ratio is below ``ratio_max`` and every gate value's range
-  (max − min of σ) is below ``value_change_max`` (without a ratio, only the value condition). The onset is
-  the first row from which every row to the end of the run is quiet, provided that quiet stretch spans at
-  least one window. On a recording whose gates freeze at step s the onset is found within ``window_steps``
-  steps of s (tested).
-- **verdict**: ``collapsed`` when there is an onset (and, for instance gates, the late median of the
-  across-input standard deviation of σ is below ``instance_std_min``); ``adaptive`` when there is no onset,
-  the late ratio is at least ``ratio_max`` (or unmeasured), some gate's gradient-caused displacement is at
-  least ``displacement_min`` logits and (instance gates) the late across-input std is at least
-  ``instance_std_min``; ``inconclusive`` otherwise. ``reasons`` holds the numbers that decided it.
+- **verdict** and **onset**: :func:`analyses.verdict.judge` — functional evidence from the counterfactual
+  evaluations and scale-free dynamics (gradient-driven movement in σ, sign consistency of ∂L/∂g, instance spread
+  over the test images); ``evidence`` holds every criterion, ``reasons`` their numbers. The ratio, phases and
+  displacements above describe the run; the verdict does not threshold them.
+- **best evaluation**: the test scores at the evaluation with the highest validation accuracy (the validation split
+  holds base classes only, so it is base accuracy; ties go to the later evaluation); None when no validation was
+  recorded (schema 1.0).
 
 Torch-free; reads only the series it uses.
 """
@@ -43,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from analyses.verdict import VERDICTS as VERDICTS
+from analyses.verdict import Verdict, VerdictThresholds, counterfactual_evidence, judge_with
 from recorders.format import (
     LR,
     SATURATED_ABOVE,
@@ -59,26 +56,21 @@ from recorders.format import (
     prompt_path,
 )
 
-VERDICTS = ("collapsed", "adaptive", "inconclusive")
 SERIES = ("steps", "ratio", "saturated_fraction", "l_eff", "distance_from_init", "value_std_inputs")
 PHASES = ("early", "middle", "late")
 
 
 @dataclass(frozen=True)
 class CollapseThresholds:
-    """Parameters of the onset and verdict rules (see the module docstring)."""
+    """Saturation bounds of the descriptive series, and the verdict's thresholds (:class:`VerdictThresholds`)."""
 
-    ratio_max: float = 1e-2  # gate/prompt gradient-norm ratio below this counts as vanished
-    value_change_max: float = 1e-3  # a gate value (σ) moving less than this within a window counts as frozen
-    window_steps: int = 100  # window of the onset rule, in optimiser steps
-    displacement_min: float = 0.1  # gradient-caused logit displacement that counts as having moved
-    instance_std_min: float = 1e-3  # across-input std of σ below this: instance gates gave up on the input
     saturation_low: float = SATURATED_BELOW  # σ below this is saturated (off)
     saturation_high: float = SATURATED_ABOVE  # σ above this is saturated (on)
+    verdict: VerdictThresholds = field(default_factory=VerdictThresholds)
 
     def __post_init__(self) -> None:
-        if self.window_steps < 1 or not 0 <= self.saturation_low < self.saturation_high <= 1:
-            raise ValueError("window_steps must be >= 1 and 0 <= saturation_low < saturation_high <= 1")
+        if not 0 <= self.saturation_low < self.saturation_high <= 1:
+            raise ValueError("0 <= saturation_low < saturation_high <= 1 is required")
 
 
 @dataclass
@@ -88,7 +80,7 @@ class GateSetDiagnostics:
     name: str
     kind: str
     verdict: str  # one of VERDICTS
-    reasons: dict[str, float]  # the numbers that decided the verdict
+    reasons: dict[str, float]  # the numbers of every criterion of the verdict (NaN: not measured)
     onset_step: int | None  # step of collapse onset, None when there is none
     steps: np.ndarray  # (k,) int64 steps of the series
     ratio: np.ndarray  # (k,) gate/prompt gradient-norm ratio (NaN where unmeasured)
@@ -102,10 +94,13 @@ class GateSetDiagnostics:
     displacement: np.ndarray  # (n_gates,) g(last row) − g(0)
     decay_displacement: np.ndarray  # (n_gates,) what weight decay alone would have done (NaN: unknown)
     grad_displacement: np.ndarray  # (n_gates,) displacement − decay_displacement
+    evidence: Verdict | None = None  # the criteria of the verdict, one line each
 
     def to_dict(self, series: bool = False) -> dict[str, Any]:
         """JSON-ready summary with the final value of each series; ``series`` adds the per-row lists."""
-        out = {k: _plain(getattr(self, k)) for k in self.__dataclass_fields__ if series or k not in SERIES}
+        fields = [k for k in self.__dataclass_fields__ if (series or k not in SERIES) and k != "evidence"]
+        out = {k: _plain(getattr(self, k)) for k in fields}
+        out["evidence"] = _plain(self.evidence.to_dict()) if self.evidence is not None else None
         if len(self.steps):
             finals = {k: getattr(self, k) for k in SERIES[1:]}
             out["final"] = {k: _plain(v[-1]) for k, v in finals.items() if v is not None}
@@ -125,7 +120,7 @@ class RecordingDiagnostics:
     stride: int  # row stride of the series (1 = every row)
     gate_sets: dict[str, GateSetDiagnostics]
     final_eval: dict[str, Any] | None  # last evaluation: step, base_acc, novel_acc, hm
-    best_eval: dict[str, Any] | None  # evaluation with the highest hm
+    best_eval: dict[str, Any] | None  # test scores at the highest validation accuracy (None: no validation)
     final_loss: float  # total loss at the last row (NaN if none)
     nonfinite_events: int  # events of kind "nonfinite"
     group_grad_late: dict[str, float]  # median gradient norm per group over the late third
@@ -135,7 +130,7 @@ class RecordingDiagnostics:
         """JSON-ready dict (``series``: include the per-row arrays of each gate set)."""
         skip = ("gate_sets", "thresholds")
         out = {k: _plain(getattr(self, k)) for k in self.__dataclass_fields__ if k not in skip}
-        out["thresholds"] = asdict(self.thresholds)
+        out["thresholds"] = _plain(asdict(self.thresholds))
         out["gate_sets"] = {name: g.to_dict(series) for name, g in self.gate_sets.items()}
         return out
 
@@ -149,15 +144,20 @@ def diagnose(
     stride = max(1, math.ceil(n / max_points))
     steps = rec.read(STEP, stride=stride)
     lr = rec.read(LR) if rec.gate_sets else np.empty(0)
+    cfs = counterfactual_evidence(rec, th.verdict) if rec.gate_sets else {}
     with warnings.catch_warnings():  # missing rows (NaN) are expected: an all-NaN reduction is NaN, not news
         warnings.simplefilter("ignore", RuntimeWarning)
-        gate_sets = {name: _diagnose_gates(rec, spec, steps, stride, lr, th) for name, spec in rec.gate_sets.items()}
+        gate_sets = {
+            name: _diagnose_gates(rec, spec, steps, stride, lr, th, cfs) for name, spec in rec.gate_sets.items()
+        }
     ev = rec.eval_table()
     final_eval = best_eval = None
     if len(ev["step"]):
         final_eval = _eval_row(ev, -1)
-        hm = ev["hm"]
-        best_eval = _eval_row(ev, int(np.nanargmax(hm))) if np.isfinite(hm).any() else final_eval
+        val = rec.validation_acc()
+        if np.isfinite(val).any():
+            best = int(np.flatnonzero(val == np.nanmax(val))[-1])  # ties: the later, longer-trained evaluation
+            best_eval = _eval_row(ev, best) | {"val_acc": float(val[best])}
     total = loss_path("total")
     final_loss = float(rec.row(total, -1)) if n and rec.has(total) else math.nan
     late = slice(2 * n // 3, n)
@@ -215,7 +215,13 @@ def _ratio_denominator(rec: Recording, prompt: str, stride: int) -> tuple[str, n
 
 
 def _diagnose_gates(
-    rec: Recording, spec: GateSetSpec, steps: np.ndarray, stride: int, lr: np.ndarray, th: CollapseThresholds
+    rec: Recording,
+    spec: GateSetSpec,
+    steps: np.ndarray,
+    stride: int,
+    lr: np.ndarray,
+    th: CollapseThresholds,
+    cfs: dict[str, Any],
 ) -> GateSetDiagnostics:
     read = lambda series: rec.read(gate_path(spec.name, series), stride=stride).astype(np.float64)  # noqa: E731
     grad, value, logit = read("grad"), read("value"), read("logit")
@@ -239,27 +245,18 @@ def _diagnose_gates(
     grad_disp = displacement - np.nan_to_num(decay)
     std_inputs = _nanmean_rows(read("value_std")) if instance else None
 
-    spacing = float(np.median(np.diff(steps))) if k > 1 else 1.0
-    window = max(1, math.ceil(th.window_steps / max(spacing, 1.0)))
-    onset_row = _onset_row(ratio, value, window, th)
-    late = thirds[2]
-    reasons = {
-        "late_ratio": phases["late"],
-        "late_value_range": float(np.ptp(value[late], axis=0).max()) if len(late) else math.nan,
-        "max_grad_displacement": float(np.nanmax(np.abs(grad_disp))) if k else math.nan,
-        "max_decay_displacement": float(np.nanmax(np.abs(decay))) if not np.isnan(decay).all() else math.nan,
-        "quiet_from_fraction": (onset_row / k) if onset_row is not None else math.nan,
-    }
+    evidence = judge_with(rec, spec, cfs, th.verdict)
+    reasons = {k: float(v) for c in evidence.criteria for k, v in c.values.items()}
+    reasons["max_grad_displacement"] = float(np.nanmax(np.abs(grad_disp))) if k else math.nan
     if std_inputs is not None:
-        reasons["late_input_std"] = _nanmedian(std_inputs[late])
-    verdict = _verdict(onset_row is not None, reasons, instance, th)
+        reasons["late_input_std"] = _nanmedian(std_inputs[thirds[2]])
     low, high = th.saturation_low, th.saturation_high
     return GateSetDiagnostics(
         name=spec.name,
         kind=spec.kind,
-        verdict=verdict,
+        verdict=evidence.verdict,
         reasons=reasons,
-        onset_step=int(steps[onset_row]) if onset_row is not None else None,
+        onset_step=evidence.onset_step,
         steps=steps,
         ratio=ratio,
         ratio_source=source,
@@ -272,35 +269,8 @@ def _diagnose_gates(
         displacement=displacement,
         decay_displacement=decay,
         grad_displacement=grad_disp,
+        evidence=evidence,
     )
-
-
-def _onset_row(ratio: np.ndarray, value: np.ndarray, window: int, th: CollapseThresholds) -> int | None:
-    """First row from which every row to the end is quiet (see the module docstring), or None."""
-    k = len(ratio)
-    if k < window:
-        return None
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], window - 1, axis=0)])  # noqa: E731
-    values = sliding_window_view(pad(value), window, axis=0)  # (k, n_gates, window)
-    quiet = np.ptp(values, axis=-1).max(axis=1) < th.value_change_max
-    if np.isfinite(ratio).any():
-        with np.errstate(all="ignore"):
-            med = np.nanmedian(sliding_window_view(pad(ratio), window), axis=-1)
-        quiet &= med < th.ratio_max
-    loud = np.flatnonzero(~quiet)
-    start = int(loud[-1]) + 1 if len(loud) else 0
-    return start if k - start >= window else None
-
-
-def _verdict(onset: bool, reasons: dict[str, float], instance: bool, th: CollapseThresholds) -> str:
-    input_ok = reasons.get("late_input_std", math.inf)
-    if onset and (not instance or input_ok < th.instance_std_min):
-        return "collapsed"
-    ratio_ok = not reasons["late_ratio"] < th.ratio_max  # NaN (unmeasured) does not block adaptive
-    moved = reasons["max_grad_displacement"] >= th.displacement_min
-    if not onset and ratio_ok and moved and input_ok >= th.instance_std_min:
-        return "adaptive"
-    return "inconclusive"
 
 
 def _eval_row(ev: dict[str, np.ndarray], i: int) -> dict[str, Any]:

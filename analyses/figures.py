@@ -5,7 +5,7 @@ Kinds (x axis: optimiser step):
 - ``gates``: mean gate value σ over the gates of one gate set;
 - ``ratio``: gate/prompt gradient-norm ratio (as :mod:`analyses.diagnostics` defines it), log scale;
 - ``variance``: gate output variance: across inputs (std² of σ, instance gates) or, for static gates, over time
-  (variance of σ within a trailing window of ``window_steps`` steps, mean over gates);
+  (variance of σ within a trailing window of :data:`VARIANCE_WINDOW` steps, mean over gates);
 - ``accuracy``: evaluation HM (fractions in [0, 1]).
 
 The gate kinds read the gate set named by ``gate_set`` in every recording (default: each recording's first gate
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analyses.diagnostics import CollapseThresholds, diagnose
+from analyses.diagnostics import diagnose
 from analyses.grouping import Run, group_runs
 from recorders.format import Recording, gate_path, iter_recordings
 from recorders.format.errors import ConfigError
@@ -36,6 +36,8 @@ _YLABEL = {
     "variance": "gate output variance",
     "accuracy": "HM (base/novel)",
 }
+
+VARIANCE_WINDOW = 100  # steps of the trailing window of the `variance` kind for static gates
 
 
 def run_curve(
@@ -67,7 +69,7 @@ def run_curve(
         return g.steps.astype(np.float64), value.mean(axis=1)
     if g.value_std_inputs is not None:
         return g.steps.astype(np.float64), g.value_std_inputs**2
-    window = max(2, round(CollapseThresholds().window_steps / d.stride))
+    window = max(2, round(VARIANCE_WINDOW / d.stride))
     padded = np.concatenate([np.repeat(value[:1], window - 1, axis=0), value])
     windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)  # (k, n_gates, window)
     return g.steps.astype(np.float64), windows.var(axis=-1).mean(axis=1)

@@ -2,11 +2,13 @@
 
 A grouping key is a root attribute (``method``, ``dataset``, ``seed``, ``status``) or a config key, dotted
 for nesting (``optim.lr``). A metric is one number per run: from the evaluations (``final_hm``,
-``best_novel``, ..., accuracies as fractions in [0, 1]; ``best_*`` is the maximum over evaluations), the
-last total loss, or from the collapse diagnostics (``late_ratio``, ``l_eff``, ...; see
-:mod:`analyses.diagnostics`), optionally naming the gate set as ``late_ratio@ctx_gates`` (needed when a
-recording has several). Eval metrics read only the ``eval/`` datasets; diagnostic metrics read the strided
-series :func:`~analyses.diagnostics.diagnose` needs.
+``best_novel``, ..., accuracies as fractions in [0, 1]; ``best_*`` are the test scores at the evaluation with the
+highest validation accuracy, NaN for recordings without validation scores), the last total loss, the counterfactual
+HM drops at the last evaluation (``cf_init_drop_hm``, ``cf_mean_drop_hm``, ``cf_open_drop_hm``: trained −
+counterfactual, NaN when not recorded), or from the collapse diagnostics (``late_ratio``, ``l_eff``,
+``gradient_movement``, ...; see :mod:`analyses.diagnostics` and :mod:`analyses.verdict`), optionally naming the gate
+set as ``late_ratio@ctx_gates`` (needed when a recording has several). Eval metrics read only the ``eval/``
+datasets; diagnostic metrics read the strided series :func:`~analyses.diagnostics.diagnose` needs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from analyses.diagnostics import GateSetDiagnostics, diagnose
-from recorders.format import Recording, iter_recordings, loss_path
+from analyses.verdict import counterfactual_evidence
+from recorders.format import COUNTERFACTUALS, Recording, iter_recordings, loss_path
 from recorders.format.errors import ConfigError, RecordingError
 
 ATTR_KEYS = ("method", "dataset", "seed", "status")
@@ -40,13 +43,17 @@ DIAGNOSTIC_METRICS: dict[str, Callable[[GateSetDiagnostics], float]] = {
     "decay_displacement": lambda g: float(np.mean(np.abs(g.decay_displacement))),
     "onset_step": lambda g: math.nan if g.onset_step is None else float(g.onset_step),
     "input_std": lambda g: g.reasons.get("late_input_std", math.nan),
+    "gradient_movement": lambda g: g.reasons.get("gradient_movement", math.nan),
+    "sign_s2": lambda g: g.reasons.get("sign_s2", math.nan),
+    "spread_growth": lambda g: g.reasons.get("spread_growth", math.nan),
 }
+CF_METRICS = tuple(f"cf_{kind}_drop_hm" for kind in COUNTERFACTUALS)
 MISSING = object()  # Run.key of a run without the key
 
 
 def metric_names() -> list[str]:
     """Every metric :func:`run_metric` knows (diagnostic ones also take an ``@<gate set>`` suffix)."""
-    return [*EVAL_METRICS, "final_loss", *DIAGNOSTIC_METRICS]
+    return [*EVAL_METRICS, "final_loss", *CF_METRICS, *DIAGNOSTIC_METRICS]
 
 
 @dataclass(frozen=True)
@@ -95,10 +102,16 @@ def run_metric(rec: Recording, metric: str) -> float:
     if name in EVAL_METRICS:
         when, column = EVAL_METRICS[name]
         values = rec.eval_table()[column]
+        if when == "best":  # the test score where validation accuracy peaks (ties: the later evaluation)
+            val = rec.validation_acc()
+            if not np.isfinite(val).any():
+                return math.nan
+            return float(values[np.flatnonzero(val == np.nanmax(val))[-1]])
         values = values[np.isfinite(values)]
-        if not len(values):
-            return math.nan
-        return float(values[-1] if when == "final" else values.max())
+        return float(values[-1]) if len(values) else math.nan
+    if name in CF_METRICS:
+        cf = counterfactual_evidence(rec).get(name.removeprefix("cf_").removesuffix("_drop_hm"))
+        return cf.drop_hm if cf is not None else math.nan
     if name == "final_loss":
         total = loss_path("total")
         return float(rec.row(total, -1)) if rec.n_steps and rec.has(total) else math.nan

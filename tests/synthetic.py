@@ -11,6 +11,13 @@ Behaviours (one gate set ``ctx_gates`` scaling the prompt set ``ctx``, gate para
 - ``adaptive``: logits random-walk with a drift of about 1 logit over the run, gate gradients ``0.3 ×`` the
   prompt gradient norms, instance gates vary across inputs (``value_std`` ≈ 0.1);
 - ``none``: no gates at all (a CoOp-like run).
+
+With ``evidence`` (default) the recording is schema 1.1: each evaluation has a validation accuracy (highest at
+the best evaluation), per-image correctness of 100 base + 100 novel test images for the trained model and the
+counterfactuals — ``adaptive``: ``init`` (and ``mean`` for instance gates) get 10% of the images the trained
+model gets right wrong; ``collapsed``: identical predictions — and, for instance gates, the across-input std of σ
+over the test images (``adaptive`` 0.01 → 0.1, ``collapsed`` 0.01 → 1e-6). Gate gradients before the onset have a
+constant sign per gate (a consistent task gradient); after it they are sign-random.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from recorders.format import (
     EPOCH,
     LR,
     STEP,
+    EvalSpec,
     GateSetSpec,
     GroupSpec,
     Layout,
@@ -83,6 +91,7 @@ def write_run(
     config: Mapping[str, Any] | None = None,
     status: str = "complete",
     flush_every: int = 4096,
+    evidence: bool = True,
 ) -> Path:
     """Write one synthetic recording and return its path.
 
@@ -112,11 +121,14 @@ def write_run(
                 init_logit=() if instance else (init_logit,) * n_gates,
             ),
         )
+    cfs = (("mean",) if instance else ()) + ("init", "open") if behaviour != "none" else ()
+    spec = EvalSpec(100, 100, cfs, (GATES,) if instance and behaviour != "none" else ()) if evidence else None
     layout = Layout(
         loss_terms=("total",),
         groups=tuple(groups),
         gate_sets=gate_sets,
         prompts=(PromptSpec(PROMPT, n_gates, PROMPT_GROUP),),
+        evaluation=spec,
     )
     cfg = {"method": method, "dataset": dataset, "seed": seed, "shots": 16, **(config or {})}
 
@@ -142,7 +154,8 @@ def write_run(
         if onset < n_steps:
             decay = decay_only_path(1.0, lr[onset:], weight_decay=weight_decay * (not instance), momentum=momentum)
             logit[onset:] = logit[onset - 1 if onset else 0] * decay[:, None]
-        ratio = np.where(steps < onset, 0.3, 1e-4)[:, None] * np.sign(rng.normal(size=(n_steps, n_gates)))
+        signs = np.where(steps[:, None] < onset, 1.0, np.sign(rng.normal(size=(n_steps, n_gates))))
+        ratio = np.where(steps < onset, 0.3, 1e-4)[:, None] * signs
         value = 1.0 / (1.0 + np.exp(-logit))
         block.update(
             {
@@ -169,7 +182,20 @@ def write_run(
         step = max(0, int(round(frac * n_steps)) - 1)
         lift = 0.02 if frac >= 0.8 and j < n_evals else 0.0
         scale = min(1.0, frac / 0.8)
-        writer.add_eval(step, step // 100, base * scale + lift, novel * scale + lift)
+        b, n = base * scale + lift, novel * scale + lift
+        if spec is None:
+            writer.add_eval(step, step // 100, b, n)
+            continue
+        trained = np.concatenate([np.arange(100) < round(b * 100), np.arange(100) < round(n * 100)])
+        correct = {"trained": trained}
+        for kind in cfs:
+            other = trained.copy()
+            if behaviour == "adaptive" and kind != "open":
+                other[np.flatnonzero(trained)[::10]] = False
+            correct[kind] = other
+        final_std = 0.1 if behaviour == "adaptive" else 1e-6
+        stats = {GATES: {"std": np.full(n_gates, 0.01 if j == 1 else final_std)}}
+        writer.add_eval(step, step // 100, b, n, val_acc=b, correct=correct, gate_stats=stats)
     if status == "running":
         writer.flush()
         writer._file.close()  # what a killed writer leaves: status stays "running"

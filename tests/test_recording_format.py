@@ -169,8 +169,19 @@ def _documented_patterns() -> list[re.Pattern[str]]:
 @pytest.mark.skipif(shutil.which("h5ls") is None, reason="h5ls (hdf5-tools) is not installed")
 def test_h5ls_lists_the_documented_structure(tmp_path: Path) -> None:
     _write(tmp_path / "r.h5")
-    listing = subprocess.run(["h5ls", "-r", str(tmp_path / "r.h5")], capture_output=True, text=True, check=True)
-    objects = dict(line.split()[:2] for line in listing.stdout.splitlines())  # path → Group or Dataset
+    # the schema-1.1 evaluation datasets exist only with an EvalSpec (and instance gates): a second file has them
+    instance = rf.GateSetSpec("inst", 2, "instance", group="gates")
+    layout = rf.Layout(
+        gate_sets=(instance,), evaluation=rf.EvalSpec(2, 1, rf.COUNTERFACTUALS, instance_gates=("inst",))
+    )
+    with rf.RecordingWriter(tmp_path / "e.h5", layout, config={}, method="t", seed=0, device="cpu") as w:
+        correct = {model: np.array([1, 0, 1], bool) for model in layout.evaluation.models}
+        stats = {"inst": {k: np.zeros(2, np.float32) for k in rf.EVAL_GATE_STATS}}
+        w.add_eval(0, 0, 0.5, 1.0, val_acc=0.5, correct=correct, gate_stats=stats)
+    objects = {}
+    for name in ("r.h5", "e.h5"):
+        listing = subprocess.run(["h5ls", "-r", str(tmp_path / name)], capture_output=True, text=True, check=True)
+        objects.update(dict(line.split()[:2] for line in listing.stdout.splitlines()))  # path → Group or Dataset
     datasets = [path for path, kind in objects.items() if kind == "Dataset"]
     patterns = _documented_patterns()
     assert len(patterns) >= 20

@@ -16,15 +16,20 @@ import numpy as np
 from recorders.format.errors import RecordingError
 from recorders.format.schema import (
     EVAL_FIELDS,
+    EVAL_GATE_STATS,
     FORMAT_NAME,
     SCHEMA_VERSION,
     STATUSES,
     STEP,
+    VAL_ACC,
+    EvalSpec,
     GateSetSpec,
     GroupSpec,
     Layout,
     PromptSpec,
     TensorSpec,
+    correct_path,
+    eval_gate_path,
     tensor_path,
 )
 
@@ -107,6 +112,16 @@ class Recording:
         return int(self._file.attrs["schema_version"])
 
     @property
+    def schema_minor(self) -> int:
+        """Minor schema version (0 for files written before minor versions existed)."""
+        return int(self._file.attrs.get("schema_minor", 0))
+
+    @property
+    def evaluation(self) -> EvalSpec | None:
+        """What evaluations record besides accuracy (schema 1.1), or None for files that have no such record."""
+        return self.layout.evaluation
+
+    @property
     def loss_terms(self) -> tuple[str, ...]:
         return self.layout.loss_terms
 
@@ -180,6 +195,35 @@ class Recording:
         n = min(ds.shape[0] for ds in cols.values())
         return {name: ds[:n] for name, ds in cols.items()}
 
+    def validation_acc(self) -> np.ndarray:
+        """Validation accuracy per evaluation ``(evals,)`` float64; all NaN when not recorded (schema 1.0)."""
+        n = len(self.eval_table()["step"])
+        if VAL_ACC not in self._file:
+            return np.full(n, np.nan)
+        values = np.full(n, np.nan)
+        stored = self._dataset(VAL_ACC)[:n]
+        values[: len(stored)] = stored
+        return values
+
+    def eval_correct(self) -> dict[str, np.ndarray]:
+        """Per model (``trained`` and each counterfactual) the per-image correctness ``(evals, n_images)`` bool,
+        rows aligned with :meth:`eval_table` (base images first); ``{}`` when not recorded."""
+        spec = self.evaluation
+        if spec is None:
+            return {}
+        n = len(self.eval_table()["step"])
+        out = {m: self._dataset(correct_path(m))[:n].astype(bool) for m in spec.models}
+        k = min(len(v) for v in out.values())
+        return {m: v[:k] for m, v in out.items()}
+
+    def eval_gate_stats(self, gate_set: str) -> dict[str, np.ndarray]:
+        """Instance gate statistics over the test images, per stat ``(evals, n_gates)``; ``{}`` when not recorded."""
+        spec = self.evaluation
+        if spec is None or gate_set not in spec.instance_gates:
+            return {}
+        n = len(self.eval_table()["step"])
+        return {stat: self._dataset(eval_gate_path(gate_set, stat))[:n].astype(np.float64) for stat in EVAL_GATE_STATS}
+
     def events(self) -> list[Event]:
         n = self._dataset("events/step").shape[0]
         steps = self._dataset("events/step")[:n]
@@ -203,6 +247,7 @@ class Recording:
             "path": str(self.path),
             "format": FORMAT_NAME,
             "schema_version": self.schema_version,
+            "schema_minor": self.schema_minor,
             "status": self.status,
             "method": self.method,
             "dataset": self.dataset,

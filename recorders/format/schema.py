@@ -1,4 +1,4 @@
-"""The ws recording format, schema v1: the one definition of what a recording holds.
+"""The ws recording format, schema v1.1: the one definition of what a recording holds.
 
 A recording is one HDF5 file per training run (documented field by field in ``docs/recording-format.md``):
 
@@ -9,7 +9,11 @@ A recording is one HDF5 file per training run (documented field by field in ``do
   ``grads/<group>/norm``, ``gates/<name>/{logit,value,dsigmoid,grad[,value_mean,value_std][,prompt_norm,cosine]}``
   of shape ``(steps, n_gates)``, ``prompts/<name>/{grad_norm,norm}`` of shape ``(steps, n_tokens)``;
 - strided tensors ``tensors/<param>/{grad,step}``, evaluations ``eval/{step,epoch,base_acc,novel_acc,hm}`` and
-  events ``events/{step,kind,message}``.
+  events ``events/{step,kind,message}``;
+- since minor version 1 (root attribute ``schema_minor``; files without it are 1.0), when the layout declares an
+  :class:`EvalSpec`, one row per evaluation of ``eval/val_acc``, ``eval/correct/<model>`` (per-image correctness
+  of the trained model and of each counterfactual) and ``eval/gates/<set>/<stat>`` (instance gates over the test
+  images). Every 1.1 addition is optional: a reader treats its absence as "not recorded".
 
 The writer buffers rows in memory and appends them as blocks (every ``flush_every`` steps or ``flush_seconds``
 seconds) to a file in SWMR mode, flushing after each block, so a killed writer leaves a file that opens with every
@@ -31,6 +35,9 @@ import numpy as np
 
 FORMAT_NAME = "ws-recording"
 SCHEMA_VERSION = 1
+#: Minor version: additions a version-1 reader can ignore (1.1: validation accuracy, counterfactual evaluations,
+#: instance-gate statistics over the test images). Files written before it have no ``schema_minor`` attribute.
+SCHEMA_MINOR = 1
 STATUSES = ("running", "complete", "failed")
 ROLES = ("prompt", "gate", "coupling", "meta", "other")
 GATE_KINDS = ("length", "depth", "instance")
@@ -47,6 +54,9 @@ PROMPT_SERIES = ("grad_norm", "norm")
 EVAL_FIELDS = ("step", "epoch", "base_acc", "novel_acc", "hm")
 EVENT_FIELDS = ("step", "kind", "message")
 EVENT_KINDS = ("epoch_end", "eval", "nonfinite", "note")
+COUNTERFACTUALS = ("mean", "init", "open")  # gates held at their test-set mean / reset to init / removed (σ = 1)
+EVAL_GATE_STATS = ("mean", "std", "class_std", "domain_std")  # instance gates' σ over the test images
+VAL_ACC = "eval/val_acc"
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -82,6 +92,17 @@ def prompt_path(name: str, series: str = "grad_norm") -> str:
 def tensor_path(name: str, what: str = "grad") -> str:
     """Strided full tensors: ``grad`` is ``(k, *shape)`` float32, ``step`` is ``(k,)`` int64."""
     return f"tensors/{name}/{what}"
+
+
+def correct_path(model: str) -> str:
+    """Per-evaluation, per-test-image correctness of ``model`` (``trained`` or a counterfactual), ``(evals,
+    n_base + n_novel)`` uint8 (1 = top-1 right; base images first)."""
+    return f"eval/correct/{model}"
+
+
+def eval_gate_path(gate_set: str, stat: str) -> str:
+    """Per-evaluation statistic of an instance gate set's σ over the test images, ``(evals, n_gates)`` float32."""
+    return f"eval/gates/{gate_set}/{stat}"
 
 
 def dsigmoid_from_logit(logit: np.ndarray) -> np.ndarray:
@@ -184,6 +205,30 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class EvalSpec:
+    """What each evaluation records besides base/novel accuracy (schema 1.1).
+
+    ``n_base``/``n_novel``: test images per half (the columns of ``eval/correct/<model>``, base first);
+    ``counterfactuals``: the subset of :data:`COUNTERFACTUALS` evaluated; ``instance_gates``: gate sets whose σ
+    statistics over the test images are recorded.
+    """
+
+    n_base: int
+    n_novel: int
+    counterfactuals: tuple[str, ...] = ()
+    instance_gates: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.counterfactuals) - set(COUNTERFACTUALS)
+        if unknown:
+            raise ValueError(f"counterfactuals {sorted(unknown)} are not among {COUNTERFACTUALS}")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return ("trained", *self.counterfactuals)
+
+
+@dataclass(frozen=True)
 class Layout:
     """Everything a recording will hold, declared before the first step (SWMR cannot add datasets later)."""
 
@@ -192,6 +237,7 @@ class Layout:
     gate_sets: tuple[GateSetSpec, ...] = ()
     prompts: tuple[PromptSpec, ...] = ()
     tensors: tuple[TensorSpec, ...] = ()
+    evaluation: EvalSpec | None = None  # schema 1.1; None in 1.0 files
 
     def __post_init__(self) -> None:
         for term in self.loss_terms:
@@ -241,7 +287,14 @@ class Layout:
             ),
             prompts=tuple(PromptSpec(**p) for p in raw["prompts"]),
             tensors=tuple(TensorSpec(**{**t, "shape": tuple(t["shape"])}) for t in raw["tensors"]),
+            evaluation=_eval_spec(raw.get("evaluation")),
         )
+
+
+def _eval_spec(raw: dict | None) -> EvalSpec | None:
+    if raw is None:
+        return None
+    return EvalSpec(raw["n_base"], raw["n_novel"], tuple(raw["counterfactuals"]), tuple(raw.get("instance_gates", ())))
 
 
 def harmonic_mean(base: float, novel: float) -> float:

@@ -17,11 +17,16 @@ import numpy as np
 from recorders.format.schema import (
     CHUNK_ROWS,
     EVAL_FIELDS,
+    EVAL_GATE_STATS,
     FORMAT_NAME,
+    SCHEMA_MINOR,
     SCHEMA_VERSION,
     STATUSES,
     STEP,
+    VAL_ACC,
     Layout,
+    correct_path,
+    eval_gate_path,
     grad_norm_path,
     harmonic_mean,
     tensor_path,
@@ -86,6 +91,7 @@ class RecordingWriter:
         self._rows: dict[str, list[np.ndarray]] = {p: [] for p in self._series}
         self._pending = 0
         self._evals: list[tuple[int, int, float, float, float]] = []
+        self._eval_extras: list[dict[str, np.ndarray]] = []
         self._events: list[tuple[int, str, str]] = []
         self._tensors: dict[str, list[tuple[int, np.ndarray]]] = {t.name: [] for t in layout.tensors}
         self._last_flush = time.monotonic()
@@ -96,6 +102,7 @@ class RecordingWriter:
             {
                 "format": FORMAT_NAME,
                 "schema_version": SCHEMA_VERSION,
+                "schema_minor": SCHEMA_MINOR,
                 "status": "running",
                 "config": json.dumps(config, sort_keys=True, default=str),
                 "method": method,
@@ -134,6 +141,7 @@ class RecordingWriter:
             f[f"tensors/{tensor.name}"].attrs["stride"] = tensor.stride
         for name in EVAL_FIELDS:
             _create_growable(f, f"eval/{name}", (), "int64" if name in ("step", "epoch") else "float64", 256, None)
+        self._extra_paths = self._create_eval_extras(f)
         _create_growable(f, "events/step", (), "int64", 256, None)
         for name in ("kind", "message"):
             _create_growable(f, f"events/{name}", (), h5py.string_dtype(), 256, None)
@@ -141,6 +149,23 @@ class RecordingWriter:
         f.flush()
         self._datasets = {p: f[p] for p in self._series}  # looking a dataset up costs ~0.1 ms: do it once
         self._length = 0  # committed rows, tracked here instead of asking HDF5 for every dataset's shape
+
+    def _create_eval_extras(self, f: h5py.File) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The 1.1 per-evaluation datasets the layout's :class:`EvalSpec` declares, with row shape and dtype."""
+        spec = self.layout.evaluation
+        if spec is None:
+            return {}
+        gate_sizes = {g.name: g.n_gates for g in self.layout.gate_sets}
+        paths: dict[str, tuple[tuple[int, ...], str]] = {VAL_ACC: ((), "float64")}
+        for model in spec.models:
+            paths[correct_path(model)] = ((spec.n_base + spec.n_novel,), "uint8")
+        for name in spec.instance_gates:
+            for stat in EVAL_GATE_STATS:
+                paths[eval_gate_path(name, stat)] = ((gate_sizes[name],), "float32")
+        for path, (shape, dtype) in paths.items():
+            compression = "gzip" if dtype == "uint8" else None  # 0/1 columns shrink ~10×
+            _create_growable(f, path, shape, dtype, 16, compression)
+        return paths
 
     # ------------------------------------------------------------------ appending
     def append_step(self, row: Mapping[str, Any]) -> None:
@@ -182,11 +207,47 @@ class RecordingWriter:
         self._pending += n
         self._maybe_flush()
 
-    def add_eval(self, step: int, epoch: int, base_acc: float, novel_acc: float, hm: float | None = None) -> None:
-        """Record an evaluation; accuracies are fractions in [0, 1]; ``hm`` defaults to their harmonic mean."""
+    def add_eval(
+        self,
+        step: int,
+        epoch: int,
+        base_acc: float,
+        novel_acc: float,
+        hm: float | None = None,
+        *,
+        val_acc: float = float("nan"),
+        correct: Mapping[str, np.ndarray] | None = None,
+        gate_stats: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    ) -> None:
+        """Record an evaluation; accuracies are fractions in [0, 1]; ``hm`` defaults to their harmonic mean.
+
+        With an :class:`EvalSpec` in the layout: ``val_acc`` (NaN = not scored), ``correct`` (required: per model of
+        the spec a ``(n_base + n_novel,)`` bool array) and ``gate_stats`` (per declared instance gate set, each
+        statistic ``(n_gates,)``; missing ones are written as NaN).
+        """
         if hm is None:
             hm = harmonic_mean(base_acc, novel_acc)
         self._evals.append((int(step), int(epoch), float(base_acc), float(novel_acc), float(hm)))
+        if not self._extra_paths:
+            if correct or gate_stats:
+                raise ValueError("per-image correctness and gate statistics need an EvalSpec in the layout")
+            return
+        row: dict[str, np.ndarray] = {VAL_ACC: np.asarray(val_acc, "float64")}
+        for path, (shape, dtype) in self._extra_paths.items():
+            if path == VAL_ACC:
+                continue
+            if path.startswith("eval/correct/"):
+                model = path.rsplit("/", 1)[1]
+                if correct is None or model not in correct:
+                    raise ValueError(f"add_eval needs the per-image correctness of {model!r}")
+                value = np.asarray(correct[model], dtype)
+            else:
+                name, stat = path.split("/")[2:]
+                value = np.asarray((gate_stats or {}).get(name, {}).get(stat, np.full(shape, np.nan)), dtype)
+            if value.shape != shape:
+                raise ValueError(f"{path}: shape {value.shape} != declared {shape}")
+            row[path] = value
+        self._eval_extras.append(row)
 
     def add_event(self, step: int, kind: str, message: str = "") -> None:
         """Record an event (``kind`` is usually one of :data:`EVENT_KINDS`)."""
@@ -215,6 +276,10 @@ class RecordingWriter:
                 _append(f[tensor_path(name)], np.stack([v for _, v in items]))
                 _append(f[tensor_path(name, "step")], np.array([s for s, _ in items], "int64"))
                 items.clear()
+        if self._eval_extras:
+            for path in self._extra_paths:
+                _append(f[path], np.stack([row[path] for row in self._eval_extras]))
+            self._eval_extras.clear()
         if self._evals:
             cols = list(zip(*self._evals, strict=True))
             for name, col in zip(EVAL_FIELDS, cols, strict=True):

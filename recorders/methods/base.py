@@ -117,6 +117,10 @@ class PromptMethod(nn.Module):
     """Base class: subclasses build parameters and define ``forward`` and ``_groups`` (names live in the registry)."""
 
     needs_pixels: ClassVar[bool] = False
+    #: True when the text prompts depend on the input (CoCoOp family): one text forward per image, so evaluation
+    #: runs in ``eval_batch_size`` batches. Otherwise a forward over held features encodes the classes once for any
+    #: batch size, and evaluation scores a whole split in one call.
+    text_per_input: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 
 class CoCoOp(PromptMethod):
+    text_per_input = True
+
     def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
         self.ctx = nn.Parameter(self.init_context())

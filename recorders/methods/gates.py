@@ -8,12 +8,15 @@ A gate set holds ``n`` logits g and outputs σ(g). Kinds:
 
 Interventions that act on the gate itself live here too: initialisation (``zero``, ``uniform``,
 ``biased[:VALUE]``), the gradient-equilibrium rescale ∂L/∂g ← α·∂L/∂g with α = min(1/(σ(g)(1−σ(g)) + ε), cap),
-and freezing (``always-frozen``).
+and freezing (``always-frozen``). :func:`replaced_gates` runs a model with its gates' outputs replaced (the
+counterfactual evaluations: gates held at a mean, reset to their initial parameters, or removed, σ = 1).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +105,7 @@ class Gate(nn.Module):
         self.logits: nn.Parameter | None
         self.capture = False
         self.last_logits: torch.Tensor | None = None
+        self.replacement: Replacement | None = None
         if kind == "instance":
             if not feature_dim:
                 raise ConfigError("an instance gate needs feature_dim")
@@ -124,6 +128,8 @@ class Gate(nn.Module):
         return self.logits.view_as(self.logits)  # a non-leaf view, so hooks and capture leave the parameter alone
 
     def forward(self, features: torch.Tensor | None = None) -> torch.Tensor:
+        if self.replacement is not None:
+            return self.replacement(features)
         logits = self.compute_logits(features)
         if logits.requires_grad:
             if self.equilibrium:
@@ -145,3 +151,56 @@ class Gate(nn.Module):
 def find_gates(module: nn.Module) -> dict[str, Gate]:
     """Every :class:`Gate` inside ``module`` by qualified name (``""`` if ``module`` itself is one)."""
     return {name: m for name, m in module.named_modules() if isinstance(m, Gate)}
+
+
+#: A gate's stand-in output: features ``(B, feature_dim)`` or None → values of the gate's output shape.
+Replacement = Callable[[torch.Tensor | None], torch.Tensor]
+
+
+@contextmanager
+def replaced_gates(module: nn.Module, replacements: Mapping[str, Replacement]) -> Iterator[None]:
+    """Within the block, each named gate (names as :func:`find_gates` gives them) returns its replacement's
+    output instead of σ(g); the gates are restored on exit, also on error."""
+    gates = find_gates(module)
+    unknown = set(replacements) - gates.keys()
+    if unknown:
+        raise KeyError(f"no gates named {sorted(unknown)} in the module")
+    try:
+        for name, replacement in replacements.items():
+            gates[name].replacement = replacement
+        yield
+    finally:
+        for name in replacements:
+            gates[name].replacement = None
+
+
+def constant_values(gate: Gate, values: torch.Tensor) -> Replacement:
+    """A replacement that outputs ``values`` ``(n_gates,)`` for every input (``(B, n_gates)`` for instance gates)."""
+    values = values.detach().float()
+
+    def replacement(features: torch.Tensor | None) -> torch.Tensor:
+        if gate.kind == "instance" and features is not None:
+            return values.to(features.device).expand(len(features), -1)
+        return values
+
+    return replacement
+
+
+def initial_replacement(gate: Gate, state: Mapping[str, torch.Tensor]) -> Replacement:
+    """A replacement that computes σ with the gate's parameters as they were in ``state`` (a state-dict copy)."""
+    if gate.kind != "instance":
+        return constant_values(gate, torch.sigmoid(state["logits"].float()))
+    weight, bias = state["proj.weight"], state["proj.bias"]
+
+    def replacement(features: torch.Tensor | None) -> torch.Tensor:
+        assert features is not None
+        return torch.sigmoid(torch.nn.functional.linear(features.to(weight.dtype), weight, bias))
+
+    return replacement
+
+
+def gate_states(module: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """Detached copies of every gate's parameters by gate name (to reset them in :func:`initial_replacement`)."""
+    return {
+        name: {k: v.detach().clone() for k, v in gate.state_dict().items()} for name, gate in find_gates(module).items()
+    }

@@ -1,52 +1,220 @@
-"""Evaluation: top-1 accuracy on the base and novel test classes."""
+"""Evaluation: top-1 accuracy on the base and novel test classes, the validation split and the counterfactuals.
+
+Besides the trained model, every evaluation of a gated method scores the same model with its gates replaced
+(:data:`COUNTERFACTUALS`): ``mean`` holds every instance gate at its mean value over the test images (input
+dependence removed; static gates keep their value, so the counterfactual is evaluated only with instance gates),
+``init`` computes the gates with their parameters from before training (the learned gate movement removed),
+``open`` removes the gates (σ = 1: the fixed-prompt counterpart with the learned prompts). The per-image
+correctness of each model is kept for paired tests (:mod:`analyses.verdict`), test images in the order base then
+novel. Instance gates also report their values over the test images: per gate the mean and the standard deviation
+across images, and the spread of the per-class and per-domain means (standard deviation across groups).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from PIL import Image
 
+from recorders.data.types import Item
 from recorders.format import harmonic_mean
 from recorders.methods.base import ClassPrompts, PromptMethod
+from recorders.methods.gates import (
+    Gate,
+    Replacement,
+    constant_values,
+    find_gates,
+    initial_replacement,
+    replaced_gates,
+)
 from recorders.train.config import Config
 from recorders.train.inputs import TaskData, load_pixels
+
+COUNTERFACTUALS = ("mean", "init", "open")
 
 
 @dataclass
 class Evaluation:
-    """Accuracies in [0, 1] on the base and novel test classes."""
+    """Accuracies in [0, 1] on the base and novel test classes (and the validation split, NaN if not scored).
+
+    ``correct``: per model (``trained`` and each counterfactual evaluated) a ``(n_base + n_novel,)`` bool array,
+    True where the top-1 prediction is right. ``gate_stats``: per instance gate set, ``mean``, ``std``,
+    ``class_std`` and ``domain_std`` of σ over the test images, each ``(n_gates,)``.
+    """
 
     base: float
     novel: float
+    val: float = math.nan
+    correct: dict[str, np.ndarray] = field(default_factory=dict)
+    gate_stats: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    n_base: int = 0
 
     @property
     def hm(self) -> float:
         return harmonic_mean(self.base, self.novel)
 
+    def accuracies(self, model: str) -> tuple[float, float, float]:
+        """(base, novel, HM) of ``model`` from its per-image correctness."""
+        right = self.correct[model]
+        base, novel = float(right[: self.n_base].mean()), float(right[self.n_base :].mean())
+        return base, novel, harmonic_mean(base, novel)
+
 
 @torch.no_grad()
+def predictions(
+    method: PromptMethod,
+    classes: ClassPrompts,
+    items: list[Item],
+    inputs: torch.Tensor | None,
+    cfg: Config,
+    load_image: Callable[[Item], Image.Image],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-item correctness ``(n,)`` bool and, per instance gate, its values ``(n, n_gates)`` on these items.
+
+    ``inputs`` are the held test inputs of the items (features or pixels), or None to load pixels per batch
+    with ``load_image``.
+    """
+    labels = np.array([item.label for item in items])
+    gates = {name: g for name, g in find_gates(method).items() if g.kind == "instance"}
+    values: dict[str, list[torch.Tensor]] = {name: [] for name in gates}
+    hooks = [g.register_forward_hook(_keep(values[name])) for name, g in gates.items()]
+    right = []
+    one_call = inputs is not None and not method.needs_pixels and not method.text_per_input
+    size = max(len(items), 1) if one_call else cfg.eval_batch_size
+    try:
+        for start in range(0, len(items), size):
+            if inputs is not None:
+                batch = inputs[start : start + size]
+            else:
+                batch = load_pixels(method, items[start : start + size], load_image, None, cfg)
+            with method.backbone.autocast():
+                logits = method(batch, classes).logits
+            right.append(logits.argmax(-1).cpu().numpy() == labels[start : start + len(batch)])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    correct = np.concatenate(right) if right else np.zeros(0, bool)
+    return correct, {name: torch.cat(v).float().cpu().numpy() for name, v in values.items() if v}
+
+
+def _keep(store: list[torch.Tensor]):  # noqa: ANN202 - a torch forward hook
+    def hook(module: Gate, args: tuple, output: torch.Tensor) -> None:
+        if output.dim() == 2:
+            store.append(output.detach())
+
+    return hook
+
+
 def accuracy(method: PromptMethod, classes: ClassPrompts, data: TaskData, half: str, cfg: Config) -> float:
     """Top-1 accuracy in [0, 1] on the test items of ``half`` (``base`` or ``novel``)."""
     items = data.task.test_base if half == "base" else data.task.test_novel
     if not items:
         return float("nan")
-    labels = torch.tensor([item.label for item in items])
-    correct = 0
-    for start in range(0, len(items), cfg.eval_batch_size):
-        if half in data.test_inputs:
-            inputs = data.test_inputs[half][start : start + cfg.eval_batch_size]
-        else:
-            inputs = load_pixels(
-                method, items[start : start + cfg.eval_batch_size], data.task.dataset.load_image, None, cfg
-            )
-        with method.backbone.autocast():
-            logits = method(inputs, classes).logits
-        correct += int((logits.argmax(-1).cpu() == labels[start : start + len(inputs)]).sum())
-    return correct / len(items)
+    load = data.task.dataset.load_image
+    return float(predictions(method, classes, items, data.test_inputs.get(half), cfg, load)[0].mean())
 
 
-def evaluate(method: PromptMethod, base: ClassPrompts, novel: ClassPrompts, data: TaskData, cfg: Config) -> Evaluation:
+def evaluate(
+    method: PromptMethod,
+    base: ClassPrompts,
+    novel: ClassPrompts,
+    data: TaskData,
+    cfg: Config,
+    initial: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> Evaluation:
+    """Score the trained model on test base/novel and validation, then each counterfactual (gated methods).
+
+    ``initial``: the gates' parameters before training (:func:`~recorders.methods.gates.gate_states`); without
+    it the ``init`` counterfactual is skipped.
+    """
     method.eval()
-    result = Evaluation(accuracy(method, base, data, "base", cfg), accuracy(method, novel, data, "novel", cfg))
-    method.train()
+    task = data.task
+    try:
+        right, values = _test_predictions(method, base, novel, data, cfg)
+        n_base = len(task.test_base)
+        result = Evaluation(_mean(right[:n_base]), _mean(right[n_base:]), correct={"trained": right}, n_base=n_base)
+        if task.val:
+            val = predictions(method, base, task.val, data.test_inputs.get("val"), cfg, task.dataset.load_image)
+            result.val = _mean(val[0])
+        gates = find_gates(method)
+        result.gate_stats = {name: group_spreads(v, task.test_base + task.test_novel) for name, v in values.items()}
+        for kind, replacements in counterfactuals(gates, values, initial).items():
+            with replaced_gates(method, replacements):
+                result.correct[kind] = _test_predictions(method, base, novel, data, cfg)[0]
+    finally:
+        method.train()
     return result
+
+
+def counterfactuals(
+    gates: Mapping[str, Gate],
+    values: Mapping[str, np.ndarray],
+    initial: Mapping[str, Mapping[str, torch.Tensor]] | None,
+) -> dict[str, dict[str, Replacement]]:
+    """The replacements of each counterfactual that applies (see the module docstring); ``values``: instance
+    gate values over the test images ``(n, n_gates)`` by gate name."""
+    if not gates:
+        return {}
+    out: dict[str, dict[str, Replacement]] = {}
+    if values:
+        out["mean"] = {name: constant_values(gates[name], torch.from_numpy(v.mean(0))) for name, v in values.items()}
+    if initial is not None:
+        out["init"] = {name: initial_replacement(g, initial[name]) for name, g in gates.items()}
+    out["open"] = {name: constant_values(g, torch.ones(g.n_gates)) for name, g in gates.items()}
+    return out
+
+
+def counterfactual_kinds(method: PromptMethod) -> tuple[str, ...]:
+    """The counterfactuals :func:`evaluate` runs for ``method`` (with the initial gate state given)."""
+    gates = find_gates(method)
+    if not gates:
+        return ()
+    instance = any(g.kind == "instance" for g in gates.values())
+    return tuple(k for k in COUNTERFACTUALS if k != "mean" or instance)
+
+
+def group_spreads(values: np.ndarray, items: list[Item]) -> dict[str, np.ndarray]:
+    """Per gate: mean and std of σ over images, and the std across classes / domains of the group means.
+
+    ``values``: ``(n, n_gates)`` gate values of ``items`` (same order). ``domain_std`` is NaN when the items carry
+    no domain (world keys ``world:<class>:<domain>:<index>`` do) or only one domain is present.
+    """
+    v = values.astype(np.float64)
+    out = {"mean": v.mean(0), "std": v.std(0)}
+    out["class_std"] = _group_std(v, [item.classname for item in items])
+    out["domain_std"] = _group_std(v, [item_domain(item) for item in items])
+    return out
+
+
+def item_domain(item: Item) -> str:
+    """The visual domain of a world item (``""`` for other datasets)."""
+    parts = item.key.split(":")
+    return parts[2] if parts[0] == "world" and len(parts) == 4 else ""
+
+
+def _group_std(v: np.ndarray, groups: list[str]) -> np.ndarray:
+    names = sorted(set(groups))
+    if len(names) < 2 or "" in names:
+        return np.full(v.shape[1], np.nan)
+    index = np.array([names.index(g) for g in groups])
+    means = np.stack([v[index == i].mean(0) for i in range(len(names))])
+    return means.std(0)
+
+
+def _test_predictions(
+    method: PromptMethod, base: ClassPrompts, novel: ClassPrompts, data: TaskData, cfg: Config
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    task = data.task
+    load = task.dataset.load_image
+    rb, vb = predictions(method, base, task.test_base, data.test_inputs.get("base"), cfg, load)
+    rn, vn = predictions(method, novel, task.test_novel, data.test_inputs.get("novel"), cfg, load)
+    values = {name: np.concatenate([vb[name], vn[name]]) for name in vb.keys() & vn.keys()}
+    return np.concatenate([rb, rn]), values
+
+
+def _mean(a: np.ndarray) -> float:
+    return float(a.mean()) if len(a) else math.nan

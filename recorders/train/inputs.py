@@ -24,9 +24,10 @@ TEST_PIXEL_BYTES = 512 * 2**20
 class TaskData:
     """Training and test inputs of one run.
 
-    Feature methods: ``train_features`` ``(n, views, E)`` and ``test_inputs`` by half ``(n_half, E)``. Pixel
-    methods load and augment training items per batch; their test pixels ``(n_half, 3, S, S)`` are held in
-    ``test_inputs`` when they fit in :data:`TEST_PIXEL_BYTES`, else loaded per evaluation batch.
+    Feature methods: ``train_features`` ``(n, views, E)`` and ``test_inputs`` by half ``(n_half, E)`` (halves
+    ``base``, ``novel`` and ``val``, the validation split). Pixel methods load and augment training items per batch;
+    their test pixels ``(n_half, 3, S, S)`` are held in ``test_inputs`` when they fit in :data:`TEST_PIXEL_BYTES`,
+    else loaded per evaluation batch.
     """
 
     task: FewShotTask
@@ -52,10 +53,11 @@ def prepare_data(
     data = TaskData(task, labels)
     if method.needs_pixels:
         bb = method.backbone
-        halves = (("base", task.test_base), ("novel", task.test_novel))
+        halves = (("base", task.test_base), ("novel", task.test_novel), ("val", task.val))
         if sum(len(items) for _, items in halves) * 3 * bb.image_size**2 * 4 <= TEST_PIXEL_BYTES:
             for half, items in halves:
-                data.test_inputs[half] = load_pixels(method, items, task.dataset.load_image, None, cfg)
+                if items:
+                    data.test_inputs[half] = load_pixels(method, items, task.dataset.load_image, None, cfg)
         return data
     from recorders.data.feature_cache import cached_features
 
@@ -70,8 +72,9 @@ def prepare_data(
         progress=progress,
     )
     data.train_features = features(task.train, kind="train", views=cfg.views, crop_scale=cfg.crop_scale)
-    for half, items in (("base", task.test_base), ("novel", task.test_novel)):
-        data.test_inputs[half] = features(items, kind="test", views=1)
+    for half, items in (("base", task.test_base), ("novel", task.test_novel), ("val", task.val)):
+        if items:
+            data.test_inputs[half] = features(items, kind="test", views=1)
     return data
 
 

@@ -5,10 +5,11 @@ SGD with momentum over named, roled parameter groups (gate groups get ``gate_lr_
 a cosine over the whole run, evaluated per step (Dassl's schedule at step resolution). Each step: forward under
 the backbone's autocast (bf16/fp16 on CUDA, float32 on CPU), backward, probe (after AMP unscaling, before
 clipping), optional clipping, a non-finite check (``on_nan``: record a ``nonfinite`` event, then skip the step or
-stop the run as ``failed``), optimiser step. Base and novel test accuracy are recorded before training
-(epoch 0) and after every epoch. Methods without vision prompts read frozen image features from the feature
-cache (one of ``views`` augmented views per image per epoch); the MaPLe family runs the vision encoder on
-freshly augmented pixels.
+stop the run as ``failed``), optimiser step. Base and novel test accuracy, validation accuracy and, for gated
+methods, the counterfactual evaluations (gates at their test-set mean, at init, removed; per-image correctness)
+are recorded before training (epoch 0) and after every epoch (:mod:`recorders.train.evaluation`). Methods without
+vision prompts read frozen image features from the feature cache (one of ``views`` augmented views per image per
+epoch); the MaPLe family runs the vision encoder on freshly augmented pixels.
 
 Row ``steps/epoch`` is the 0-based epoch a step belongs to; an evaluation's ``epoch`` counts completed epochs
 and its ``step`` the optimiser steps taken so far. Seeds fix every random choice; on CPU the same config
@@ -29,14 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from recorders.data.types import FewShotTask
-from recorders.format import RECORDINGS_DIR, SATURATED_ABOVE, SATURATED_BELOW, RecordingWriter
+from recorders.format import RECORDINGS_DIR, SATURATED_ABOVE, SATURATED_BELOW, EvalSpec, RecordingWriter
 from recorders.format.errors import ConfigError, WsError
 from recorders.methods.base import ParamGroup, PromptMethod
-from recorders.methods.gates import find_gates
+from recorders.methods.gates import find_gates, gate_states
 from recorders.methods.registry import build_method
 from recorders.progress import Progress, silent
 from recorders.train.config import Config
-from recorders.train.evaluation import Evaluation, evaluate
+from recorders.train.evaluation import Evaluation, counterfactual_kinds, evaluate
 from recorders.train.inputs import load_task, prepare_data, steps_per_epoch, train_batches
 
 if TYPE_CHECKING:
@@ -186,6 +187,12 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silen
         tensors=tensors,
         block=min(cfg.flush_every, 1024),
     )
+    from recorders.train.probes import gate_set_name
+
+    initial = gate_states(method)
+    instance = tuple(gate_set_name(n) for n, g in find_gates(method).items() if g.kind == "instance")
+    spec = EvalSpec(len(run.task.test_base), len(run.task.test_novel), counterfactual_kinds(method), instance)
+    layout = replace(probe.layout, evaluation=spec)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     spe = steps_per_epoch(len(run.task.train), cfg.batch_size)
     total = cfg.epochs * spe
@@ -194,7 +201,7 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silen
     step = 0
     with RecordingWriter(
         run.path,
-        probe.layout,
+        layout,
         config=cfg.to_dict(),
         method=cfg.method,
         seed=cfg.seed,
@@ -206,8 +213,8 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silen
         probe.attach(writer)
         method.train()
         if cfg.eval_at_start:
-            before = evaluate(method, base, novel, data, cfg)
-            writer.add_eval(0, 0, before.base, before.novel)
+            before = evaluate(method, base, novel, data, cfg, initial)
+            _add_eval(writer, 0, 0, before)
         for epoch in range(cfg.epochs):
             for inputs, labels in train_batches(data, method, cfg, epoch):
                 lr = lr_at(step, cfg, spe)
@@ -233,12 +240,19 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silen
                     progress("train", step, total, loss=losses["total"].item())
                 else:
                     progress("train", step, total)
-            after = evaluate(method, base, novel, data, cfg)
-            writer.add_eval(step, epoch + 1, after.base, after.novel)
+            after = evaluate(method, base, novel, data, cfg, initial)
+            _add_eval(writer, step, epoch + 1, after)
             writer.add_event(step, "epoch_end", f"epoch {epoch + 1}: base {after.base:.4f} novel {after.novel:.4f}")
         summary = gate_summary(method)  # instance gates: from the last step's captured logits, before close
         probe.close()
     return RunResult(run.path, step, before, after, summary, method.groups())
+
+
+def _add_eval(writer: RecordingWriter, step: int, epoch: int, ev: Evaluation) -> None:
+    from recorders.train.probes import gate_set_name
+
+    stats = {gate_set_name(name): values for name, values in ev.gate_stats.items()}
+    writer.add_eval(step, epoch, ev.base, ev.novel, val_acc=ev.val, correct=ev.correct, gate_stats=stats)
 
 
 def _nonfinite(

@@ -1,4 +1,5 @@
-"""``ws inspect``: what a recording holds (format, status, steps, groups, gate sets, config, last eval)."""
+"""``ws inspect``: what a recording holds (format, status, steps, groups, gate sets, config, last eval) and its
+collapse verdict, one line per criterion (computed in :mod:`analyses.verdict`; ``--json`` has every number)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,6 @@ def _print_diagnostics(d: dict) -> None:
         "saturated",
         "L_eff",
         "Δlogit grad / decay",
-        "reasons",
     ):
         table.add_column(column, no_wrap=column in ("gate set", "verdict"), overflow="fold")
     colours = {"collapsed": "red", "adaptive": "green", "inconclusive": "yellow"}
@@ -71,7 +71,6 @@ def _print_diagnostics(d: dict) -> None:
         ph = g["phases"]
         grad = max((abs(x) for x in g["grad_displacement"] if x is not None), default=None)
         decay = max((abs(x) for x in g["decay_displacement"] if x is not None), default=None)
-        reasons = ", ".join(f"{k}={fmt(v)}" for k, v in g["reasons"].items())
         table.add_row(
             f"{escape(name)} [{g['kind']}]",
             f"[{colours[g['verdict']]}]{g['verdict']}[/]",
@@ -80,6 +79,30 @@ def _print_diagnostics(d: dict) -> None:
             fmt(final.get("saturated_fraction")),
             fmt(final.get("l_eff")),
             f"{fmt(grad)} / {fmt(decay)}",
-            escape(reasons),
         )
     console.print(table)
+    for name, g in d["gate_sets"].items():
+        for line in verdict_lines(name, g):
+            console.print(escape(line), highlight=False, soft_wrap=True)
+    best = d.get("best_eval")
+    if best is not None:
+        console.print(
+            f"best (validation {best['val_acc']:.2%} at step {best['step']}): base {best['base_acc']:.2%}  "
+            f"novel {best['novel_acc']:.2%}  HM {best['hm']:.2%}",
+            highlight=False,
+        )
+    else:
+        console.print("best: not recorded (no validation scores in this recording)", highlight=False)
+
+
+def verdict_lines(name: str, g: dict) -> list[str]:
+    """The verdict of one gate set (a ``GateSetDiagnostics.to_dict()``) with one line per criterion."""
+    ev = g.get("evidence") or {}
+    onset = "" if g["onset_step"] is None else f", onset at step {g['onset_step']}"
+    lines = [f"{name}: {g['verdict']}{onset}"]
+    marks = {True: "yes", False: "no ", None: "n/a"}
+    for c in ev.get("criteria", []):
+        lines.append(f"  {marks[c['holds']]} {c['name']}: {c['text']}")
+    for m in ev.get("missing", []):
+        lines.append(f"  missing: {m}")
+    return lines

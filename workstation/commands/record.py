@@ -156,6 +156,29 @@ def record(
     a = result.after
     console.print(f"after:   base {a.base:.2%}  novel {a.novel:.2%}  HM {a.hm:.2%}  ({result.steps} steps)")
     console.print(f"gates: {result.gate_summary}")
+    _print_verdict(result.path, console)
+
+
+def _print_verdict(path: Path, console) -> None:  # noqa: ANN001 (a rich Console)
+    """The recording's verdict per gate set with its evidence, one line per criterion (as ``ws inspect``)."""
+    from rich.markup import escape
+
+    from analyses.diagnostics import diagnose
+    from recorders.format import Recording
+    from workstation.commands.inspect import verdict_lines
+
+    with Recording.open(path) as rec:
+        d = diagnose(rec)
+    best = d.best_eval
+    if best is not None:
+        console.print(
+            f"best:    base {best['base_acc']:.2%}  novel {best['novel_acc']:.2%}  HM {best['hm']:.2%}  "
+            f"(step {best['step']}, the best validation accuracy {best['val_acc']:.2%})",
+            highlight=False,
+        )
+    for name, g in d.gate_sets.items():
+        for line in verdict_lines(name, g.to_dict()):
+            console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def _dry_run(cfg, console) -> None:

@@ -14,7 +14,13 @@ from workstation.render import comparison_csv, comparison_markdown, number
 def stats(
     paths: Annotated[list[Path], typer.Argument(help="Recordings (.h5) or directories of them.")],
     by: Annotated[str, typer.Option(help="Grouping key: method, dataset, seed or a (dotted) config key.")],
-    metric: Annotated[str, typer.Option(help="final_hm, best_hm, final_base, ..., late_ratio, ...")],
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="final_hm, best_hm (test scores at the best validation accuracy), final_base, ..., "
+            "cf_init_drop_hm, cf_mean_drop_hm, gradient_movement, late_ratio, ..."
+        ),
+    ],
     baseline: Annotated[str | None, typer.Option(help="Compare every group against this one.")] = None,
     paired: Annotated[bool, typer.Option("--paired", help="Also run paired tests (by seed).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

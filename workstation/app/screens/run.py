@@ -93,7 +93,10 @@ class RunScreen(StepScreen):
 
     def on_diagnosed(self, index: int) -> None:
         result = self.diagnostics[0]
-        verdicts = ", ".join(f"{name}: {gs.verdict}" for name, gs in result.gate_sets.items())
+        verdicts = ", ".join(
+            f"{name}: {gs.verdict}" + (f" from step {gs.onset_step}" if gs.onset_step is not None else "")
+            for name, gs in result.gate_sets.items()
+        )
         self.query_one("#ratio-pane", Pane).border_title = f"gate / prompt gradient ratio (log) · {verdicts}"
         self._fill_events()
         self.query_one("#ratio", TimePlot).reload()

@@ -150,7 +150,7 @@ class StepScreen(Screen[None]):
                 run.row_of_step(int(gs.onset_step)),
                 int(gs.onset_step),
                 "collapse_onset",
-                f"{name}: {gs.verdict} (diagnosed)",
+                f"{name}: {gs.verdict} from step {gs.onset_step} (diagnosed: does not matter, not moved by gradient)",
             )
             for name, gs in result.gate_sets.items()
             if gs.onset_step is not None

@@ -1,0 +1,62 @@
+"""What the counterfactual evaluations add to a run's wall time (target: at most 15% on the default run).
+
+Runs the same config twice in this process — as recorded (every evaluation also scores the gates at init / removed,
+and at their test-set mean for instance gates) and with the counterfactuals switched off — after a warm-up run
+that fills the feature cache, and prints both wall times and their ratio. Alternating order over ``--repeats``
+pairs evens out a machine whose load changes.
+
+    python benchmarks/counterfactuals.py                     # the README default run (coop-gating, world, seed 1)
+    python benchmarks/counterfactuals.py --set epochs=5 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+
+def timed_run(pairs: list[tuple[str, str]], out: Path, counterfactuals: bool) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of one training run."""
+    from recorders.train import evaluation, loop
+    from recorders.train.config import build_config
+
+    cfg = build_config([*pairs, ("out", str(out))])
+    run = loop.build_run(cfg)
+    patch = mock.patch.object(loop, "counterfactual_kinds", lambda method: ())
+    off = mock.patch.object(evaluation, "counterfactuals", lambda gates, values, initial: {})
+    start, cpu = time.perf_counter(), time.process_time()
+    if counterfactuals:
+        loop.train(run)
+    else:
+        with patch, off:
+            loop.train(run)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", action="append", default=[], help="config overrides key=value (as ws record)")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    pairs = [tuple(item.split("=", 1)) for item in args.set]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        timed_run(pairs, out / "warm.h5", True)  # feature cache and backbone load
+        times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        for i in range(args.repeats):
+            order = (True, False) if i % 2 == 0 else (False, True)
+            for flag in order:
+                times[flag].append(timed_run(pairs, out / f"r{i}-{flag}.h5", flag))
+    for k, what in ((0, "wall"), (1, "CPU")):
+        a, b = (statistics.median(t[k] for t in times[flag]) for flag in (True, False))
+        runs = {flag: ", ".join(f"{t[k]:.2f}" for t in times[flag]) for flag in (True, False)}
+        print(f"{what}: with counterfactuals {a:.2f} s ({runs[True]}), without {b:.2f} s ({runs[False]})")
+        print(f"{what}: added {a / b - 1:+.1%}  (target <= +15%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,3 @@ def features_dir() -> Path:
     """Cached frozen image features (``<kind>-<key>.npy``)."""
     return cache_home() / "features"
 
-
-def backbones_dir() -> Path:
-    """Built backbones (the built-in tiny CLIP, one directory per recipe version)."""
-    return cache_home() / "backbones"

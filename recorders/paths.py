@@ -18,4 +18,3 @@ def cache_home() -> Path:
 def features_dir() -> Path:
     """Cached frozen image features (``<kind>-<key>.npy``)."""
     return cache_home() / "features"
-

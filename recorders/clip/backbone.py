@@ -168,7 +168,8 @@ def _load_directory(directory: Path, name: str, device: torch.device) -> Backbon
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()
-    vocab = model.config.text_config.vocab_size
+    text_config: Any = model.config.text_config
+    vocab = int(text_config.vocab_size)
     if len(tokenizer) > vocab or tokenizer.eos_token_id is None or tokenizer.eos_token_id >= vocab:
         raise DataError(
             f"backbone {directory}: the tokenizer ({len(tokenizer)} tokens) does not fit the text encoder's "

@@ -255,3 +255,21 @@ async def test_viewer_worker_error_is_a_notification_and_other_errors_end_with_1
             app.call_later(lambda: (_ for _ in ()).throw(RuntimeError("unexpected")))
             await pilot.pause()
     assert app.return_code == 1
+
+
+def test_swmr_read_attempts_are_set_and_the_fallback_still_opens_killed_files(
+    sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The killed file needs SWMR: it opens through the property list with few read attempts; without that setting
+    (an HDF5 library ctypes cannot reach) it still opens, and a damaged copy is still refused at once."""
+    from recorders.format import reader
+
+    assert reader._set_read_attempts() is not None  # found in the library h5py loaded
+    with Recording.open(sources["killed"]) as rec:
+        assert rec._file.swmr_mode and rec.n_steps == 200 and rec.status == "running"
+    monkeypatch.setattr(reader, "_set_read_attempts", lambda: None)
+    with Recording.open(sources["killed"]) as rec:
+        assert rec._file.swmr_mode and rec.n_steps == 200
+    for cut in (21, 47, sources["killed"].stat().st_size // 2):
+        with pytest.raises(RecordingError, match="truncated or corrupt"):
+            Recording.open(truncated(sources["killed"], tmp_path / f"cut-{cut}.h5", cut))

@@ -126,14 +126,21 @@ def run_metric(rec: Recording, metric: str) -> float:
     return DIAGNOSTIC_METRICS[name](diagnose(rec).gate_sets[gate or next(iter(sets))])
 
 
-def load_runs(paths: Sequence[str | os.PathLike[str]], metric: str) -> list[Run]:
-    """Open each recording under ``paths`` (files or directories, ``*.h5`` recursively) once; reduce it."""
+def load_runs(
+    paths: Sequence[str | os.PathLike[str]],
+    metric: str,
+    skip_damaged: Callable[[RecordingError], None] | None = None,
+) -> list[Run]:
+    """Open each recording under ``paths`` (files or directories, ``*.h5`` recursively) once; reduce it.
+
+    A recording that cannot be opened or whose metric cannot be read raises its
+    :class:`~recorders.format.errors.RecordingError`, or, with ``skip_damaged``, is passed to it and left out."""
     check_metric(metric)
-    runs = []
+    runs, skipped = [], 0
     for path in iter_recordings(paths):
-        with Recording.open(path) as rec:
-            runs.append(
-                Run(
+        try:
+            with Recording.open(path) as rec:
+                run = Run(
                     path=path,
                     status=rec.status,
                     method=rec.method,
@@ -142,7 +149,15 @@ def load_runs(paths: Sequence[str | os.PathLike[str]], metric: str) -> list[Run]
                     config=rec.config,
                     value=run_metric(rec, metric),
                 )
-            )
+        except RecordingError as exc:
+            if skip_damaged is None:
+                raise
+            skip_damaged(exc)
+            skipped += 1
+            continue
+        runs.append(run)
+    if not runs and skipped:
+        raise RecordingError(f"all {skipped} recording(s) under {', '.join(map(str, paths))} are damaged")
     if not runs:
         raise RecordingError(f"no recordings (*.h5) under {', '.join(map(str, paths))}; check the paths")
     return runs

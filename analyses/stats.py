@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import chain, combinations
 from typing import Any
@@ -36,7 +36,7 @@ import numpy as np
 from scipy import special, stats
 
 from analyses.grouping import MISSING, Run, group_runs, load_runs, metric_names
-from recorders.format.errors import ConfigError
+from recorders.format.errors import ConfigError, RecordingError
 
 __all__ = [
     "ComparisonReport",
@@ -295,8 +295,12 @@ def compare(
     paired: bool = False,
     include_incomplete: bool = False,
     correction: str = "auto",
+    skip_damaged: Callable[[RecordingError], None] | None = None,
 ) -> ComparisonReport:
     """Group the recordings under ``paths`` by ``by``, reduce each to ``metric`` and compare the groups.
+
+    A damaged recording raises its RecordingError, or with ``skip_damaged`` is passed to it, left out and listed in
+    the report's ``excluded``.
 
     Raises :class:`~recorders.format.errors.WsError` (one line) when nothing useful can be computed: no recordings,
     unknown key or metric, mixed datasets or splits, fewer than two groups with at least two runs, an unknown
@@ -304,9 +308,15 @@ def compare(
     """
     if correction not in CORRECTIONS:
         raise ConfigError(f"unknown correction {correction!r}; use one of {', '.join(CORRECTIONS)}")
-    runs = load_runs(paths, metric)
     warnings: list[str] = []
     excluded: list[str] = []
+
+    def skip(exc: RecordingError) -> None:
+        excluded.append(f"{exc} (skipped)")
+        if skip_damaged is not None:
+            skip_damaged(exc)
+
+    runs = load_runs(paths, metric, skip if skip_damaged is not None else None)
     incomplete = [r for r in runs if r.status != "complete"]
     if incomplete and include_incomplete:
         warnings.append(

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
-from recorders.clip.backbone import Backbone, builtin_dir, load_backbone
+from recorders.clip.backbone import Backbone, load_backbone
 from recorders.clip.encoders import image_features, text_features, token_embeddings
 from recorders.clip.pretrain import CONTEXT_LENGTH, random_checkpoint, save_checkpoint, world_tokenizer
 from recorders.data.datasets import load_dataset
@@ -37,9 +37,9 @@ BATCH = 32
 
 
 def pick_backbone(spec: str | None, device: str, scratch: Path) -> tuple[Backbone, str]:
-    """The requested backbone, or builtin if already built, else a random-init tiny CLIP."""
+    """The requested backbone, or the shipped builtin."""
     if spec is None:
-        spec = "builtin" if (builtin_dir() / "config.json").is_file() else "random"
+        spec = "builtin"
     if spec == "random":
         return load_backbone(str(random_checkpoint(scratch / "random")), device), "random-init tiny CLIP"
     if spec == "vit-b16-random":

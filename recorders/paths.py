@@ -18,8 +18,3 @@ def cache_home() -> Path:
 def features_dir() -> Path:
     """Cached frozen image features (``<kind>-<key>.npy``)."""
     return cache_home() / "features"
-
-
-def backbones_dir() -> Path:
-    """Built backbones (the built-in tiny CLIP, one directory per recipe version)."""
-    return cache_home() / "backbones"

@@ -65,10 +65,13 @@ def print_summary(s: dict[str, Any]) -> None:
             if ev is None
             else f"step {ev['step']}: base {ev['base_acc']:.4f}  novel {ev['novel_acc']:.4f}  HM {ev['hm']:.4f}",
         ),
-        ("events", str(s["events"])),
+        ("events", "unreadable" if s["events"] is None else str(s["events"])),
     ]
+    damaged = s.get("damaged") or {}
+    if damaged:
+        rows.append(("damaged", "; ".join(f"{part}: {reason}" for part, reason in damaged.items())))
     for key, value in rows:
-        table.add_row(key, escape(value))
+        table.add_row(f"[red]{key}[/]" if key == "damaged" else key, escape(value))
     console.print(table)
 
 

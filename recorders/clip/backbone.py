@@ -5,8 +5,9 @@ local_files_only=True)`` plus the directory's CLIP tokenizer and image mean/std.
 must already be in the local Hugging Face cache. The returned model is frozen (``requires_grad`` False everywhere,
 ``eval()``), kept in float32, and runs under bf16 autocast on CUDA (fp16 where bf16 is unsupported).
 
-The built-in checkpoint is built on first use by :mod:`recorders.clip.pretrain` into ``$WS_CACHE/backbones/`` (default
-``~/.cache/ws/backbones/``) and loaded from there afterwards.
+The built-in checkpoint ships with the package (``recorders/clip/builtin/``, ~1.3 MB, built once by the recipe in
+:mod:`recorders.clip.pretrain`), so every machine loads the same weights in well under a second and nothing is
+pretrained at run time. ``ws backbone pretrain --out DIR`` rebuilds it by the recipe.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +24,12 @@ from typing import Any, cast
 import torch
 import transformers
 
+from recorders.clip.constants import CLIP_MEAN, CLIP_STD
 from recorders.format.errors import ConfigError, DataError
-from recorders.paths import backbones_dir
 
-# CLIP's own normalisation, used when a checkpoint directory has no preprocessor_config.json.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The shipped built-in checkpoint (package data) and the SHA-256 of its weights as shipped.
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+BUILTIN_SHA256 = "69ca27c79d02c5d76e79b83852643d52c27a534de141339800d4f2b2bd7aca58"
 VALID_FORMS = (
     "'builtin'",
     "a local checkpoint directory (config.json + model.safetensors + tokenizer files)",
@@ -111,26 +113,21 @@ def image_size(model: transformers.CLIPModel) -> int:
     return size
 
 
-def builtin_dir() -> Path:
-    """The built-in tiny CLIP's checkpoint directory (versioned by the pretraining recipe)."""
-    from recorders.clip.pretrain import RECIPE_VERSION
-
-    return backbones_dir() / f"builtin-{RECIPE_VERSION}"
-
-
 def load_backbone(spec: str = "builtin", device: str = "auto") -> Backbone:
     """Load a frozen CLIP backbone.
 
-    ``spec`` is ``"builtin"`` (built on first use, then cached), a checkpoint directory, or a hub id resolved from
-    the local Hugging Face cache only. A missing or invalid spec raises DataError listing the valid forms.
+    ``spec`` is ``"builtin"`` (the checkpoint shipped in the package), a checkpoint directory, or a hub id resolved
+    from the local Hugging Face cache only. A missing or invalid spec raises DataError listing the valid forms; a
+    directory whose config, weights, tokenizer or preprocessor config cannot be loaded raises DataError naming it.
     """
     torch_device = resolve_device(device)
     if spec == "builtin":
-        directory = builtin_dir()
-        if not (directory / "config.json").is_file():
-            from recorders.clip.pretrain import build_builtin
-
-            build_builtin(directory)
+        directory = BUILTIN_DIR
+        if not (directory / "model.safetensors").is_file():
+            raise DataError(
+                f"the built-in backbone is missing from the installed package ({directory}): reinstall ws, or "
+                "build one with `ws backbone pretrain --out DIR` and pass --backbone DIR"
+            )
     elif spec.strip() and Path(spec).expanduser().exists():
         directory = Path(spec).expanduser()
         if not (directory / "config.json").is_file():
@@ -161,24 +158,45 @@ def _hub_snapshot(repo_id: str) -> Path:
 
 
 def _load_directory(directory: Path, name: str, device: torch.device) -> Backbone:
-    """Load model, tokenizer and preprocessing constants from a checkpoint directory, frozen, onto ``device``."""
+    """Load model, tokenizer and preprocessing constants from a checkpoint directory, frozen, onto ``device``.
+
+    Everything a run needs is checked here, before any training: the normalisation, the tokenizer files (and that
+    their ids fit the model's vocabulary), and the weights (a truncated safetensors file fails here)."""
+    mean, std = _normalisation(directory)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar for a 1 MB checkpoint
     try:
         model = transformers.CLIPModel.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
+        if not (directory / "tokenizer.json").is_file() and not (directory / "vocab.json").is_file():
+            raise DataError(
+                f"backbone {directory} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt): copy "
+                "them from the checkpoint the weights came from"
+            )
         tokenizer = transformers.CLIPTokenizer.from_pretrained(directory, local_files_only=True)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (safetensors, tokenizers and transformers raise their own types)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             f"cannot load a CLIP checkpoint from {directory} ({first_line}): pass a directory with a "
-            f"CLIP config.json, model.safetensors and CLIP tokenizer files"
+            f"CLIP config.json, a complete model.safetensors and CLIP tokenizer files"
         ) from None
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+    text_config, vision_config = clip_configs(model)
+    vocab = text_config.vocab_size
+    if len(tokenizer) > vocab or tokenizer.eos_token_id is None or tokenizer.eos_token_id >= vocab:
+        raise DataError(
+            f"backbone {directory}: the tokenizer ({len(tokenizer)} tokens) does not fit the text encoder's "
+            f"vocabulary ({vocab}); use the tokenizer files saved with these weights"
+        )
     model.requires_grad_(False)
     model.eval()
     model.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
-    mean, std = _normalisation(directory)
     autocast_dtype = None
     if device.type == "cuda":
         autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    text_config, vision_config = clip_configs(model)
     return Backbone(
         model=model,
         tokenizer=tokenizer,
@@ -198,12 +216,57 @@ def _load_directory(directory: Path, name: str, device: torch.device) -> Backbon
 
 def _normalisation(directory: Path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Per-channel (mean, std) from ``preprocessor_config.json``, falling back to CLIP's constants. The image size
-    is the model's own (``vision_config.image_size``): pixels of any other size are rejected by CLIP."""
+    is the model's own (``vision_config.image_size``): pixels of any other size are rejected by CLIP.
+
+    A preprocessor config that is not a JSON object, or whose ``image_mean``/``image_std`` is not three finite
+    numbers (std > 0), raises DataError naming the file."""
     path = directory / "preprocessor_config.json"
-    config = json.loads(path.read_text()) if path.is_file() else {}
-    mean = config.get("image_mean", CLIP_MEAN)
-    std = config.get("image_std", CLIP_STD)
-    return (float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2]))
+    if not path.is_file():
+        return CLIP_MEAN, CLIP_STD
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"{path}: not readable JSON ({exc}); fix the file or delete it to use CLIP's mean/std"
+        ) from None
+    if not isinstance(config, dict):
+        raise DataError(f"{path}: must be a JSON object; fix the file or delete it to use CLIP's mean/std")
+    values = []
+    for key, default in (("image_mean", CLIP_MEAN), ("image_std", CLIP_STD)):
+        raw = config.get(key, default)
+        try:
+            triple = tuple(float(v) for v in raw) if isinstance(raw, list | tuple) else ()
+        except (TypeError, ValueError):
+            triple = ()
+        if len(triple) != 3 or not all(math.isfinite(v) for v in triple) or (key == "image_std" and min(triple) <= 0):
+            raise DataError(
+                f"{path}: {key} must be a list of three finite numbers{' > 0' if key == 'image_std' else ''}, "
+                f"got {raw!r}; fix the file"
+            )
+        values.append(triple)
+    return values[0], values[1]
+
+
+def smoke_test(backbone: Backbone) -> None:
+    """Encode one prompt and one blank image through ``backbone``; DataError unless both give finite features."""
+    from recorders.clip.encoders import image_features, text_features, token_embeddings
+
+    ids = backbone.tokenize(["a photo of a thing."])
+    pixels = torch.zeros(1, 3, backbone.image_size, backbone.image_size, device=backbone.device)
+    try:
+        with torch.no_grad(), backbone.autocast():
+            text = text_features(backbone.model, token_embeddings(backbone.model, ids), ids)
+            image = image_features(backbone.model, pixels)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise DataError(f"backbone {backbone.name}: a test prompt and image do not go through it ({exc})") from None
+    if not (torch.isfinite(text).all() and torch.isfinite(image).all()):
+        raise DataError(f"backbone {backbone.name}: the weights give non-finite features; the checkpoint is damaged")
+
+
+def builtin_sha256() -> tuple[str, str]:
+    """SHA-256 of the shipped built-in weights file and the value recorded when it was shipped."""
+    digest = hashlib.sha256((BUILTIN_DIR / "model.safetensors").read_bytes()).hexdigest()
+    return digest, BUILTIN_SHA256
 
 
 def fingerprint(directory: Path) -> str:

@@ -1,6 +1,6 @@
 """The built-in tiny CLIP: a small ``transformers.CLIPModel`` pretrained contrastively on the built-in world.
 
-The recipe is deterministic for a given seed and step count. It first renders a bank of
+The recipe is deterministic for a given seed and step count on one machine. It first renders a bank of
 :data:`BANK_IMAGES` scenes per (seen composition, domain) (:data:`recorders.data.world.SEEN` × all five domains, 7200
 images), then each step draws a batch from the bank (randomly mirrored) and scores it against one caption per
 (composition, domain) — 150 captions, each with a random template — so every image meets every other class as a
@@ -10,14 +10,14 @@ contrastive loss (:func:`contrastive_loss`), AdamW with warm-up and a cosine sch
 The checkpoint is saved in the Hugging Face layout (``config.json``,
 ``model.safetensors``, tokenizer files, ``preprocessor_config.json``) plus ``metrics.json`` (zero-shot accuracy on
 seen and held-out compositions), so :func:`recorders.clip.backbone.load_backbone` loads it like any CLIP checkpoint.
+The package ships one checkpoint made by this recipe (``recorders/clip/builtin/``): the same numbers on every machine.
+Rebuilding gives zero-shot metrics within a small tolerance of the shipped ones, not identical weights (float
+reductions differ across CPUs and thread counts).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-from recorders.clip.backbone import CLIP_MEAN, CLIP_STD, image_size
+from recorders.clip.backbone import image_size
+from recorders.clip.constants import CLIP_MEAN, CLIP_STD, RECIPE_VERSION
 from recorders.clip.encoders import image_features, text_features, token_embeddings
 from recorders.clip.tokenizer import build_tokenizer
 from recorders.data.world import (
@@ -42,7 +43,6 @@ from recorders.data.world import (
 )
 from recorders.progress import Progress, silent
 
-RECIPE_VERSION = "v3"  # bump whenever the recipe, the config or the world's renderer changes
 IMAGE_SIZE = 24  # shapes fill the frame (recorders.data.world.sample_scene), so 24 px keep them legible
 PATCH_SIZE = 4  # 6×6 patches: at 4×4 patches (32 px, patch 8) the tiny ViT learned colour but hardly any shape
 CONTEXT_LENGTH = 24
@@ -255,18 +255,4 @@ def pretrain(
     save_checkpoint(model, tokenizer, out, metrics)
     metrics["checkpoint_bytes"] = sum(p.stat().st_size for p in out.iterdir())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
-
-
-def build_builtin(directory: Path) -> dict:
-    """Build the built-in checkpoint at ``directory`` by the default recipe (atomically: a crash leaves nothing)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
-    try:
-        metrics = pretrain(staging)
-        if directory.exists():  # a half-built leftover without config.json
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return metrics

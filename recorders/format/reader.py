@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import re
@@ -17,6 +19,7 @@ from recorders.format.errors import RecordingError
 from recorders.format.schema import (
     EVAL_FIELDS,
     EVAL_GATE_STATS,
+    EVENT_FIELDS,
     FORMAT_NAME,
     SCHEMA_VERSION,
     STATUSES,
@@ -41,13 +44,26 @@ class Event:
     message: str
 
 
+# Everything h5py/HDF5 raises on a damaged file (checksum, heap, address, decoding, selection errors).
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
+# SWMR readers retry a metadata read whose checksum fails (the writer may be mid-flush), sleeping longer each time:
+# HDF5's default of 100 attempts makes a damaged file hang for minutes; 20 attempts cost ~10 ms in all.
+SWMR_READ_ATTEMPTS = 20
+# The smallest ws recording: a version 2/3 superblock with 8-byte offsets is 48 bytes.
+SUPERBLOCK_BYTES = 48
+
+
 @dataclass
 class Recording:
     """A lazily read recording; works on complete, running (follow with :meth:`refresh`) and killed files.
 
     Series are read by row range (``read(path, start, stop)``), never whole unless asked. ``n_steps`` is the number
-    of committed rows. Raises :class:`~recorders.format.errors.RecordingError` for anything that is not a readable ws
-    recording of a supported schema version.
+    of committed rows. :meth:`open` validates the whole structure once (attributes, every declared dataset's kind,
+    row shape, dtype and length against ``steps/step``) and raises
+    :class:`~recorders.format.errors.RecordingError` for anything that is not a readable ws recording of a supported
+    schema version. A file damaged only in part opens: ``damaged`` maps each damaged part (a dataset path,
+    ``eval`` or ``events``) to the reason, and reading such a part raises ``RecordingError`` naming the file and
+    the part, as does any HDF5 error met while reading (the part is then added to ``damaged``).
     """
 
     path: Path
@@ -55,6 +71,8 @@ class Recording:
     layout: Layout = field(repr=False)
     n_steps: int = 0
     _step_cache: np.ndarray | None = field(default=None, repr=False)
+    damaged: dict[str, str] = field(default_factory=dict)
+    _attrs: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Recording:
@@ -71,10 +89,17 @@ class Recording:
             raise RecordingError(f"{p}: not an HDF5 file; ws reads .h5 recordings written by `ws record`")
         f = _open_h5(p)
         try:
-            layout = _validate(p, f)
-            rec = cls(path=p, _file=f, layout=layout)
+            attrs, layout = _validate(p, f)
+            problem = _dataset_problem(f, STEP, (), np.dtype("int64"), 0)
+            if problem:
+                raise RecordingError(f"{p}: {STEP} is damaged ({problem}); the file cannot be read, re-record the run")
+            rec = cls(path=p, _file=f, layout=layout, _attrs=attrs)
             rec.refresh()
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            rec.damaged.update(_check_structure(f, layout, rec.n_steps, attrs["status"]))
+        except RecordingError:
+            f.close()
+            raise
+        except _H5_ERRORS as exc:
             f.close()
             raise _corrupt(p, exc) from None
         except BaseException:
@@ -82,34 +107,34 @@ class Recording:
             raise
         return rec
 
-    # ------------------------------------------------------------------ attributes
+    # ------------------------------------------------------------------ attributes (validated at open)
     @property
     def attrs(self) -> dict[str, Any]:
-        return {k: _py(v) for k, v in self._file.attrs.items() if k != "layout"}
+        return dict(self._attrs)
 
     @property
     def status(self) -> str:
-        return str(_py(self._file.attrs["status"]))
+        return str(self._attrs["status"])
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads(self._file.attrs["config"])
+        return dict(self._attrs["config"])
 
     @property
     def method(self) -> str:
-        return str(_py(self._file.attrs["method"]))
+        return str(self._attrs["method"])
 
     @property
     def seed(self) -> int:
-        return int(self._file.attrs["seed"])
+        return int(self._attrs["seed"])
 
     @property
     def dataset(self) -> str:
-        return str(_py(self._file.attrs.get("dataset", "")))
+        return str(self._attrs.get("dataset", ""))
 
     @property
     def schema_version(self) -> int:
-        return int(self._file.attrs["schema_version"])
+        return int(self._attrs["schema_version"])
 
     @property
     def schema_minor(self) -> int:
@@ -142,28 +167,58 @@ class Recording:
         return {t.name: t for t in self.layout.tensors}
 
     def has(self, path: str) -> bool:
-        return path in self._file
+        """Whether the declared or optional dataset ``path`` is present and readable (not damaged)."""
+        if path in self.damaged or _part(path) in self.damaged:
+            return False
+        with self._guard(path):
+            return path in self._file
+
+    def is_damaged(self, path: str) -> bool:
+        return path in self.damaged or _part(path) in self.damaged
 
     # ------------------------------------------------------------------ reading
+    @contextlib.contextmanager
+    def _guard(self, part: str) -> Iterator[None]:
+        """Turn any h5py/HDF5 error met while reading ``part`` into a RecordingError naming the file and part."""
+        try:
+            yield
+        except RecordingError:
+            raise
+        except _H5_ERRORS as exc:
+            reason = _reason(exc)
+            self.damaged.setdefault(part, reason)
+            raise self._damaged_error(part) from None
+
+    def _damaged_error(self, part: str) -> RecordingError:
+        reason = self.damaged.get(part) or self.damaged.get(_part(part), "unreadable")
+        return RecordingError(
+            f"{self.path}: {part} is damaged ({reason}); the rest of the file is readable, re-record the run for it"
+        )
+
     def refresh(self) -> int:
         """Re-read lengths of a file that may still be written (SWMR); returns the committed row count."""
         f = self._file
-        if f.swmr_mode:
-            f[STEP].refresh()
-            f.attrs.get("status")  # attributes are re-read from disk on access
-        n = f[STEP].shape[0]
+        with self._guard(STEP):
+            if f.swmr_mode:
+                f[STEP].refresh()
+                status = _py(f.attrs.get("status"))  # attributes are re-read from disk on access
+                if status in STATUSES:
+                    self._attrs["status"] = status
+            n = f[STEP].shape[0]
         if n != self.n_steps:
             self._step_cache = None
         self.n_steps = n
         return n
 
     def _dataset(self, path: str) -> h5py.Dataset:
-        try:
-            ds = self._file[path]
-        except KeyError:
-            raise KeyError(f"{self.path}: no series {path!r}") from None
-        if self._file.swmr_mode:
-            ds.refresh()
+        if self.is_damaged(path):
+            raise self._damaged_error(path if path in self.damaged else _part(path))
+        with self._guard(path):
+            ds = self._file.get(path)
+            if not isinstance(ds, h5py.Dataset):
+                raise KeyError("not in the file" if ds is None else "not a dataset")
+            if self._file.swmr_mode:
+                ds.refresh()
         return ds
 
     def read(self, path: str, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray:
@@ -171,14 +226,22 @@ class Recording:
         n = self.n_steps
         stop = n if stop is None else min(max(stop, 0), n)
         start = min(max(start, 0), stop)
-        return self._dataset(path)[start:stop:stride]
+        ds = self._dataset(path)
+        with self._guard(path):
+            if ds.shape[0] < stop:
+                raise ValueError(f"{ds.shape[0]} rows, {STEP} has {n}")
+            return ds[start:stop:stride]
 
     def row(self, path: str, index: int) -> np.ndarray:
         """One row of a per-step series (``index`` counts committed rows; negative counts from the end)."""
         n = self.n_steps
         if not -n <= index < n:
             raise IndexError(f"row {index} out of range for {n} committed rows")
-        return self._dataset(path)[index % n]
+        ds = self._dataset(path)
+        with self._guard(path):
+            if ds.shape[0] < n:
+                raise ValueError(f"{ds.shape[0]} rows, {STEP} has {n}")
+            return ds[index % n]
 
     def steps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.read(STEP, start, stop)
@@ -192,8 +255,9 @@ class Recording:
     def eval_table(self) -> dict[str, np.ndarray]:
         """Evaluations as columns ``step, epoch, base_acc, novel_acc, hm`` (accuracies in [0, 1])."""
         cols = {name: self._dataset(f"eval/{name}") for name in EVAL_FIELDS}
-        n = min(ds.shape[0] for ds in cols.values())
-        return {name: ds[:n] for name, ds in cols.items()}
+        with self._guard("eval"):
+            n = min(ds.shape[0] for ds in cols.values())
+            return {name: np.asarray(ds[:n]) for name, ds in cols.items()}
 
     def validation_acc(self) -> np.ndarray:
         """Validation accuracy per evaluation ``(evals,)`` float64; all NaN when not recorded (schema 1.0)."""
@@ -225,24 +289,34 @@ class Recording:
         return {stat: self._dataset(eval_gate_path(gate_set, stat))[:n].astype(np.float64) for stat in EVAL_GATE_STATS}
 
     def events(self) -> list[Event]:
-        n = self._dataset("events/step").shape[0]
-        steps = self._dataset("events/step")[:n]
-        kinds = self._dataset("events/kind")[:n]
-        messages = self._dataset("events/message")[:n]
-        return [Event(int(s), _py(k), _py(m)) for s, k, m in zip(steps, kinds, messages, strict=True)]
+        """Recorded events in order. A complete file whose event columns differ in length is damaged; a running one
+        is read up to its shortest column (the writer may be between columns)."""
+        cols = [self._dataset(f"events/{name}") for name in EVENT_FIELDS]
+        with self._guard("events"):
+            n = min(ds.shape[0] for ds in cols)
+            steps, kinds, messages = (ds[:n] for ds in cols)
+            return [Event(int(s), str(_py(k)), str(_py(m))) for s, k, m in zip(steps, kinds, messages, strict=True)]
 
-    def tensor(self, name: str) -> tuple[np.ndarray, h5py.Dataset]:
-        """Steps ``(k,)`` and the lazily read gradient dataset ``(k, *shape)`` of a strided tensor."""
+    def tensor(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Steps ``(k,)`` and gradients ``(k, *shape)`` of a strided tensor."""
         steps_ds = self._dataset(tensor_path(name, "step"))
         grads = self._dataset(tensor_path(name))
-        k = min(steps_ds.shape[0], grads.shape[0])
-        return steps_ds[:k], grads
+        with self._guard(f"tensors/{name}"):
+            k = min(steps_ds.shape[0], grads.shape[0])
+            return steps_ds[:k], grads[:k]
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-ready overview: identity, status, sizes, groups, gate sets and the last evaluation."""
-        ev = self.eval_table()
-        last_eval = {k: _py(v[-1]) for k, v in ev.items()} if len(ev["step"]) else None
-        first_last = (int(self.row(STEP, 0)), int(self.row(STEP, -1))) if self.n_steps else None
+        """A JSON-ready overview: identity, status, sizes, groups, gate sets and the last evaluation. Parts that
+        cannot be read are left out (``None``) and named in ``damaged``."""
+        last_eval = first_last = n_events = None
+        with contextlib.suppress(RecordingError):
+            ev = self.eval_table()
+            last_eval = {k: _py(v[-1]) for k, v in ev.items()} if len(ev["step"]) else None
+        with contextlib.suppress(RecordingError):
+            first_last = (int(self.row(STEP, 0)), int(self.row(STEP, -1))) if self.n_steps else None
+        with contextlib.suppress(RecordingError):
+            n_events = len(self.events())
+        attrs = self._attrs
         return {
             "path": str(self.path),
             "format": FORMAT_NAME,
@@ -252,10 +326,10 @@ class Recording:
             "method": self.method,
             "dataset": self.dataset,
             "seed": self.seed,
-            "device": self.attrs.get("device", ""),
-            "created": self.attrs.get("created", ""),
-            "ws_version": self.attrs.get("ws_version", ""),
-            "error": self.attrs.get("error", ""),
+            "device": attrs.get("device", ""),
+            "created": attrs.get("created", ""),
+            "ws_version": attrs.get("ws_version", ""),
+            "error": attrs.get("error", ""),
             "rows": self.n_steps,
             "step_range": first_last,
             "loss_terms": list(self.loss_terms),
@@ -265,17 +339,35 @@ class Recording:
             "tensors": {t.name: list(t.shape) for t in self.layout.tensors},
             "config": self.config,
             "last_eval": last_eval,
-            "events": len(self.events()),
+            "events": n_events,
+            "damaged": dict(self.damaged),
         }
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(*_H5_ERRORS):
+            self._file.close()
 
     def __enter__(self) -> Recording:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _part(path: str) -> str:
+    """The part a dataset belongs to for damage bookkeeping: ``eval``/``events``/``tensors/<name>``, else itself."""
+    head = path.split("/", 1)[0]
+    if head in ("eval", "events"):
+        return head
+    if head == "tensors":
+        return "/".join(path.split("/")[:2])
+    return path
+
+
+def _reason(exc: BaseException | str) -> str:
+    """The first line of an h5py error, without HDF5's trailing detail in parentheses."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.strip("'\"") or type(exc).__name__
 
 
 def _corrupt(p: Path, exc: BaseException | str) -> RecordingError:
@@ -286,12 +378,19 @@ def _corrupt(p: Path, exc: BaseException | str) -> RecordingError:
 
 
 def _open_h5(p: Path) -> h5py.File:
-    """Open for reading; errors become one line.
+    """Open for reading; errors become one line, and no file makes this hang.
 
-    A plain open comes first because only it checks the file's end against the size HDF5 recorded (in SWMR mode
-    a truncated file opens and then every metadata read retries for minutes). Files still being written, or left
-    by a killed writer, refuse a plain open (their consistency flags are set) and open in SWMR mode.
+    Truncation is detected before HDF5 opens anything: a file shorter than a superblock, or shorter than the end of
+    file its superblock records. A plain open comes next; files still being written, or left by a killed writer,
+    refuse it (their consistency flags are set) and open in SWMR mode with few metadata read attempts
+    (:data:`SWMR_READ_ATTEMPTS`), since HDF5's default retries a damaged file's metadata for minutes.
     """
+    size = p.stat().st_size
+    if size < SUPERBLOCK_BYTES:
+        raise _corrupt(p, f"{size} bytes, shorter than an HDF5 superblock")
+    stored_eof = _stored_eof(p)
+    if stored_eof is not None and size < stored_eof:
+        raise _corrupt(p, f"{size} of {stored_eof} bytes")
     try:
         return h5py.File(p, "r")
     except (OSError, RuntimeError) as exc:  # HDF5 raises RuntimeError for some damaged superblocks
@@ -299,13 +398,55 @@ def _open_h5(p: Path) -> h5py.File:
         if stored:
             raise _corrupt(p, f"{stored[1]} of {stored[2]} bytes") from None
         plain_error = exc
-    stored_eof = _stored_eof(p)
-    if stored_eof is not None and p.stat().st_size < stored_eof:
-        raise _corrupt(p, f"{p.stat().st_size} of {stored_eof} bytes")
+    fapl = _swmr_fapl()
+    if fapl is None:  # the read-attempts setting is unavailable: refuse rather than risk a hang on a damaged file
+        if "checksum" in str(plain_error):
+            raise _corrupt(p, plain_error) from None
+        try:
+            return h5py.File(p, "r", swmr=True, libver="latest")
+        except (OSError, RuntimeError):
+            raise _corrupt(p, plain_error) from None
     try:
-        return h5py.File(p, "r", swmr=True, libver="latest")
-    except (OSError, RuntimeError):
+        fid = h5py.h5f.open(os.fsencode(p), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
+        return h5py.File(fid)
+    except (OSError, RuntimeError, ValueError):
         raise _corrupt(p, plain_error) from None
+
+
+@functools.cache
+def _set_read_attempts() -> Any:
+    """HDF5's ``H5Pset_metadata_read_attempts`` from the library h5py loaded (not exposed by h5py), or None."""
+    import ctypes
+    import glob
+
+    candidates: list[str] = []
+    with contextlib.suppress(OSError):
+        with open("/proc/self/maps") as maps:  # Linux: the exact library this process uses
+            candidates += sorted({line.split()[-1] for line in maps if re.search(r"/libhdf5[-.][^/]*$", line.strip())})
+    package = Path(h5py.__file__).parent
+    for pattern in ("../h5py.libs/libhdf5-*", ".dylibs/libhdf5*.dylib", "../h5py.libs/libhdf5*"):
+        candidates += sorted(glob.glob(str(package / pattern)))
+    for candidate in candidates:
+        try:
+            function = ctypes.CDLL(candidate).H5Pset_metadata_read_attempts
+        except (OSError, AttributeError):
+            continue
+        function.argtypes = [ctypes.c_int64, ctypes.c_uint]
+        function.restype = ctypes.c_int
+        return function
+    return None
+
+
+def _swmr_fapl() -> Any:
+    """A file-access property list for SWMR reads with :data:`SWMR_READ_ATTEMPTS`, or None if it cannot be set."""
+    function = _set_read_attempts()
+    if function is None:
+        return None
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    if function(fapl.id, SWMR_READ_ATTEMPTS) < 0:
+        return None
+    return fapl
 
 
 def _stored_eof(p: Path) -> int | None:
@@ -317,33 +458,114 @@ def _stored_eof(p: Path) -> int | None:
     return int.from_bytes(head[28:36], "little")  # signature, version, sizes, flags, base and extension addresses
 
 
-def _validate(p: Path, f: h5py.File) -> Layout:
-    fmt = _py(f.attrs.get("format", ""))
+def _validate(p: Path, f: h5py.File) -> tuple[dict[str, Any], Layout]:
+    """The root attributes, parsed and checked (``config`` a JSON object), and the layout; RecordingError if any
+    attribute is missing, unparseable or unreadable."""
+    try:
+        raw = {k: f.attrs[k] for k in f.attrs.keys()}
+    except _H5_ERRORS as exc:
+        raise RecordingError(f"{p}: the root attributes are unreadable ({_reason(exc)}); the file is damaged") from None
+    fmt = _py(raw.get("format", ""))
     if fmt != FORMAT_NAME:
         raise RecordingError(
             f"{p}: an HDF5 file but not a ws recording (no format={FORMAT_NAME!r} attribute); "
             "pass a file written by `ws record`"
         )
-    version = f.attrs.get("schema_version")
+    version = _int_attr(raw.get("schema_version"))
     if version is None:
-        raise RecordingError(f"{p}: ws recording without a schema_version attribute; the file is damaged")
-    if int(version) > SCHEMA_VERSION:
+        raise RecordingError(f"{p}: ws recording without a valid schema_version attribute; the file is damaged")
+    if version > SCHEMA_VERSION:
         raise RecordingError(
-            f"{p}: schema version {int(version)} is newer than this ws reads ({SCHEMA_VERSION}); upgrade ws to read it"
+            f"{p}: schema version {version} is newer than this ws reads ({SCHEMA_VERSION}); upgrade ws to read it"
         )
-    if int(version) < 1:
-        raise RecordingError(f"{p}: schema version {int(version)} is not a valid ws schema version")
+    if version < 1:
+        raise RecordingError(f"{p}: schema version {version} is not a valid ws schema version")
     try:
-        layout = Layout.from_json(f.attrs["layout"])
-        missing = [path for path in layout.step_series() if path not in f]
-        status = _py(f.attrs["status"])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise RecordingError(f"{p}: ws recording with a damaged layout ({exc}); re-record the run") from None
-    if missing:
-        raise RecordingError(f"{p}: ws recording is missing {missing[0]!r}; the file is damaged, re-record the run")
+        layout = Layout.from_json(_py(raw["layout"]))
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise RecordingError(f"{p}: ws recording with a damaged layout ({_reason(exc)}); re-record the run") from None
+    status = _py(raw.get("status"))
     if status not in STATUSES:
         raise RecordingError(f"{p}: unknown status {status!r}; the file is damaged")
-    return layout
+    try:
+        config = json.loads(_py(raw.get("config", "")))
+    except (TypeError, ValueError):
+        config = None
+    if not isinstance(config, dict):
+        raise RecordingError(f"{p}: the config attribute is not a JSON object; the file is damaged, re-record the run")
+    seed = _int_attr(raw.get("seed"))
+    method = _py(raw.get("method"))
+    if seed is None or not isinstance(method, str):
+        bad = "seed" if seed is None else "method"
+        raise RecordingError(f"{p}: the {bad} attribute is missing or not valid; the file is damaged")
+    attrs = {k: _py(v) for k, v in raw.items() if k != "layout"}
+    attrs.update(schema_version=version, status=status, config=config, seed=seed, method=method)
+    attrs["dataset"] = str(attrs.get("dataset") or "")
+    return attrs, layout
+
+
+def _int_attr(value: Any) -> int | None:
+    value = _py(value)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if np.isfinite(number) and number == int(number) else None
+
+
+def _check_structure(f: h5py.File, layout: Layout, n_steps: int, status: str) -> dict[str, str]:
+    """Every dataset the layout declares, checked for kind (a dataset, not a group or link), row shape, dtype and
+    length against ``steps/step``; returns the damaged parts with reasons (``steps/step`` is checked before)."""
+    expected: dict[str, tuple[tuple[int, ...], Any]] = dict(layout.step_series())
+    del expected[STEP]
+    expected_rows = {path: n_steps for path in expected}
+    for name in EVAL_FIELDS:
+        expected[f"eval/{name}"] = ((), "int" if name in ("step", "epoch") else "float")
+    expected["events/step"] = ((), "int")
+    for name in EVENT_FIELDS[1:]:
+        expected[f"events/{name}"] = ((), None)  # a string column (its encoding is the writer's)
+    for tensor in layout.tensors:
+        expected[tensor_path(tensor.name)] = (tuple(tensor.shape), np.dtype("float32"))
+        expected[tensor_path(tensor.name, "step")] = ((), "int")
+    damaged: dict[str, str] = {}
+    for path, (row_shape, dtype) in expected.items():
+        problem = _dataset_problem(f, path, row_shape, dtype, expected_rows.get(path, 0))
+        if problem:
+            damaged.setdefault(_part(path), f"{path}: {problem}" if _part(path) != path else problem)
+    if "events" not in damaged and status != "running":
+        try:
+            lengths = {name: f[f"events/{name}"].shape[0] for name in EVENT_FIELDS}
+        except _H5_ERRORS as exc:
+            lengths, damaged["events"] = {}, f"unreadable ({_reason(exc)})"
+        if len(set(lengths.values())) > 1:
+            damaged["events"] = "columns of unequal length: " + ", ".join(f"{k} {v}" for k, v in lengths.items())
+    return damaged
+
+
+def _dataset_problem(f: h5py.File, path: str, row_shape: tuple[int, ...], dtype: Any, rows: int) -> str:
+    """Why ``path`` is not a dataset of rows ``row_shape`` and ``dtype`` holding at least ``rows`` rows ('' if it
+    is). ``dtype`` is an exact dtype, ``"int"``/``"float"`` for any of that kind, or None for any."""
+    try:
+        link = f.get(path, getlink=True)
+        if link is None:
+            return "missing"
+        if not isinstance(link, h5py.HardLink):
+            return ("an external" if isinstance(link, h5py.ExternalLink) else "a soft") + " link, not a dataset"
+        ds = f[path]
+        if not isinstance(ds, h5py.Dataset):
+            return "a group, not a dataset"
+        if ds.shape is None or len(ds.shape) != 1 + len(row_shape) or tuple(ds.shape[1:]) != tuple(row_shape):
+            return f"shape {ds.shape}, expected (rows, {', '.join(map(str, row_shape))})".replace(", )", ")")
+        kind = {"int": "iu", "float": "f"}.get(dtype) if isinstance(dtype, str) else None
+        if (kind and ds.dtype.kind not in kind) or (isinstance(dtype, np.dtype) and ds.dtype != dtype):
+            return f"dtype {ds.dtype}, expected {dtype}"
+        if ds.shape[0] < rows:
+            return f"{ds.shape[0]} rows, {STEP} has {rows}"
+    except _H5_ERRORS as exc:
+        return f"unreadable ({_reason(exc)})"
+    return ""
 
 
 def _py(value: Any) -> Any:
@@ -360,12 +582,15 @@ def _py(value: Any) -> Any:
 def iter_recordings(paths: Sequence[str | os.PathLike[str]]) -> Iterator[Path]:
     """Expand files and directories (recursively, ``*.h5``) into recording paths, sorted within each directory.
 
-    A missing path raises :class:`RecordingError`.
+    A missing path, or a directory holding no ``*.h5`` file, raises :class:`RecordingError`.
     """
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            yield from sorted(p.rglob("*.h5"))
+            found = sorted(p.rglob("*.h5"))
+            if not found:
+                raise RecordingError(f"{p}: no .h5 recordings in this directory; pass recordings or a folder of them")
+            yield from found
         elif p.exists():
             yield p
         else:

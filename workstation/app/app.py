@@ -147,6 +147,16 @@ class WsApp(App[None]):
         if export_png is not None:
             yield "export PNG", "save the focused pane's plot as a PNG (analyses figures; ctrl+e)", export_png
 
+    def _handle_exception(self, error: Exception) -> None:
+        """A worker that failed on a damaged recording becomes an error notification, and the app keeps running;
+        anything else ends the app as Textual does, with return code 1 (``ws view`` exits with it)."""
+        from textual.worker import WorkerFailed
+
+        if isinstance(error, WorkerFailed) and isinstance(error.error, WsError):
+            self.notify(str(error.error), title="unreadable recording", severity="error", timeout=10)
+            return
+        super()._handle_exception(error)
+
     def action_help(self) -> None:
         from workstation.app.screens.help import HelpScreen  # markdown rendering: imported when first asked
 

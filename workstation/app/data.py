@@ -10,6 +10,7 @@ of a ``width``-column plot covers rows ``[c·n/width, (c+1)·n/width)``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -163,14 +164,10 @@ class RunData:
     def open(cls, path: str | os.PathLike[str]) -> RunData:
         """Open a recording; raises :class:`~recorders.format.errors.RecordingError` for anything unreadable.
 
-        h5py can raise ``RuntimeError``/``OSError`` past ``Recording.open`` on a damaged superblock; those become
-        a ``RecordingError`` too, so a bad file never takes the viewer down.
+        ``Recording.open`` turns every HDF5 error into one, so a bad file never takes the viewer down; a file
+        damaged only in part opens, with :attr:`unreadable` naming the parts.
         """
-        try:
-            return cls(Recording.open(path))
-        except (RuntimeError, OSError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise RecordingError(f"{path}: damaged HDF5 file ({reason}); re-record the run or restore it") from None
+        return cls(Recording.open(path))
 
     @property
     def title(self) -> str:
@@ -197,10 +194,16 @@ class RunData:
         return self.n_rows != old
 
     def step_at(self, row: int) -> int:
-        return int(self.rec.row("steps/step", row)) if self.n_rows else 0
+        """The step of ``row`` (0 when there are no rows or the row is unreadable)."""
+        with contextlib.suppress(RecordingError):
+            return int(self.rec.row("steps/step", row)) if self.n_rows else 0
+        return 0
 
     def epoch_at(self, row: int) -> int:
-        return int(self.rec.row(EPOCH, row)) if self.n_rows else 0
+        """The epoch of ``row`` (0 when there are no rows or ``steps/epoch`` is damaged)."""
+        with contextlib.suppress(RecordingError):
+            return int(self.rec.row(EPOCH, row)) if self.n_rows else 0
+        return 0
 
     def row_of_step(self, step: int) -> int:
         return min(self.rec.row_of_step(step), max(self.n_rows - 1, 0))
@@ -228,7 +231,10 @@ class RunData:
 
     def markers(self) -> list[Marker]:
         """Recorded events (epoch ends, non-finite values, collapse onsets, notes) and :attr:`extra_markers`."""
-        events: list[Event] = self.rec.events()
+        try:
+            events: list[Event] = self.rec.events()
+        except RecordingError:  # a damaged events part: the file's summary names it; the markers go without
+            events = []
         out = [Marker(self.row_of_step(e.step), e.step, e.kind, e.message or e.kind) for e in events]
         return sorted(out + self.extra_markers, key=lambda m: (m.row, m.kind))
 
@@ -243,8 +249,17 @@ class RunData:
         return diagnose_in_subprocess(self.rec.path)
 
     def final_hm(self) -> float | None:
-        hm = self.rec.eval_table()["hm"]
+        try:
+            hm = self.rec.eval_table()["hm"]
+        except RecordingError:
+            return None
         return float(hm[-1]) if len(hm) else None
+
+    @property
+    def unreadable(self) -> str:
+        """One line naming the damaged parts of the recording ('' when every part reads)."""
+        damaged = self.rec.damaged
+        return f"unreadable: {', '.join(damaged)} (ws inspect says why)" if damaged else ""
 
 
 def distinguishing_key(runs: list[RunData]) -> str:

@@ -15,12 +15,9 @@ app = typer.Typer(
 @app.command("pretrain")
 def pretrain(
     out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Checkpoint directory (default: the built-in cache, "
-            "$WS_CACHE/backbones/builtin-<recipe>, ~/.cache/ws unset)."
-        ),
-    ] = None,
+        Path,
+        typer.Option(help="Checkpoint directory to write (use it with `--backbone DIR`; the shipped one is builtin)."),
+    ],
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: the recipe's).")] = None,
     seconds: Annotated[float | None, typer.Option(min=0, help="Stop early after this many seconds.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the recipe (weights and data stream).")] = 0,
@@ -29,10 +26,9 @@ def pretrain(
 ) -> None:
     """Pretrain the tiny CLIP on the built-in world and save it in the Hugging Face layout, with metrics.json."""
     from recorders.clip import pretrain as recipe
-    from recorders.clip.backbone import builtin_dir
     from workstation.progress import RichProgress
 
-    directory = out if out is not None else builtin_dir()
+    directory = out
     with RichProgress() as progress:
         metrics = recipe.pretrain(
             directory,
@@ -63,10 +59,13 @@ def check(
     spec: Annotated[str, typer.Argument(help="builtin, a checkpoint directory, or a cached hub id.")] = "builtin",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Load a backbone (offline) and print its widths, image size, normalisation and fingerprint."""
-    from recorders.clip.backbone import load_backbone
+    """Check that a backbone is usable for a run (offline): its preprocessor config, tokenizer files and weights
+    load, and a prompt and an image go through it; print its widths, normalisation, fingerprint and, for the
+    built-in, the shipped weights' SHA-256 and zero-shot metrics."""
+    from recorders.clip.backbone import load_backbone, smoke_test
 
     backbone = load_backbone(spec, device=device)
+    smoke_test(backbone)
     typer.echo(
         f"{backbone.name}: fingerprint {backbone.fingerprint}, device {backbone.device}, "
         f"autocast {backbone.autocast_dtype or 'off (float32)'}"
@@ -75,4 +74,30 @@ def check(
         f"text width {backbone.text_width}, vision width {backbone.vision_width}, embed dim "
         f"{backbone.embed_dim}, context {backbone.context_length}, image {backbone.image_size} px, "
         f"mean {backbone.image_mean}, std {backbone.image_std}"
+    )
+    typer.echo("tokenizer, preprocessor config and weights load; a prompt and an image encode to finite features")
+    if spec == "builtin":
+        _print_builtin()
+
+
+def _print_builtin() -> None:
+    """The shipped checkpoint's weights hash (checked against the recorded one) and its recorded metrics."""
+    import json
+
+    from recorders.clip.backbone import BUILTIN_DIR, builtin_sha256
+    from recorders.format.errors import DataError
+
+    digest, expected = builtin_sha256()
+    if digest != expected:
+        raise DataError(
+            f"the shipped built-in weights are damaged (SHA-256 {digest[:16]}…, expected {expected[:16]}…): "
+            "reinstall ws"
+        )
+    typer.echo(f"shipped weights: {BUILTIN_DIR / 'model.safetensors'} sha256 {digest} (as shipped)")
+    metrics = json.loads((BUILTIN_DIR / "metrics.json").read_text())
+    accuracy = metrics["zero_shot"]
+    typer.echo(
+        f"zero-shot accuracy (recipe {metrics['recipe']}, seed {metrics['seed']}, {metrics['steps']} steps; "
+        f"chance {metrics['chance']:.3f}): seen {accuracy['seen']:.3f}, held-out {accuracy['held_out']:.3f}, "
+        f"downstream generic {accuracy['downstream_generic']:.3f} vs matched {accuracy['downstream_matched']:.3f}"
     )

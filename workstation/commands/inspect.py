@@ -33,10 +33,15 @@ def inspect(
 
 # ---------------------------------------------------------------------- collapse diagnostics (analyses)
 def _diagnostics(rec) -> dict:  # noqa: ANN001 (a Recording)
-    """JSON-ready collapse diagnostics and verdict per gate set (see ``analyses.diagnostics``)."""
+    """JSON-ready collapse diagnostics and verdict per gate set (see ``analyses.diagnostics``); for a recording
+    damaged in a part the diagnostics need, ``{"unavailable": reason}``."""
     from analyses.diagnostics import diagnose
+    from recorders.format.errors import RecordingError
 
-    return diagnose(rec).to_dict()
+    try:
+        return diagnose(rec).to_dict()
+    except RecordingError as exc:
+        return {"unavailable": str(exc)}
 
 
 def _print_diagnostics(d: dict) -> None:
@@ -48,6 +53,9 @@ def _print_diagnostics(d: dict) -> None:
         return "-" if v is None else f"{v:.3g}"
 
     console = Console()
+    if "unavailable" in d:
+        console.print(f"[red]diagnostics unavailable:[/] {escape(d['unavailable'])}")
+        return
     if not d["gate_sets"]:
         console.print(
             "diagnostics: no gate sets (non-gate facts only: final loss "

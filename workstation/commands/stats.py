@@ -30,6 +30,9 @@ def stats(
         bool, typer.Option("--include-incomplete", help="Use running and failed recordings too.")
     ] = False,
     correction: Annotated[str, typer.Option(help="auto, holm, bh or none.")] = "auto",
+    strict: Annotated[
+        bool, typer.Option("--strict", help="A damaged recording is an error (default: skipped with a warning).")
+    ] = False,
 ) -> None:
     """Compare groups of runs on one metric, the seed as the unit: tests, effect sizes, small-n warnings."""
     from analyses.stats import compare
@@ -45,6 +48,7 @@ def stats(
         paired=paired,
         include_incomplete=include_incomplete,
         correction=correction,
+        skip_damaged=None if strict else _warn_skipped,
     )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -54,6 +58,11 @@ def stats(
         typer.echo(comparison_markdown(report), nl=False)
     else:
         print_report(report)
+
+
+def _warn_skipped(exc: Exception) -> None:
+    """Say on stderr, at once, that a damaged recording is left out (``--strict`` makes it an error)."""
+    typer.echo(f"ws: warning: skipped {exc} (--strict makes this an error)", err=True)
 
 
 def print_report(report) -> None:  # noqa: ANN001 (ComparisonReport; imported lazily)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -23,8 +24,8 @@ def view(
 
     if sync not in ("step", "fraction"):
         raise ConfigError(f"--sync {sync!r} is not valid; use step or fraction")
-    if refresh <= 0:
-        raise ConfigError("--refresh must be a positive number of seconds")
+    if not math.isfinite(refresh) or refresh <= 0:
+        raise ConfigError(f"--refresh {refresh} is not valid; use a positive, finite number of seconds (e.g. 1)")
     sources = paths or [RECORDINGS_DIR]
     found = list(iter_recordings(sources)) if paths or RECORDINGS_DIR.is_dir() else []
     if not found:
@@ -38,3 +39,5 @@ def view(
         raise ConfigError(f"unknown theme {theme!r}; use one of {', '.join(sorted(app.available_themes))}")
     app.theme = theme
     app.run()
+    if app.return_code:  # an unexpected error ended the app (Textual printed it): never exit 0 after one
+        raise SystemExit(app.return_code)

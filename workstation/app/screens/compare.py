@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer
 
+from recorders.format.errors import RecordingError
 from workstation.app.data import RunData, distinguishing_key, downsample, heatmap
 from workstation.app.screens.run import curves
 from workstation.app.screens.stepping import Pane, StepScreen
@@ -159,9 +160,11 @@ class CompareScreen(StepScreen):
                 plot.cursor = run_row
             gate_set = self.shown_sets[i]
             if gate_set and run.n_rows:
-                self.query_one(f"#gates-{i}", GateBars).show(
-                    run.gate_row(gate_set, run_row), run.rec.gate_sets[gate_set].labels
-                )
+                try:
+                    values = run.gate_row(gate_set, run_row)
+                except RecordingError:  # a damaged gate series: the status line names it
+                    continue
+                self.query_one(f"#gates-{i}", GateBars).show(values, run.rec.gate_sets[gate_set].labels)
         overlay = self.query_one("#overlay", TimePlot)
         overlay.cursor = int(self._x(self.runs[0], np.array([row]))[0]) if self.n_rows else 0
         timeline = self.query_one(Timeline)

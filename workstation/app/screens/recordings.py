@@ -41,18 +41,12 @@ class Entry:
     @classmethod
     def read(cls, path: Path) -> Entry:
         try:
-            rec = RunData.open(path).rec
+            run = RunData.open(path)
         except WsError as exc:
             return cls(path, error=str(exc))
-        with rec:
-            hm = rec.eval_table()["hm"]
+        with run.rec as rec:
             return cls(
-                path,
-                rec.method,
-                str(rec.config.get("variant") or "default"),
-                rec.seed,
-                rec.status,
-                float(hm[-1]) if len(hm) else None,
+                path, rec.method, str(rec.config.get("variant") or "default"), rec.seed, rec.status, run.final_hm()
             )
 
     @property

@@ -11,6 +11,8 @@ from textual.containers import Grid
 from textual.widgets import Footer, OptionList
 from textual.widgets.option_list import Option
 
+from recorders.format import gate_path
+from recorders.format.errors import RecordingError
 from workstation.app.data import RunData, downsample, heatmap, read_columns
 from workstation.app.screens.stepping import Pane, StepScreen
 from workstation.app.widgets.gatebars import GateBars
@@ -86,6 +88,8 @@ class RunScreen(StepScreen):
         return self.run.n_rows, heatmap(self.run.rec, self.gate_set, width, 2 * height, n_rows=self.run.n_rows)
 
     def on_mount(self) -> None:  # StepScreen.on_mount runs too (Textual calls each class's handler)
+        if self.run.unreadable:
+            self.notify(f"{self.run.rec.path.name}: {self.run.unreadable}", severity="warning", timeout=10)
         self._fill_events()
         self._titles()
         if not self.gate_set:
@@ -105,7 +109,8 @@ class RunScreen(StepScreen):
         events = self.query_one("#events", OptionList)
         events.clear_options()
         events.add_options(Option(f"{m.step:>7,}  {m.kind}  {m.label}") for m in self.markers)
-        self.query_one("#events-pane", Pane).border_title = f"events ({len(self.markers)})"
+        damaged = " · recorded events unreadable" if self.run.rec.is_damaged("events/step") else ""
+        self.query_one("#events-pane", Pane).border_title = f"events ({len(self.markers)}){damaged}"
 
     def on_option_list_option_selected(self, message: OptionList.OptionSelected) -> None:
         self.action_jump(self.markers[message.option_index].row)
@@ -130,10 +135,12 @@ class RunScreen(StepScreen):
         timeline.set_run(self.n_rows, self.markers)
         timeline.cursor = row
         timeline.status = self.status()
-        if self.gate_set and self.n_rows:
-            self.query_one(GateBars).show(
-                self.run.gate_row(self.gate_set, row), self.run.rec.gate_sets[self.gate_set].labels
-            )
+        if self.gate_set and self.n_rows and not self.run.rec.is_damaged(gate_path(self.gate_set, "value")):
+            try:
+                values = self.run.gate_row(self.gate_set, row)
+            except RecordingError:  # found damaged now: named in the status line from here on
+                return
+            self.query_one(GateBars).show(values, self.run.rec.gate_sets[self.gate_set].labels)
 
     def reload(self) -> None:
         for plot in self.query(StepPlot):

@@ -83,7 +83,7 @@ class StatsScreen(Screen[None]):
         from analyses.grouping import available_keys, load_runs
 
         try:
-            runs = load_runs(self.paths, "final_hm")
+            runs = load_runs(self.paths, "final_hm", self._skipped)
         except WsError as exc:
             self.app.call_from_thread(self._failed, str(exc))
             return
@@ -133,11 +133,15 @@ class StatsScreen(Screen[None]):
         from analyses.stats import compare
 
         try:
-            report = compare(self.paths, by, metric, baseline=baseline, paired=paired)
+            report = compare(self.paths, by, metric, baseline=baseline, paired=paired, skip_damaged=self._skipped)
         except WsError as exc:
             self.app.call_from_thread(self._failed, str(exc))
             return
         self.app.call_from_thread(self._show, report)
+
+    def _skipped(self, exc: Exception) -> None:
+        """A damaged recording is left out of the statistics (called from the worker thread)."""
+        self.app.call_from_thread(self.notify, f"skipped {exc}", title="unreadable recording", severity="warning")
 
     def _failed(self, message: str) -> None:
         self.report = None

@@ -102,10 +102,9 @@ class StepScreen(Screen[None]):
         run, row = self.runs[0], self.row
         play = f"▶ {SPEEDS[self.speed_index] / TICK_SECONDS:g} steps/s" if self.playing else "⏸"
         live = " · pinned" if self.pinned else ""
-        return (
-            f"step {run.step_at(row):,} · row {row + 1:,}/{self.n_rows:,} · epoch {run.epoch_at(row)} · "
-            f"{play} · {run.rec.status}{live} · {run.title}"
-        )
+        position = f"step {run.step_at(row):,} · row {row + 1:,}/{self.n_rows:,}" if self.n_rows else "no rows yet"
+        unreadable = "".join(f" · {r.unreadable}" for r in self.runs if r.unreadable)
+        return f"{position} · epoch {run.epoch_at(row)} · {play} · {run.rec.status}{live} · {run.title}{unreadable}"
 
     # ------------------------------------------------------------ cursor
     def on_mount(self) -> None:
@@ -273,7 +272,13 @@ class StepScreen(Screen[None]):
 
     def _poll(self) -> None:
         """Follow running recordings: re-read their lengths, reload when they grew, stop once all ended."""
-        grew = [run.refresh() for run in self.runs]
+        try:
+            grew = [run.refresh() for run in self.runs]
+        except WsError as exc:  # the file went bad while followed: say so and stop following
+            self.notify(str(exc), title="cannot follow recording", severity="error", timeout=10)
+            if self._live is not None:
+                self._live.stop()
+            return
         if any(grew):
             self._markers = self.runs[0].markers()
             self.reload()

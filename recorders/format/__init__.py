@@ -14,9 +14,11 @@ from recorders.format.schema import (
     EVAL_FIELDS,
     EVENT_FIELDS,
     EVENT_KINDS,
+    FACTOR_SERIES,
     FORMAT_NAME,
     GATE_KINDS,
     GATE_SERIES,
+    INSTANCE_PARAM_SERIES,
     INSTANCE_SERIES,
     LR,
     PROMPT_SERIES,
@@ -37,6 +39,7 @@ from recorders.format.schema import (
     loss_path,
     prompt_path,
     tensor_path,
+    term_series,
     ws_version,
 )
 from recorders.format.writer import RecordingWriter
@@ -44,6 +47,8 @@ from recorders.format.writer import RecordingWriter
 __all__ = [
     "CHUNK_ROWS",
     "DECOMPOSITION_SERIES",
+    "FACTOR_SERIES",
+    "INSTANCE_PARAM_SERIES",
     "EPOCH",
     "EVAL_FIELDS",
     "EVENT_FIELDS",
@@ -73,6 +78,7 @@ __all__ = [
     "WsError",
     "dsigmoid_from_logit",
     "gate_path",
+    "term_series",
     "grad_norm_path",
     "harmonic_mean",
     "iter_recordings",

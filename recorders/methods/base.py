@@ -12,7 +12,7 @@ cosine similarities) and the regularisation terms of the loss, already weighted,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -95,6 +95,10 @@ class PlainScale(nn.Module):
             return 1.0 + self.proj(features.to(self.proj.weight.dtype))
         assert self.weight is not None
         return 1.0 + self.weight
+
+    def gated(self, values: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        """``values`` times ``vector`` along the gate axis, as :meth:`Gate.gated` (nothing is captured)."""
+        return values.reshape(*values.shape, *(1,) * (vector.dim() - values.dim())) * vector
 
 
 def binary_entropy(values: torch.Tensor) -> torch.Tensor:
@@ -221,11 +225,24 @@ class PromptMethod(nn.Module):
         return self.clip.logit_scale.exp().float()
 
     # ------------------------------------------------------------------ gates
-    def make_gate(self, n: int, kind: str, prompt: str = "", feature_dim: int | None = None) -> nn.Module:
-        """A :class:`Gate`, or its variant: a :class:`PlainScale` (``param-matched``) or a frozen gate."""
+    def make_gate(
+        self, n: int, kind: str, prompt: str = "", feature_dim: int | None = None, vector_dim: int = 0
+    ) -> nn.Module:
+        """A :class:`Gate`, or its variant: a :class:`PlainScale` (``param-matched``) or a frozen gate.
+
+        ``vector_dim``: the length of the vector each gate scales through :meth:`Gate.gated` (probes then record
+        the exact gate/prompt gradient-ratio factors)."""
         if self.cfg.variant == "param-matched":
             return PlainScale(n, "instance" if kind == "instance" else "static", feature_dim, self.generator)
-        gate = Gate(n, kind, init=self.cfg.gate_init, feature_dim=feature_dim, prompt=prompt, generator=self.generator)
+        gate = Gate(
+            n,
+            kind,
+            init=self.cfg.gate_init,
+            feature_dim=feature_dim,
+            prompt=prompt,
+            vector_dim=vector_dim,
+            generator=self.generator,
+        )
         gate.equilibrium = self.cfg.grad_equilibrium
         if self.cfg.variant == "always-frozen":
             gate.requires_grad_(False)
@@ -236,6 +253,12 @@ class PromptMethod(nn.Module):
         if not self.cfg.gate_entropy or self.cfg.variant == "param-matched":
             return {}
         return {"entropy": self.cfg.gate_entropy * torch.stack([binary_entropy(v.float()) for v in values]).mean()}
+
+    def gate_regularisers(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss terms that act on gate values directly, as a function of ``values`` (qualified gate module name
+        → σ values ``(n,)`` or ``(B, n)``, every gate of the method). :meth:`forward` computes these terms with this
+        function, and probes evaluate it on recorded gate values to split the gate gradient by loss term."""
+        return self.gate_terms(list(values.values()))
 
     def gate_group_name(self) -> tuple[str, str]:
         """Group name and role that hold gate(-replacement) parameters under the current variant."""

@@ -12,6 +12,7 @@ gates become plain scales and their regularisers are dropped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -57,10 +58,11 @@ class AdaptiveBiMaPLe(BiMaPLe):
 
     def __init__(self, backbone: Backbone, cfg: Config, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
+        width = backbone.text_width
         self.length_gates = nn.ModuleList(
-            self.make_gate(self.n_ctx, "length", prompt=f"text{d}") for d in range(self.depth)
+            self.make_gate(self.n_ctx, "length", prompt=f"text{d}", vector_dim=width) for d in range(self.depth)
         )
-        self.depth_gate = self.make_gate(self.depth, "depth")
+        self.depth_gate = self.make_gate(self.depth, "depth", vector_dim=self.n_ctx * width)
 
     @property
     def matched(self) -> bool:
@@ -69,13 +71,21 @@ class AdaptiveBiMaPLe(BiMaPLe):
     def layer_prompts(self) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         depth = self.depth_gate()
         lengths = [gate() for gate in self.length_gates]
-        prompts = [depth[d] * lengths[d][:, None] * p for d, p in enumerate(self.prompts)]
+        tokens = [gate.gated(v, p) for gate, v, p in zip(self.length_gates, lengths, self.prompts, strict=True)]
+        prompts = list(self.depth_gate.gated(depth, torch.stack(tokens)).unbind(0))
+        values = {f"length_gates.{d}": v for d, v in enumerate(lengths)} | {"depth_gate": depth}
+        return prompts, self.gate_regularisers(values)
+
+    def gate_regularisers(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``sparse`` and ``smooth`` (module docstring) and ``entropy`` from the gate values by module name."""
         if self.matched:
-            return prompts, {}
+            return {}
+        lengths = [values[f"length_gates.{d}"] for d in range(self.depth)]
+        depth = values["depth_gate"]
         terms = {"sparse": self.cfg.lambda_sparse * (torch.cat(lengths).abs().mean() + depth.abs().mean())}
         diffs = depth[1:] - depth[:-1]
         terms["smooth"] = self.cfg.lambda_smooth * (diffs.pow(2).mean() if len(diffs) else depth.sum() * 0)
-        return prompts, {**terms, **self.gate_terms([*lengths, depth])}
+        return {**terms, **self.gate_terms([*lengths, depth])}
 
     def extra_losses(self) -> tuple[str, ...]:
         return (*super().extra_losses(), *(() if self.matched else ("sparse", "smooth")))

@@ -185,6 +185,7 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: bool = True) -> 
         prompts=method.prompt_params(),
         loss_terms=loss_terms(method),
         tensors=tensors,
+        regularisers=method.gate_regularisers,
         block=min(cfg.flush_every, 1024),
     )
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -8,8 +8,8 @@ A gate set holds ``n`` logits g and outputs σ(g). Kinds:
 
 A method applies a gate with ``gate.gated(values, u)``: ũ_i = σ(g_i)·u_i, where ``u_i`` is everything after the gate
 axis of ``u`` (the gated vector: a context token, C_i + π(x) for CoCoOp-gating, a whole layer's prompts for a depth
-gate). Under a probe (``capture = True``) a backward hook reduces ∂L/∂ũ and u over the vector on the device, which
-is what the exact gate/prompt gradient-ratio factors need (see ``docs/analyses.md``).
+gate). Under a probe (``capture = True``) ũ keeps its gradient and the probe reads ∂L/∂ũ and u, which is what the
+exact gate/prompt gradient-ratio factors need (see ``docs/analyses.md``).
 
 Interventions that act on the gate itself live here too: initialisation (``zero``, ``uniform``,
 ``biased[:VALUE]``), the gradient-equilibrium rescale ∂L/∂g ← α·∂L/∂g with α = min(1/(σ(g)(1−σ(g)) + ε), cap),
@@ -18,7 +18,6 @@ and freezing (``always-frozen``).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -82,7 +81,7 @@ class Gate(nn.Module):
 
     With ``capture = True`` (set by probes) the last logits tensor is kept in ``last_logits`` with its gradient
     retained after backward, so ∂L/∂g can be read for instance gates too, and every :meth:`gated` call of the
-    forward adds to ``last_gram`` (see :meth:`gated`). ``equilibrium = True`` rescales the gradient flowing into the
+    forward is kept in ``parts`` (see :meth:`gated`). ``equilibrium = True`` rescales the gradient flowing into the
     logits by :func:`equilibrium_scale`. ``vector_dim`` is the length of the gated vector u_i (summed over every
     vector the gate scales; 0 = not declared): a method declares it so that probes record the ratio factors.
     """
@@ -110,7 +109,7 @@ class Gate(nn.Module):
         self.capture = False
         self.vector_dim = vector_dim
         self.last_logits: torch.Tensor | None = None
-        self.last_gram: torch.Tensor | None = None
+        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ũ, u) of every gated() call since forward
         self._values: torch.Tensor | None = None
         if kind == "instance":
             if not feature_dim:
@@ -142,7 +141,7 @@ class Gate(nn.Module):
             if self.capture:
                 logits.retain_grad()
         self.last_logits = logits if self.capture else None
-        self.last_gram = None
+        self.parts = []
         values = torch.sigmoid(logits)
         self._values = values if self.capture else None
         return values
@@ -151,10 +150,9 @@ class Gate(nn.Module):
         """ũ = σ(g)·u: ``values`` (this gate's last output, ``(n,)`` or ``(B, n)``) times ``vector`` of shape
         ``(*values.shape, ...)``; u_i is everything after the gate axis.
 
-        With ``capture`` on, a backward hook adds the Gram matrix of G_i = ∂L/∂ũ_i and u_i (both flattened) to
-        ``last_gram``, ``(n, 2, 2)`` or ``(B, n, 2, 2)``: [[‖G‖², ⟨G, u⟩], [⟨G, u⟩, ‖u‖²]], computed on the device
-        (two kernels per call). Calls on several vectors in one forward (a gate acting on text and vision tokens)
-        add up: the gated vector is then their concatenation.
+        With ``capture`` on, the product keeps its gradient G = ∂L/∂ũ after backward and ``(ũ, u)`` is appended to
+        ``parts`` (no computation). Several calls in one forward (a gate acting on text and vision tokens) make the
+        gated vector their concatenation.
         """
         lead = values.dim()
         out = values.reshape(*values.shape, *(1,) * (vector.dim() - lead)) * vector
@@ -164,17 +162,13 @@ class Gate(nn.Module):
                     f"gated() takes this gate's last output and a vector of shape {tuple(values.shape)} + (...), "
                     f"got values of shape {tuple(values.shape)} and a vector of {tuple(vector.shape)}"
                 )
-            out.register_hook(functools.partial(self._add_gram, vector.detach().reshape(*values.shape, -1)))
+            out.retain_grad()
+            self.parts.append((out, vector.detach()))
         return out
-
-    def _add_gram(self, vector: torch.Tensor, grad: torch.Tensor) -> None:
-        pair = torch.stack((grad.reshape(vector.shape).to(vector.dtype), vector), dim=-2)  # (..., n, 2, k)
-        gram = pair @ pair.transpose(-1, -2)
-        self.last_gram = gram if self.last_gram is None else self.last_gram + gram
 
     def __getstate__(self) -> dict[str, object]:
         """Copies and pickles leave the captured tensors behind (a graph tensor cannot be deep-copied)."""
-        return {**super().__getstate__(), "last_logits": None, "last_gram": None, "_values": None}
+        return {**super().__getstate__(), "last_logits": None, "parts": [], "_values": None}
 
     def extra_repr(self) -> str:
         return f"n_gates={self.n_gates}, kind={self.kind}, init={self.init.kind}"

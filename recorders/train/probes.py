@@ -235,7 +235,7 @@ class Probe:
         self._gate_plan = [
             (g.gate.logits, g.gate, f"gate/{g.spec.name}/logit", f"gate/{g.spec.name}/grad") for g in gates
         ]
-        self._gate_extra = [(f"gate/{g.spec.name}/gram" if g.spec.factors else "", g.moves) for g in gates]
+        self._gate_extra = [(f"gate/{g.spec.name}" if g.spec.factors else "", g.moves) for g in gates]
         in_row = {id(param): key for param, _, _, key in self._gate_plan if param is not None}
         in_row.update({id(param): f"prompt/{name}/grad" for name, param in prompts.items()})
         # where each parameter's gradient norm comes from: a gradient already in the row, the gradient of a small
@@ -254,7 +254,7 @@ class Probe:
         # per-input instance measurements stay float32 on the host (_batch_statistics sums them in float64)
         self._per_input_keys = {
             key for param, _, logit_key, grad_key in self._gate_plan if param is None for key in (logit_key, grad_key)
-        } | {f"gate/{g.spec.name}/gram" for g in gates if g.gate.logits is None}
+        } | {f"gate/{g.spec.name}/gram" for g in gates if g.gate.logits is None and g.spec.factors}
         self._initial_weight = {
             g.spec.name: g.gate.proj.weight.detach().double().cpu().numpy().copy() for g in gates if g.moves
         }
@@ -276,8 +276,10 @@ class Probe:
             pair = ("logit", "grad")
             shape = (n,) if g.gate.logits is not None else (next(rows), n)
             shapes.update({f"gate/{g.spec.name}/{k}": shape for k in pair})
-            if g.spec.factors:
+            if g.spec.factors and g.gate.logits is None:  # per input, reduced over the vector on the device
                 shapes[f"gate/{g.spec.name}/gram"] = (*shape, 2, 2)
+            elif g.spec.factors:  # ∂L/∂ũ and u whole (n × vector_dim each), reduced on the host
+                shapes[f"gate/{g.spec.name}/G"] = shapes[f"gate/{g.spec.name}/u"] = (n, g.spec.vector_dim)
             if g.moves:
                 shapes[f"gate/{g.spec.name}/bias"] = (n,)
                 shapes[f"gate/{g.spec.name}/weight"] = tuple(g.gate.proj.weight.shape)
@@ -350,22 +352,19 @@ class Probe:
         for param, key in self._raw_plan:
             grad = param.grad
             sources.append(nan[key] if grad is None else grad)
-        for (param, gate, logit_key, grad_key), (gram_key, moves) in zip(
-            self._gate_plan, self._gate_extra, strict=True
-        ):
-            gram = gate.last_gram
+        for (param, gate, logit_key, grad_key), (factors, moves) in zip(self._gate_plan, self._gate_extra, strict=True):
             if param is not None:  # static gates
                 grad = param.grad
                 sources += (param, nan[grad_key] if grad is None else grad)
-                if gram_key:
-                    sources.append(nan[gram_key] if gram is None else gram)
+                if factors:
+                    sources += _gated_vectors(gate, nan[f"{factors}/G"], nan[f"{factors}/u"])
                 continue
             captured = gate.last_logits
             if captured is None:
                 batch.append(0)
                 sources += (nan[logit_key], nan[grad_key])
-                if gram_key:
-                    sources.append(nan[gram_key])
+                if factors:
+                    sources.append(nan[f"{factors}/gram"])
             else:
                 grad = captured.grad
                 if captured.dim() != 2:  # (..., n_gates): one row per input
@@ -374,8 +373,9 @@ class Probe:
                 rows = captured.shape[0]
                 batch.append(rows)
                 sources += (captured, nan[grad_key][:rows] if grad is None else grad)
-                if gram_key:
-                    sources.append(nan[gram_key][:rows] if gram is None else gram.reshape(rows, gate.n_gates, 2, 2))
+                if factors:
+                    gram = _instance_gram(gate, rows)
+                    sources.append(nan[f"{factors}/gram"][:rows] if gram is None else gram)
             if moves:
                 sources += (gate.proj.bias, gate.proj.weight)
         for param, grad_key in self._prompt_plan:
@@ -474,9 +474,16 @@ class Probe:
             else:
                 rows = next(batches)
                 series = _batch_statistics(logit.reshape(n, -1, n_gates), grad.reshape(n, -1, n_gates), rows)
-            if g.spec.factors:
-                gram = col[f"gate/{name}/gram"].reshape(n, -1, n_gates, 2, 2)
-                series.update(_factors(logit.reshape(n, -1, n_gates), gram, rows))
+            if g.spec.factors and g.gate.logits is None:
+                gram = col[f"gate/{name}/gram"].reshape(n, -1, n_gates, 2, 2).astype(np.float64)
+                products = gram[..., 0, 0], gram[..., 0, 1], gram[..., 1, 1]
+                series.update(_factors(logit.reshape(n, -1, n_gates), *products, rows))
+            elif g.spec.factors:
+                grads, vectors = (col[f"gate/{name}/{k}"].reshape(n, 1, n_gates, -1) for k in ("G", "u"))
+                products = (
+                    np.einsum("sbnk,sbnk->sbn", a, b) for a, b in ((grads, grads), (grads, vectors), (vectors, vectors))
+                )
+                series.update(_factors(logit.reshape(n, 1, n_gates), *products, rows))
             if g.moves:
                 params = col[f"gate/{name}/bias"], col[f"gate/{name}/weight"]
                 series.update(_movement(*params, self._initial_weight[name]))
@@ -571,26 +578,65 @@ def _batch_statistics(logit: np.ndarray, grad: np.ndarray, rows: np.ndarray) -> 
     }
 
 
-def _factors(logit: np.ndarray, gram: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The exact ratio factors from per-input logits ``(steps, capacity, n_gates)`` and Gram matrices of (∂L/∂ũ, u)
-    ``(steps, capacity, n_gates, 2, 2)`` of which the first ``rows[s]`` inputs are valid (static gates: capacity 1).
+def _factors(
+    logit: np.ndarray, gg: np.ndarray, dot: np.ndarray, uu: np.ndarray, rows: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The exact ratio factors from per-input logits and ‖G‖², ⟨G, u⟩, ‖u‖² of G = ∂L/∂ũ and the gated vector u,
+    each ``(steps, capacity, n_gates)``, of which the first ``rows[s]`` inputs are valid (static gates: capacity 1).
 
     Per input, |σ'(g)·⟨G, u⟩| / ‖σ(g)·G‖ = (1 − σ)·‖u‖·|cos(G, u)|; each factor is the geometric mean over the
     valid inputs (so their product is the geometric mean of the per-input ratio), ``grad_task`` = Σ σ'·⟨G, u⟩.
     """
-    logit, gram = logit.astype(np.float64), gram.astype(np.float64)
-    valid = (np.arange(logit.shape[1])[None, :] < rows[:, None])[..., None]  # (steps, capacity, 1)
-    gg, dot, uu = gram[..., 0, 0], gram[..., 0, 1], gram[..., 1, 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = {
+    logit = logit.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        per_input = {
             "factor_sigma": -np.logaddexp(0.0, logit),  # log(1 − σ), accurate where σ rounds to 1
             "factor_norm": 0.5 * np.log(uu),
-            "factor_cos": np.log(np.abs(dot)) - 0.5 * np.log(gg) - 0.5 * np.log(uu),
+            "factor_cos": 0.5 * np.log(dot * dot / (gg * uu)),
+            "grad_task": rf.dsigmoid_from_logit(logit) * dot,
         }
-        out = {k: np.exp(np.where(valid, v, 0.0).sum(1) / rows[:, None]) for k, v in logs.items()}
-        task = np.where(valid, rf.dsigmoid_from_logit(logit) * dot, 0.0).sum(1)
-    out["grad_task"] = np.where(rows[:, None] > 0, task, np.nan)
+        if rows.min() < logit.shape[1]:  # short batches: the rest of the slot holds stale numbers
+            valid = (np.arange(logit.shape[1])[None, :] < rows[:, None])[..., None]
+            per_input = {k: np.where(valid, v, 0.0) for k, v in per_input.items()}
+        sums = {k: v.sum(1) for k, v in per_input.items()}
+        out = {k: np.exp(v / rows[:, None]) for k, v in sums.items() if k != "grad_task"}
+    out["grad_task"] = np.where(rows[:, None] > 0, sums["grad_task"], np.nan)
     return out
+
+
+def _gated_vectors(gate: Gate, nan_grad: torch.Tensor, nan_vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂L/∂ũ and u of a static gate, ``(n_gates, vector_dim)`` each (the parts of this step's :meth:`Gate.gated`
+    calls side by side: one ``cat`` each when there are several), or the NaN views when not captured."""
+    parts = gate.parts
+    grads = [out.grad for out, _ in parts]
+    if not parts or any(g is None for g in grads):
+        return nan_grad, nan_vector
+    n = gate.n_gates
+    if len(parts) == 1:
+        grad, vector = grads[0].reshape(n, -1), parts[0][1].reshape(n, -1)
+    else:
+        grad = torch.cat([g.reshape(n, -1) for g in grads], 1)
+        vector = torch.cat([u.reshape(n, -1) for _, u in parts], 1)
+    if vector.shape != nan_vector.shape:
+        raise ValueError(
+            f"gate vector_dim is {nan_vector.shape[1]} but gated() saw vectors of {vector.shape[1]} values per gate; "
+            "declare the length of everything the gate scales"
+        )
+    return grad, vector
+
+
+def _instance_gram(gate: Gate, rows: int) -> torch.Tensor | None:
+    """Per input and gate, the Gram matrix [[‖G‖², ⟨G, u⟩], [⟨G, u⟩, ‖u‖²]] of G = ∂L/∂ũ and u, ``(rows, n_gates, 2,
+    2)``, reduced over the vector on the device (two kernels per :meth:`Gate.gated` call); None if not captured."""
+    gram = None
+    for out, vector in gate.parts:
+        if out.grad is None:
+            return None
+        u = vector.reshape(rows, gate.n_gates, -1)
+        pair = torch.stack((out.grad.reshape(u.shape).to(u.dtype), u), dim=-2)
+        part = pair @ pair.transpose(-1, -2)
+        gram = part if gram is None else gram + part
+    return gram
 
 
 def _movement(bias: np.ndarray, weight: np.ndarray, initial: np.ndarray) -> dict[str, np.ndarray]:

@@ -50,7 +50,7 @@ from recorders.format import (
 FACTORS = ("one_minus_sigma", "norm", "cos")
 _RECORDED = dict(zip(FACTORS, ("factor_sigma", "factor_norm", "factor_cos"), strict=True))
 PHASES = ("early", "middle", "late")
-_LABEL = {"one_minus_sigma": "1−σ", "norm": "‖u‖", "cos": "|cos|"}
+LABELS = {"one_minus_sigma": "1−σ", "norm": "‖u‖", "cos": "|cos|"}
 
 
 def random_cosine(dim: int) -> float:
@@ -151,7 +151,7 @@ class FactorSummary:
         top = self.dominant.get(phase, "")
         if not top:
             return f"{self.name}: ratio factors not recorded (record with this version of ws to see them)"
-        parts = " × ".join(f"{_LABEL[f]} {10 ** logs[f]:.3g}" for f in FACTORS)
+        parts = " × ".join(f"{LABELS[f]} {10 ** logs[f]:.3g}" for f in FACTORS)
         ref = self.references[top]
         against = (
             f"{10 ** logs[top] / ref:.2g}× a random direction in {self.vector_dim} d"
@@ -161,7 +161,7 @@ class FactorSummary:
         share = self.shares.get(phase, {}).get("task", math.nan)
         via = f"; {share:.0%} of |∂L/∂g| through the prompt" if math.isfinite(share) else ""
         return (
-            f"{self.name}: {phase} ratio {10 ** logs['ratio']:.3g} = {parts}; dominant {_LABEL[top]} ({against}){via}"
+            f"{self.name}: {phase} ratio {10 ** logs['ratio']:.3g} = {parts}; dominant {LABELS[top]} ({against}){via}"
         )
 
     def to_dict(self) -> dict[str, Any]:

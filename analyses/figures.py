@@ -63,12 +63,7 @@ def run_curve(
     if kind == "accuracy":
         ev = rec.eval_table()
         return ev["step"].astype(np.float64), ev["hm"]
-    if gate_set is not None and gate_set not in rec.gate_sets:
-        raise ConfigError(
-            f"{rec.path}: no gate set {gate_set!r} (it has {', '.join(rec.gate_sets) or 'none'}); "
-            "choose one of those with --gate-set"
-        )
-    if not rec.gate_sets:
+    if not _has_gate_set(rec, gate_set):
         return np.empty(0), np.empty(0)
     d = diagnose(rec, max_points=max_points)
     g = d.gate_sets[gate_set or next(iter(rec.gate_sets))]
@@ -85,6 +80,16 @@ def run_curve(
     return g.steps.astype(np.float64), windows.var(axis=-1).mean(axis=1)
 
 
+def _has_gate_set(rec: Recording, gate_set: str | None) -> bool:
+    """Whether ``rec`` has gates to draw; a named ``gate_set`` it lacks is a :class:`ConfigError`."""
+    if gate_set is not None and gate_set not in rec.gate_sets:
+        raise ConfigError(
+            f"{rec.path}: no gate set {gate_set!r} (it has {', '.join(rec.gate_sets) or 'none'}); "
+            "choose one of those with --gate-set"
+        )
+    return bool(rec.gate_sets)
+
+
 def run_curves(
     rec: Recording, kind: str, max_points: int = 2048, gate_set: str | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -95,8 +100,7 @@ def run_curves(
         return {"": run_curve(rec, kind, max_points, gate_set)}
     from analyses.mechanism import FACTORS, LABELS, gate_factors, gate_movement
 
-    run_curve(rec, "gates", max_points, gate_set)  # the same checks of gate_set
-    if not rec.gate_sets:
+    if not _has_gate_set(rec, gate_set):
         return {}
     spec = rec.gate_sets[gate_set or next(iter(rec.gate_sets))]
     stride = max(1, math.ceil(rec.n_steps / max_points))

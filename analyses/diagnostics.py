@@ -215,8 +215,8 @@ def _diagnose_gates(
         decay = np.full(spec.n_gates, math.nan)
     else:  # instance gates: the bias's decay-only displacement, NaN where the bias was not recorded
         f = decay_only_factor(lr[: max(rec.n_steps - 1, 0)], group)
-        start = spec.init_bias if instance else init
-        decay = (f - 1.0) * (np.asarray(start, np.float64) if len(start) == spec.n_gates else np.nan)
+        start = np.asarray(spec.init_bias if instance else init, np.float64)
+        decay = (f - 1.0) * start if len(start) == spec.n_gates else np.full(spec.n_gates, math.nan)
     grad_disp = displacement - np.nan_to_num(decay)
     std_inputs = _nanmean_rows(read("value_std")) if instance else None
 

@@ -168,12 +168,11 @@ def plot_runs(
                 mean = np.nanmean(ys, axis=0)
                 std = np.nanstd(ys, axis=0, ddof=1) if len(series) > 1 else None
             tag = f"{name} · {label}" if label else name
-            style = {"color": f"C{colour}", "linestyle": _STYLE.get(label.removeprefix("weight "), "-")}
-            if label.startswith("weight "):
-                style["linestyle"] = ":"
-            ax.plot(x, mean, label=f"{tag} (n={len(series)})", **style)
+            color = f"C{colour}"
+            linestyle = ":" if label.startswith("weight ") else _STYLE.get(label, "-")
+            ax.plot(x, mean, label=f"{tag} (n={len(series)})", color=color, linestyle=linestyle)
             if std is not None:
-                ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.2, linewidth=0)
+                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
             drawn += 1
     if not drawn:
         raise ConfigError(

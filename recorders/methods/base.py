@@ -227,7 +227,7 @@ class PromptMethod(nn.Module):
     # ------------------------------------------------------------------ gates
     def make_gate(
         self, n: int, kind: str, prompt: str = "", feature_dim: int | None = None, vector_dim: int = 0
-    ) -> nn.Module:
+    ) -> Gate | PlainScale:
         """A :class:`Gate`, or its variant: a :class:`PlainScale` (``param-matched``) or a frozen gate.
 
         ``vector_dim``: the length of the vector each gate scales through :meth:`Gate.gated` (probes then record

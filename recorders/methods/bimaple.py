@@ -13,7 +13,7 @@ gates become plain scales and their regularisers are dropped.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -22,6 +22,8 @@ from recorders.methods.maple import MaPLe
 
 if TYPE_CHECKING:
     from recorders.clip.backbone import Backbone
+    from recorders.methods.base import PlainScale
+    from recorders.methods.gates import Gate
     from recorders.train.config import Config
 
 
@@ -71,7 +73,8 @@ class AdaptiveBiMaPLe(BiMaPLe):
     def layer_prompts(self) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         depth = self.depth_gate()
         lengths = [gate() for gate in self.length_gates]
-        tokens = [gate.gated(v, p) for gate, v, p in zip(self.length_gates, lengths, self.prompts, strict=True)]
+        gates = cast("list[Gate | PlainScale]", list(self.length_gates))
+        tokens = [gate.gated(v, p) for gate, v, p in zip(gates, lengths, self.prompts, strict=True)]
         prompts = list(self.depth_gate.gated(depth, torch.stack(tokens)).unbind(0))
         values = {f"length_gates.{d}": v for d, v in enumerate(lengths)} | {"depth_gate": depth}
         return prompts, self.gate_regularisers(values)

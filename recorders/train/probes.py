@@ -480,10 +480,9 @@ class Probe:
                 series.update(_factors(logit.reshape(n, -1, n_gates), *products, rows))
             elif g.spec.factors:
                 grads, vectors = (col[f"gate/{name}/{k}"].reshape(n, 1, n_gates, -1) for k in ("G", "u"))
-                products = (
-                    np.einsum("sbnk,sbnk->sbn", a, b) for a, b in ((grads, grads), (grads, vectors), (vectors, vectors))
-                )
-                series.update(_factors(logit.reshape(n, 1, n_gates), *products, rows))
+                pairs = ((grads, grads), (grads, vectors), (vectors, vectors))
+                gg, dot, uu = (np.einsum("sbnk,sbnk->sbn", a, b, dtype=np.float64) for a, b in pairs)
+                series.update(_factors(logit.reshape(n, 1, n_gates), gg, dot, uu, rows))
             if g.moves:
                 params = col[f"gate/{name}/bias"], col[f"gate/{name}/weight"]
                 series.update(_movement(*params, self._initial_weight[name]))
@@ -608,8 +607,8 @@ def _gated_vectors(gate: Gate, nan_grad: torch.Tensor, nan_vector: torch.Tensor)
     """∂L/∂ũ and u of a static gate, ``(n_gates, vector_dim)`` each (the parts of this step's :meth:`Gate.gated`
     calls side by side: one ``cat`` each when there are several), or the NaN views when not captured."""
     parts = gate.parts
-    grads = [out.grad for out, _ in parts]
-    if not parts or any(g is None for g in grads):
+    grads = [out.grad for out, _ in parts if out.grad is not None]
+    if not parts or len(grads) < len(parts):
         return nan_grad, nan_vector
     n = gate.n_gates
     if len(parts) == 1:
@@ -630,10 +629,11 @@ def _instance_gram(gate: Gate, rows: int) -> torch.Tensor | None:
     2)``, reduced over the vector on the device (two kernels per :meth:`Gate.gated` call); None if not captured."""
     gram = None
     for out, vector in gate.parts:
-        if out.grad is None:
+        grad = out.grad
+        if grad is None:
             return None
         u = vector.reshape(rows, gate.n_gates, -1)
-        pair = torch.stack((out.grad.reshape(u.shape).to(u.dtype), u), dim=-2)
+        pair = torch.stack((grad.reshape(u.shape).to(u.dtype), u), dim=-2)
         part = pair @ pair.transpose(-1, -2)
         gram = part if gram is None else gram + part
     return gram

@@ -14,7 +14,8 @@ Definitions (all on the recorded rows, read with a stride so that at most ``max_
 - **L_eff** = Σ_i σ(g_i) at each row.
 - **distance from init**: mean over gates of |g_i − g_i(0)| in logit units, g(0) = the ``init_logit``
   attribute (instance gates, which have none: the first recorded batch-mean logit).
-- **decay-only counterfactual** (static gates): replaying ``torch.optim.SGD`` with a zero gradient, the
+- **decay-only counterfactual** (:func:`analyses.mechanism.decay_only_factor`; static gates' logits, instance
+  gates' bias where recorded, NaN otherwise): replaying ``torch.optim.SGD`` with a zero gradient, the
   group's ``lr_scale``, ``momentum``, ``dampening``, ``nesterov``, ``weight_decay`` and the recorded
   ``steps/lr`` over the updates between the first and the last row moves g(0) to f·g(0).
   ``decay_displacement`` = (f − 1)·g(0), ``grad_displacement`` = observed displacement − decay_displacement
@@ -40,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from analyses.mechanism import decay_only_factor
 from analyses.verdict import VERDICTS as VERDICTS
 from analyses.verdict import Verdict, VerdictThresholds, counterfactual_evidence, judge_with
 from recorders.format import (
@@ -48,7 +50,6 @@ from recorders.format import (
     SATURATED_BELOW,
     STEP,
     GateSetSpec,
-    GroupSpec,
     Recording,
     gate_path,
     grad_norm_path,
@@ -180,26 +181,6 @@ def diagnose(
     )
 
 
-def decay_only_factor(lr: np.ndarray, group: GroupSpec) -> float:
-    """f such that SGD with a zero gradient takes a parameter p to f·p over ``len(lr)`` updates.
-
-    ``lr``: (updates,) scheduled base learning rates; the group's ``lr_scale``, ``weight_decay``,
-    ``momentum``, ``dampening`` and ``nesterov`` apply as in ``torch.optim.SGD`` (decay added to the
-    gradient). The map is linear in p, so one scalar replay serves every gate.
-    """
-    wd, mom, damp = group.weight_decay, group.momentum, group.dampening
-    if wd == 0.0 or len(lr) == 0:
-        return 1.0
-    p, buf = 1.0, 0.0
-    for i, eta in enumerate((np.asarray(lr, np.float64) * group.lr_scale).tolist()):
-        d = wd * p
-        if mom:
-            buf = d if i == 0 else mom * buf + (1.0 - damp) * d
-            d = d + mom * buf if group.nesterov else buf
-        p -= eta * d
-    return p
-
-
 def _ratio_denominator(rec: Recording, prompt: str, stride: int) -> tuple[str, np.ndarray | None]:
     """Per-row denominator of the ratio and its source (see the module docstring)."""
     if prompt in rec.prompts:
@@ -238,10 +219,12 @@ def _diagnose_gates(
     last = rec.row(gate_path(spec.name, "logit"), -1).astype(np.float64) if k else init
     displacement = last - init
     group = rec.groups.get(spec.group)
-    if instance or group is None:
-        decay = np.full(spec.n_gates, 0.0 if instance else math.nan)
-    else:
-        decay = (decay_only_factor(lr[: max(rec.n_steps - 1, 0)], group) - 1.0) * init
+    if group is None:
+        decay = np.full(spec.n_gates, math.nan)
+    else:  # instance gates: the bias's decay-only displacement, NaN where the bias was not recorded
+        f = decay_only_factor(lr[: max(rec.n_steps - 1, 0)], group)
+        start = np.asarray(spec.init_bias if instance else init, np.float64)
+        decay = (f - 1.0) * start if len(start) == spec.n_gates else np.full(spec.n_gates, math.nan)
     grad_disp = displacement - np.nan_to_num(decay)
     std_inputs = _nanmean_rows(read("value_std")) if instance else None
 

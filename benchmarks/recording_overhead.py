@@ -9,7 +9,11 @@
 2. Appends rows of 1024 float32 values (one prompt set of 512 tokens: ``grad_norm`` + ``norm``) with
    ``RecordingWriter.append_block`` in blocks of 256 and prints rows/s (target >= 100k rows/s).
 3. Records a demo run (``run_demo``) and prints its bytes per step.
-4. With ``--device cuda``: counts host syncs (``torch.cuda.set_sync_debug_mode("warn")``) inside
+4. ``--methods`` (default ``cocoop-gating,adaptive-bimaple``; ``""`` skips): the same alternating ratio for real
+   methods on the built-in tiny CLIP (18 world classes, preset batch sizes, random inputs) with full tracing:
+   every series, the ratio factors, the regulariser parts, strided tensors; the plain chunks switch the gates'
+   capture off.
+5. With ``--device cuda``: counts host syncs (``torch.cuda.set_sync_debug_mode("warn")``) inside
    ``Probe.after_backward`` outside block flushes (target 0) and in the flushes.
 """
 
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -27,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from recorders.format import STEP, Layout, PromptSpec, RecordingWriter
+from recorders.methods.gates import find_gates
 from recorders.train import probes
 from recorders.train.demo import DemoConfig, DemoModel, demo_optimizer, run_demo
 
@@ -51,8 +58,9 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
     per-step recording, in ABBA order (so slow drifts of a shared machine hit both sides alike).
 
     The recorded chunks call ``Probe.after_backward`` every step and flush blocks of 256 rows to a real file, so
-    the recorded total includes every block flush; the unrecorded chunks also switch off the instance gates' logit
-    capture, so they are plain training. The ratio is total recorded time over total plain time.
+    the recorded total includes every block flush; the unrecorded chunks also switch off the gates' capture (logits
+    and the gated vectors' gradients), so they are plain training. The ratio is total recorded time over total plain
+    time.
     """
     import torch
     import torch.nn.functional as F
@@ -69,7 +77,8 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
     counter = itertools.count()
 
     def chunk(record: bool) -> tuple[float, float]:
-        model.instance_gates.capture = record
+        for gate in find_gates(model).values():  # capture (logits, Gram hooks) is part of recording
+            gate.capture = record
         in_probe = 0.0
         start = time.perf_counter()
         for _ in range(steps):
@@ -109,6 +118,59 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
         float(low),
         float(high),
     )
+
+
+def method_overhead(name: str, device: str, steps: int, repeats: int, directory: Path) -> Overhead:
+    """Alternating chunks of ``steps`` training steps of method ``name`` without and with full recording."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from methods import WORLD_BASE, Stepper
+
+    from recorders.clip.backbone import load_backbone
+    from recorders.data.world import load_world
+    from recorders.train.loop import loss_terms, tensor_stride
+
+    backbone = load_backbone("builtin", device)
+    s = Stepper(backbone, name, load_world().classnames[:WORLD_BASE])
+    probe = probes.watch(
+        s.method,
+        s.optimizer,
+        prompts=s.method.prompt_params(),
+        loss_terms=loss_terms(s.method),
+        tensors={k: (p, tensor_stride(p, 10)) for k, p in s.method.strided_tensors().items()},
+        regularisers=s.method.gate_regularisers,
+    )
+    gates = list(find_gates(s.method).values())
+    capture = [g.capture for g in gates]
+
+    def chunk(record: bool) -> float:
+        for g, on in zip(gates, capture, strict=True):
+            g.capture = on and record
+        start = time.perf_counter()
+        for _ in range(steps):
+            s.step(probe if record else None)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    off, on = np.zeros(repeats), np.zeros(repeats)
+    with RecordingWriter(directory / f"{name}.h5", probe.layout, config={}, method=name, seed=0, device=device) as w:
+        probe.attach(w)
+        chunk(record=False)
+        chunk(record=True)  # warm-up both ways
+        for i in range(repeats):
+            for record in (False, True) if i % 2 == 0 else (True, False):
+                if record:
+                    on[i] = chunk(record=True)
+                else:
+                    off[i] = chunk(record=False)
+        probe.close()
+    pairs = np.random.default_rng(0).integers(repeats, size=(10_000, repeats))
+    low, high = np.quantile(on[pairs].sum(1) / off[pairs].sum(1), [0.025, 0.975])
+    per_step = 1e6 / (repeats * steps)
+    ratio = float(on.sum() / off.sum())
+    return Overhead(off.sum() * per_step, on.sum() * per_step, math.nan, ratio, float(low), float(high))
 
 
 def writer_rows_per_second(
@@ -182,6 +244,9 @@ def main() -> None:
         default=1,
         help="torch CPU threads (1: steady figures on a machine whose cores are shared)",
     )
+    parser.add_argument("--methods", default="cocoop-gating,adaptive-bimaple", help="comma-separated; '' skips")
+    parser.add_argument("--method-steps", type=int, default=4, help="steps per chunk for --methods")
+    parser.add_argument("--method-repeats", type=int, default=10, help="chunks each way for --methods")
     args = parser.parse_args()
     import torch
 
@@ -205,6 +270,13 @@ def main() -> None:
             f"writer: {wall:,.0f} rows/s ({cpu:,.0f} per CPU second) for 1024-float32 rows via append_block "
             "(target >= 100,000)"
         )
+        for name in filter(None, args.methods.split(",")):
+            m = method_overhead(name, args.device, args.method_steps, args.method_repeats, directory)
+            print(
+                f"{name} on the built-in tiny CLIP ({args.device}), {args.method_repeats} × {args.method_steps} steps "
+                f"each way, alternating: {m.off_us / 1e3:,.1f} ms/step off, {m.on_us / 1e3:,.1f} ms/step with full "
+                f"tracing, ratio {m.ratio:.3f} [95% bootstrap {m.ratio_low:.3f}, {m.ratio_high:.3f}] (target <= 1.05)"
+            )
         if args.device.startswith("cuda"):
             calls, outside, in_flush = count_syncs(args.steps, directory)
             print(

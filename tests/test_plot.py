@@ -11,8 +11,8 @@ import pytest
 from synthetic import GATES, write_group, write_two_gate_sets
 from typer.testing import CliRunner
 
-from analyses.figures import KINDS, run_curve
-from recorders.format import Recording
+from analyses.figures import KINDS, run_curve, run_curves
+from recorders.format import FACTOR_SERIES, Recording
 from recorders.format.errors import WsError
 from workstation.cli import app
 
@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "factors"])  # synthetic runs predate the factors
 def test_each_kind_writes_a_png(runs, tmp_path, kind):
     out = tmp_path / f"{kind}.png"
     result = CliRunner().invoke(app, ["plot", str(runs), "--kind", kind, "--out", str(out), "--by", "variant"])
@@ -124,3 +124,23 @@ def test_a_missing_gate_set_is_one_line_exit_2(tmp_path):
     (line,) = out.stderr.strip().splitlines()
     assert str(path) in line and "'ctx_gates'" in line and "length_gates_0, depth_gates" in line
     assert not (tmp_path / "x.png").exists()
+
+
+def test_factors_and_movement_curves_are_the_recorded_series(demo_recording, runs, tmp_path):
+    """``factors``: geometric means over gates of the recorded factors and of their product; ``movement``: the
+    decay-only replay and the rest (analyses.mechanism); a recording without the factor series cannot draw them."""
+    with Recording.open(demo_recording) as rec:
+        curves = run_curves(rec, "factors", gate_set="ctx_gates")
+        recorded = [rec.read(f"gates/ctx_gates/{k}").astype(np.float64) for k in FACTOR_SERIES[:3]]
+        movement = run_curves(rec, "movement", gate_set="instance_gates")
+    for label, values in zip(("1−σ", "‖u‖", "|cos|"), recorded, strict=True):
+        np.testing.assert_allclose(curves[label][1], np.exp(np.log(values).mean(axis=1)), rtol=1e-9)
+    np.testing.assert_allclose(curves["ratio"][1], np.exp(np.log(np.prod(recorded, axis=0)).mean(axis=1)), rtol=1e-9)
+    assert set(movement) == {"decay", "rest", "weight decay", "weight rest"}
+    assert np.all(movement["weight decay"][1][1:] > 0)  # the demo decays its instance gate's weights
+    out = tmp_path / "factors.png"
+    result = CliRunner().invoke(app, ["plot", str(demo_recording), "--kind", "factors", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = CliRunner().invoke(app, ["plot", str(runs), "--kind", "factors", "--out", str(tmp_path / "x.png")])
+    assert isinstance(result.exception, WsError) and "predates" in str(result.exception)

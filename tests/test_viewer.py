@@ -562,3 +562,41 @@ def test_view_without_paths_opens_recordings(tmp_path: Path, monkeypatch: pytest
     (app,) = got
     assert app.catalog.sources == [Path("recordings")]
     assert [p.resolve() for p in app.paths] == [p.resolve() for p in runs]
+
+
+async def test_x_toggles_the_ratio_pane_to_its_factors_and_the_gate_pane_shows_movement(demo_recording: Path) -> None:
+    from analyses.figures import run_curves
+    from analyses.mechanism import gate_movement
+
+    app = WsApp([demo_recording])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, RunScreen) and screen.gate_set == "ctx_gates"
+        plot = screen.query_one("#ratio", TimePlot)
+        assert [s.name for s in plot.payload] == ["ctx_gates", "instance_gates"]
+        await pilot.press("x")  # the ratio pane does not have focus: nothing happens
+        await settle(app, pilot)
+        assert [s.name for s in plot.payload] == ["ctx_gates", "instance_gates"]
+        screen.set_focus(screen.query_one("#ratio-pane"))
+        await pilot.press("x")
+        await settle(app, pilot)
+        assert [s.name for s in plot.payload] == ["1−σ", "‖u‖", "|cos|", "ratio"]
+        assert "(1−σ)·‖u‖·|cos|" in str(screen.query_one("#ratio-pane").border_title)
+        with Recording.open(demo_recording) as rec:
+            curves = run_curves(rec, "factors", gate_set="ctx_gates")
+            movement = gate_movement(rec, rec.gate_sets["ctx_gates"])
+        product = plot.payload[3].columns.last
+        finite = np.isfinite(product)
+        assert finite.any() and np.all(product[finite] > 0)
+        np.testing.assert_allclose(product[-1], curves["ratio"][1][-1], rtol=1e-9)  # the last row, unsummarised
+        await pilot.press("x")
+        await settle(app, pilot)
+        assert [s.name for s in plot.payload] == ["ctx_gates", "instance_gates"]
+        await pilot.press("end")
+        await settle(app, pilot)
+        bars = screen.query_one(GateBars)
+        np.testing.assert_array_equal(bars.gates["decay"], movement.parts["logit"].decay[screen.row])
+        np.testing.assert_array_equal(bars.gates["rest"], movement.parts["logit"].rest[screen.row])
+        assert "Δ at cursor: grad" in str(screen.query_one("#gates-pane").border_subtitle)
+        assert "Δ grad" in "".join(s.text for s in bars.line_text(0, 110))

@@ -6,8 +6,10 @@ A recording is one HDF5 file per training run (documented field by field in ``do
   ``seed``, ``dataset``, ``created``, ``finished``, ``ws_version``, ``device``, ``error``, ``total_steps``;
 - per-step series (one row per recorded optimiser step, chunked and resizable along axis 0):
   ``steps/step`` (int64), ``steps/epoch`` (int32), ``steps/lr`` (float64), ``steps/loss/<term>``,
-  ``grads/<group>/norm``, ``gates/<name>/{logit,value,dsigmoid,grad[,value_mean,value_std][,prompt_norm,cosine]}``
-  of shape ``(steps, n_gates)``, ``prompts/<name>/{grad_norm,norm}`` of shape ``(steps, n_tokens)``;
+  ``grads/<group>/norm``, ``gates/<name>/{logit,value,dsigmoid,grad[,value_mean,value_std][,prompt_norm,cosine]
+  [,factor_sigma,factor_norm,factor_cos,grad_task][,grad_<term>...][,bias,weight_shift,weight_along_init]}`` of shape
+  ``(steps, n_gates)`` (the bracketed series after ``cosine`` are optional: older files lack them),
+  ``prompts/<name>/{grad_norm,norm}`` of shape ``(steps, n_tokens)``;
 - strided tensors ``tensors/<param>/{grad,step}``, evaluations ``eval/{step,epoch,base_acc,novel_acc,hm}`` and
   events ``events/{step,kind,message}``;
 - since minor version 1 (root attribute ``schema_minor``; files without it are 1.0), when the layout declares an
@@ -50,6 +52,8 @@ LR = "steps/lr"
 GATE_SERIES = ("logit", "value", "dsigmoid", "grad")
 INSTANCE_SERIES = ("value_mean", "value_std")
 DECOMPOSITION_SERIES = ("prompt_norm", "cosine")
+FACTOR_SERIES = ("factor_sigma", "factor_norm", "factor_cos", "grad_task")  # optional: gate sets with ``factors``
+INSTANCE_PARAM_SERIES = ("bias", "weight_shift", "weight_along_init")  # optional: instance sets with ``init_bias``
 PROMPT_SERIES = ("grad_norm", "norm")
 EVAL_FIELDS = ("step", "epoch", "base_acc", "novel_acc", "hm")
 EVENT_FIELDS = ("step", "kind", "message")
@@ -82,6 +86,11 @@ def grad_norm_path(group: str) -> str:
 def gate_path(name: str, series: str) -> str:
     """Per-step gate series, ``(steps, n_gates)`` float32; ``series`` is one of the gate series names."""
     return f"gates/{name}/{series}"
+
+
+def term_series(term: str) -> str:
+    """The gate series holding the part of ∂L/∂g that loss term ``term`` contributes directly (``grad_<term>``)."""
+    return f"grad_{term}"
 
 
 def prompt_path(name: str, series: str = "grad_norm") -> str:
@@ -154,6 +163,16 @@ class GateSetSpec:
     ``prompt`` names the prompt set whose tokens the gates scale; with ``decomposition`` the factors
     ``prompt_norm`` (‖C_i‖) and ``cosine`` (cos(∂L/∂C̃_i, C_i)) are recorded too. ``group`` is the parameter group
     that holds the gate parameters, ``init_logit`` the logits before training (static gates).
+
+    Optional (files written before these existed read with the defaults, and their series are missing):
+    ``factors``: the exact ratio factors ``factor_sigma`` (1 − σ), ``factor_norm`` (‖u‖) and ``factor_cos``
+    (|cos(∂L/∂ũ, u)|) of the gated vector u (per input for instance gates, then the geometric mean over the batch),
+    and ``grad_task``, the part of ∂L/∂g that flows through ũ, before any equilibrium rescale (instance: summed
+    over the batch); ``vector_dim`` is the length of u (0: unknown). ``terms``: loss terms that act on the gate
+    values directly, each recorded as ``grad_<term>`` (∂term/∂g, before the rescale). ``equilibrium``: the
+    recorded ``grad`` is rescaled by α = min(1/(σ' + ε), cap). ``init_bias`` and ``init_weight_norm`` (instance
+    gates, float64): the bias and the norm of each gate's weight row before training; with them ``bias``,
+    ``weight_shift`` (‖W_i − W_i(0)‖) and ``weight_along_init`` (⟨W_i − W_i(0), W_i(0)⟩ / ‖W_i(0)‖) are recorded.
     """
 
     name: str
@@ -164,6 +183,12 @@ class GateSetSpec:
     group: str = ""
     init_logit: tuple[float, ...] = ()
     labels: tuple[str, ...] = ()
+    factors: bool = False
+    vector_dim: int = 0
+    terms: tuple[str, ...] = ()
+    equilibrium: bool = False
+    init_bias: tuple[float, ...] = ()
+    init_weight_norm: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _check_name("gate set", self.name)
@@ -175,7 +200,10 @@ class GateSetSpec:
     @property
     def series(self) -> tuple[str, ...]:
         extra = INSTANCE_SERIES if self.kind == "instance" else ()
-        return GATE_SERIES + extra + (DECOMPOSITION_SERIES if self.decomposition else ())
+        out = GATE_SERIES + extra + (DECOMPOSITION_SERIES if self.decomposition else ())
+        out += FACTOR_SERIES if self.factors else ()
+        out += tuple(term_series(t) for t in self.terms)
+        return out + (INSTANCE_PARAM_SERIES if self.kind == "instance" and self.init_bias else ())
 
 
 @dataclass(frozen=True)
@@ -282,13 +310,15 @@ class Layout:
             loss_terms=tuple(raw["loss_terms"]),
             groups=tuple(GroupSpec(**g) for g in raw["groups"]),
             gate_sets=tuple(
-                GateSetSpec(**{**g, "init_logit": tuple(g["init_logit"]), "labels": tuple(g["labels"])})
-                for g in raw["gate_sets"]
+                GateSetSpec(**{**g, **{k: tuple(g[k]) for k in _TUPLE_FIELDS if k in g}}) for g in raw["gate_sets"]
             ),
             prompts=tuple(PromptSpec(**p) for p in raw["prompts"]),
             tensors=tuple(TensorSpec(**{**t, "shape": tuple(t["shape"])}) for t in raw["tensors"]),
             evaluation=_eval_spec(raw.get("evaluation")),
         )
+
+
+_TUPLE_FIELDS = ("init_logit", "labels", "terms", "init_bias", "init_weight_norm")
 
 
 def _eval_spec(raw: dict | None) -> EvalSpec | None:

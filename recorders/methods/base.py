@@ -12,7 +12,7 @@ cosine similarities) and the regularisation terms of the loss, already weighted,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -105,6 +105,10 @@ class PlainScale(nn.Module):
             return self.start + F.linear(features.to(self.proj_weight.dtype), self.proj_weight, self.proj_bias)
         assert self.weight is not None
         return self.start + self.weight
+
+    def gated(self, values: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        """``values`` times ``vector`` along the gate axis, as :meth:`Gate.gated` (nothing is captured)."""
+        return values.reshape(*values.shape, *(1,) * (vector.dim() - values.dim())) * vector
 
 
 def binary_entropy(values: torch.Tensor) -> torch.Tensor:
@@ -233,10 +237,23 @@ class PromptMethod(nn.Module):
         return self.clip.logit_scale.exp().float()
 
     # ------------------------------------------------------------------ gates
-    def make_gate(self, n: int, kind: str, prompt: str = "", feature_dim: int | None = None) -> nn.Module:
+    def make_gate(
+        self, n: int, kind: str, prompt: str = "", feature_dim: int | None = None, vector_dim: int = 0
+    ) -> Gate | PlainScale:
         """A :class:`Gate`, or its variant: a :class:`PlainScale` (``param-matched``, starting at the gate's initial
-        values) or a frozen gate (``always-frozen``)."""
-        gate = Gate(n, kind, init=self.cfg.gate_init, feature_dim=feature_dim, prompt=prompt, generator=self.generator)
+        values) or a frozen gate (``always-frozen``).
+
+        ``vector_dim``: the length of the vector each gate scales through :meth:`Gate.gated` (probes then record
+        the exact gate/prompt gradient-ratio factors)."""
+        gate = Gate(
+            n,
+            kind,
+            init=self.cfg.gate_init,
+            feature_dim=feature_dim,
+            prompt=prompt,
+            vector_dim=vector_dim,
+            generator=self.generator,
+        )
         if self.cfg.variant == "param-matched":
             return PlainScale(gate)
         gate.equilibrium = self.cfg.grad_equilibrium
@@ -249,6 +266,12 @@ class PromptMethod(nn.Module):
         if not self.cfg.gate_entropy or self.cfg.variant == "param-matched":
             return {}
         return {"entropy": self.cfg.gate_entropy * torch.stack([binary_entropy(v.float()) for v in values]).mean()}
+
+    def gate_regularisers(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss terms that act on gate values directly, as a function of ``values`` (qualified gate module name
+        → σ values ``(n,)`` or ``(B, n)``, every gate of the method). :meth:`forward` computes these terms with this
+        function, and probes evaluate it on recorded gate values to split the gate gradient by loss term."""
+        return self.gate_terms(list(values.values()))
 
     def gate_group_name(self) -> tuple[str, str]:
         """Group name and role that hold gate(-replacement) parameters under the current variant."""

@@ -32,7 +32,8 @@ gated model's loss.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -42,7 +43,9 @@ from recorders.methods.maple import MaPLe
 
 if TYPE_CHECKING:
     from recorders.clip.backbone import Backbone
+    from recorders.methods.base import PlainScale
     from recorders.methods.config import MethodConfig
+    from recorders.methods.gates import Gate
 
 
 class BiMaPLe(MaPLe):
@@ -100,9 +103,12 @@ class BiMaPLe(MaPLe):
 class AdaptiveBiMaPLe(BiMaPLe):
     def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
-        # prompt="": the gated tensor B^(d) is built in the forward pass, not a parameter the probe can read
-        self.length_gates = nn.ModuleList(self.make_gate(self.n_ctx, "length") for _ in range(self.depth))
-        self.depth_gate = self.make_gate(self.depth, "depth")
+        bimodal_width = backbone.text_width + backbone.vision_width
+        # prompt="": the gated vector B^(d) is built in the forward pass; the probe reads it through gate.gated()
+        self.length_gates = nn.ModuleList(
+            self.make_gate(self.n_ctx, "length", vector_dim=bimodal_width) for _ in range(self.depth)
+        )
+        self.depth_gate = self.make_gate(self.depth, "depth", vector_dim=self.n_ctx * bimodal_width)
 
     @property
     def matched(self) -> bool:
@@ -112,19 +118,23 @@ class AdaptiveBiMaPLe(BiMaPLe):
         text, vision, terms = self.bimodal_prompts()
         depth = self.depth_gate()
         lengths = [gate() for gate in self.length_gates]
+        gates = cast("list[Gate | PlainScale]", list(self.length_gates))
+        bimodal = [torch.cat([p_t, p_v], -1) for p_t, p_v in zip(text, vision, strict=True)]  # B^(d), both sides
+        tokens = [gate.gated(v, b) for gate, v, b in zip(gates, lengths, bimodal, strict=True)]  # σ(g_i)·B_i
+        gated = self.depth_gate.gated(depth, torch.stack(tokens))  # σ(h^(d))·σ(g_i^(d))·B_i^(d): (depth, n, Dt+Dv)
         width = self.backbone.text_width
-        gated_text, gated_vision = [], []
-        for d, (p_t, p_v) in enumerate(zip(text, vision, strict=True)):
-            bimodal = torch.cat([p_t, p_v], -1)  # B^(d): one row per token, both sides
-            gated = depth[d] * (lengths[d][:, None] * bimodal)
-            gated_text.append(gated[:, :width])
-            gated_vision.append(gated[:, width:])
-        terms["sparse"] = self.cfg.lambda_sparse * (torch.cat(lengths).abs().mean() + depth.abs().mean())
+        values = {f"length_gates.{d}": v for d, v in enumerate(lengths)} | {"depth_gate": depth}
+        terms.update(self.gate_regularisers(values))
+        return list(gated[..., :width].unbind(0)), list(gated[..., width:].unbind(0)), terms
+
+    def gate_regularisers(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``sparse`` and ``smooth`` (module docstring) and ``entropy`` from the gate values by module name."""
+        lengths = [values[f"length_gates.{d}"] for d in range(self.depth)]
+        depth = values["depth_gate"]
+        terms = {"sparse": self.cfg.lambda_sparse * (torch.cat(lengths).abs().mean() + depth.abs().mean())}
         diffs = depth[1:] - depth[:-1]
         terms["smooth"] = self.cfg.lambda_smooth * (diffs.pow(2).mean() if len(diffs) else depth.sum() * 0)
-        if not self.matched:
-            terms.update(self.gate_terms([*lengths, depth]))
-        return gated_text, gated_vision, terms
+        return {**terms, **self.gate_terms([*lengths, depth])}
 
     def extra_losses(self) -> tuple[str, ...]:
         return (*super().extra_losses(), "sparse", "smooth")

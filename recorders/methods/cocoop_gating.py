@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 class CoCoOpGating(CoCoOp):
     def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
-        self.gate = self.make_gate(self.n_ctx, "instance", prompt="ctx", feature_dim=backbone.embed_dim)
+        self.gate = self.make_gate(
+            self.n_ctx, "instance", prompt="ctx", feature_dim=backbone.embed_dim, vector_dim=backbone.text_width
+        )
 
     def instance_context(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ctx, _ = super().instance_context(image)
+        ctx, _ = super().instance_context(image)  # (B, n_ctx, D_text): the gated vector C_i + π(x_b)
         values = self.gate(image)  # (B, n_ctx)
-        return values[..., None] * ctx, self.gate_terms([values])
+        return self.gate.gated(values, ctx), self.gate_regularisers({"gate": values})
 
     def _groups(self) -> list[ParamGroup]:
         return [*super()._groups(), ParamGroup(*self.gate_group_name(), list(self.gate.parameters()))]

@@ -20,11 +20,11 @@ if TYPE_CHECKING:
 class CoOpGating(CoOp):
     def __init__(self, backbone: Backbone, cfg: MethodConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(backbone, cfg, generator)
-        self.gate = self.make_gate(self.n_ctx, "length", prompt="ctx")
+        self.gate = self.make_gate(self.n_ctx, "length", prompt="ctx", vector_dim=backbone.text_width)
 
     def context(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         values = self.gate()
-        return values[:, None] * self.ctx, self.gate_terms([values])
+        return self.gate.gated(values, self.ctx), self.gate_regularisers({"gate": values})
 
     def _groups(self) -> list[ParamGroup]:
         return [*super()._groups(), ParamGroup(*self.gate_group_name(), list(self.gate.parameters()))]

@@ -6,6 +6,11 @@ A gate set holds ``n`` logits g and outputs σ(g). Kinds:
 - ``depth``: one gate per prompt-insertion layer (static logits ``(n,)``);
 - ``instance``: logits computed from each input by a linear map of its feature, ``(B, n)`` per batch.
 
+A method applies a gate with ``gate.gated(values, u)``: ũ_i = σ(g_i)·u_i, where ``u_i`` is everything after the gate
+axis of ``u`` (the gated vector: a context token, C_i + π(x) for CoCoOp-gating, a whole layer's prompts for a depth
+gate). Under a probe (``capture = True``) ũ keeps its gradient and the probe reads ∂L/∂ũ and u, which is what the
+exact gate/prompt gradient-ratio factors need (see ``docs/analyses.md``).
+
 Interventions that act on the gate itself live here too: initialisation (``zero``, ``uniform``,
 ``biased[:VALUE]``), the gradient-equilibrium rescale ∂L/∂g ← α·∂L/∂g with α = min(1/(σ(g)(1−σ(g)) + ε), cap),
 and freezing (``always-frozen``). :func:`replaced_gates` runs a model with its gates' outputs replaced (the
@@ -78,8 +83,10 @@ class Gate(nn.Module):
     ``(B, n_gates)`` for ``instance`` gates given ``features`` of shape ``(B, feature_dim)``.
 
     With ``capture = True`` (set by probes) the last logits tensor is kept in ``last_logits`` with its gradient
-    retained after backward, so ∂L/∂g can be read for instance gates too. ``equilibrium = True`` rescales the
-    gradient flowing into the logits by :func:`equilibrium_scale`.
+    retained after backward, so ∂L/∂g can be read for instance gates too, and every :meth:`gated` call of the
+    forward is kept in ``parts`` (see :meth:`gated`). ``equilibrium = True`` rescales the gradient flowing into the
+    logits by :func:`equilibrium_scale`. ``vector_dim`` is the length of the gated vector u_i (summed over every
+    vector the gate scales; 0 = not declared): a method declares it so that probes record the ratio factors.
     """
 
     def __init__(
@@ -90,6 +97,7 @@ class Gate(nn.Module):
         init: GateInit | str = "zero",
         feature_dim: int | None = None,
         prompt: str = "",
+        vector_dim: int = 0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -104,8 +112,11 @@ class Gate(nn.Module):
         self.proj: nn.Linear | None
         self.logits: nn.Parameter | None
         self.capture = False
+        self.vector_dim = vector_dim
         self.last_logits: torch.Tensor | None = None
         self.replacement: Replacement | None = None
+        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ũ, u) of every gated() call since forward
+        self._values: torch.Tensor | None = None
         if kind == "instance":
             if not feature_dim:
                 raise ConfigError("an instance gate needs feature_dim")
@@ -138,11 +149,34 @@ class Gate(nn.Module):
             if self.capture:
                 logits.retain_grad()
         self.last_logits = logits if self.capture else None
-        return torch.sigmoid(logits)
+        self.parts = []
+        values = torch.sigmoid(logits)
+        self._values = values if self.capture else None
+        return values
+
+    def gated(self, values: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        """ũ = σ(g)·u: ``values`` (this gate's last output, ``(n,)`` or ``(B, n)``) times ``vector`` of shape
+        ``(*values.shape, ...)``; u_i is everything after the gate axis.
+
+        With ``capture`` on, the product keeps its gradient G = ∂L/∂ũ after backward and ``(ũ, u)`` is appended to
+        ``parts`` (no computation). Several calls in one forward (a gate acting on text and vision tokens) make the
+        gated vector their concatenation.
+        """
+        lead = values.dim()
+        out = values.reshape(*values.shape, *(1,) * (vector.dim() - lead)) * vector
+        if self.capture and out.requires_grad:
+            if values is not self._values or tuple(vector.shape[:lead]) != tuple(values.shape):
+                raise ValueError(
+                    f"gated() takes this gate's last output and a vector of shape {tuple(values.shape)} + (...), "
+                    f"got values of shape {tuple(values.shape)} and a vector of {tuple(vector.shape)}"
+                )
+            out.retain_grad()
+            self.parts.append((out, vector.detach()))
+        return out
 
     def __getstate__(self) -> dict[str, object]:
-        """Copies and pickles leave the captured logits behind (a graph tensor cannot be deep-copied)."""
-        return {**super().__getstate__(), "last_logits": None}
+        """Copies and pickles leave the captured tensors behind (a graph tensor cannot be deep-copied)."""
+        return {**super().__getstate__(), "last_logits": None, "parts": [], "_values": None}
 
     def extra_repr(self) -> str:
         return f"n_gates={self.n_gates}, kind={self.kind}, init={self.init.kind}"

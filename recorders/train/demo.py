@@ -61,8 +61,8 @@ class DemoModel(nn.Module):
                 p.normal_(0.0, p.shape[-1] ** -0.5, generator=generator)
         self.register_buffer("class_emb", torch.randn(cfg.n_classes, cfg.dim, generator=generator))
         self.ctx = nn.Parameter(0.02 * torch.randn(cfg.n_ctx, cfg.dim, generator=generator))
-        self.ctx_gates = Gate(cfg.n_ctx, "length", prompt="ctx", generator=generator)
-        self.instance_gates = Gate(cfg.n_ctx, "instance", feature_dim=cfg.dim, generator=generator)
+        self.ctx_gates = Gate(cfg.n_ctx, "length", prompt="ctx", vector_dim=cfg.dim, generator=generator)
+        self.instance_gates = Gate(cfg.n_ctx, "instance", feature_dim=cfg.dim, vector_dim=cfg.dim, generator=generator)
         self.logit_scale = 10.0
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,8 +70,9 @@ class DemoModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)  # (B, dim)
-        tokens = self.ctx_gates()[:, None] * self.ctx  # (n_ctx, dim): C̃_i = σ(g_i)·C_i
-        shift = torch.einsum("bn,nd->bd", self.instance_gates(f), tokens)  # (B, dim)
+        tokens = self.ctx_gates.gated(self.ctx_gates(), self.ctx)  # (n_ctx, dim): C̃_i = σ(g_i)·C_i
+        per_input = tokens.expand(len(f), *tokens.shape)  # the instance gates scale the gated tokens per input
+        shift = self.instance_gates.gated(self.instance_gates(f), per_input).sum(1)  # (B, dim)
         text = F.normalize(self.class_emb[None] + shift[:, None], dim=-1)  # (B, n_classes, dim)
         return self.logit_scale * torch.einsum("bd,bcd->bc", f, text)
 

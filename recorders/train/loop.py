@@ -185,6 +185,7 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silen
         prompts=method.prompt_params(),
         loss_terms=loss_terms(method),
         tensors=tensors,
+        regularisers=method.gate_regularisers,
         block=min(cfg.flush_every, 1024),
     )
     from recorders.train.probes import gate_set_name

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +52,16 @@ class _GroupProbe:
 class _GateProbe:
     spec: rf.GateSetSpec
     gate: Gate
+    qualified: str = ""
+
+    @property
+    def moves(self) -> bool:
+        """Whether the instance gate's parameters are copied every step (movement attribution)."""
+        return bool(self.spec.init_bias)
+
+
+#: ``regularisers`` argument of :func:`watch`: gate values by qualified module name → loss terms by name
+Regularisers = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 
 
 def gate_set_name(qualified: str) -> str:
@@ -92,6 +102,7 @@ def watch(
     prompts: Mapping[str, nn.Parameter] = _EMPTY_PROMPTS,
     loss_terms: Sequence[str] = ("total",),
     tensors: Mapping[str, tuple[nn.Parameter, int]] = _EMPTY_TENSORS,
+    regularisers: Regularisers | None = None,
     block: int = 256,
 ) -> Probe:
     """Find what to record in ``model`` and ``optimizer`` and return a :class:`Probe` for it.
@@ -103,7 +114,13 @@ def watch(
       decomposition factors;
     - prompts: ``name → parameter`` of shape ``(n_tokens, ...)``; per-token gradient and value norms;
     - tensors: ``name → (parameter, stride)``; the full gradient every ``stride`` steps;
-    - ``loss_terms``: the keys of the ``losses`` mapping given to :meth:`Probe.after_backward`.
+    - ``loss_terms``: the keys of the ``losses`` mapping given to :meth:`Probe.after_backward`;
+    - ``regularisers``: the loss terms that act on gate values directly, as a function of the values by qualified
+      gate module name (a method's ``gate_regularisers``); each term's part of ∂L/∂g is recorded per gate set it
+      reaches (``grad_<term>``), evaluated on the recorded gate values when a block is flushed.
+
+    A gate with ``vector_dim`` > 0 (applied through :meth:`Gate.gated`) records the exact ratio factors; an
+    instance gate records its bias and weight movement.
     """
     if block < 1:
         raise ValueError("block must be >= 1")
@@ -113,6 +130,7 @@ def watch(
     groups = _group_specs(optimizer, gate_params, prompt_params)
     group_of = {id(p): spec.name for spec, g in zip(groups, optimizer.param_groups, strict=True) for p in g["params"]}
 
+    reached = _terms_per_gate(gates, regularisers)
     gate_probes = []
     for qualified, gate in gates.items():
         prompt = prompts.get(gate.prompt) if gate.prompt else None
@@ -127,8 +145,16 @@ def watch(
             decomposition=prompt is not None,
             group=group_of.get(id(first), "") if first is not None else "",
             init_logit=tuple(gate.logits.detach().double().cpu().tolist()) if gate.logits is not None else (),
+            factors=gate.vector_dim > 0,
+            vector_dim=gate.vector_dim,
+            terms=reached.get(qualified, ()),
+            equilibrium=bool(gate.equilibrium),
+            init_bias=() if gate.proj is None else tuple(gate.proj.bias.detach().double().cpu().tolist()),
+            init_weight_norm=()
+            if gate.proj is None
+            else tuple(torch.linalg.vector_norm(gate.proj.weight.detach().double(), dim=1).cpu().tolist()),
         )
-        gate_probes.append(_GateProbe(spec, gate))
+        gate_probes.append(_GateProbe(spec, gate, qualified))
     layout = rf.Layout(
         loss_terms=tuple(loss_terms),
         groups=tuple(groups),
@@ -139,7 +165,26 @@ def watch(
     group_probes = [
         _GroupProbe(spec.name, list(g["params"])) for spec, g in zip(groups, optimizer.param_groups, strict=True)
     ]
-    return Probe(layout, group_probes, gate_probes, dict(prompts), dict(tensors), block)
+    return Probe(layout, group_probes, gate_probes, dict(prompts), dict(tensors), block, regularisers)
+
+
+def _terms_per_gate(gates: Mapping[str, Gate], regularisers: Regularisers | None) -> dict[str, tuple[str, ...]]:
+    """Which loss terms of ``regularisers`` depend on which gate (qualified name → term names), found by one
+    autograd pass at the gates' current values (instance gates: σ of the bias, as a batch of one)."""
+    if regularisers is None or not gates:
+        return {}
+    with torch.enable_grad():
+        logits = {name: g.logits if g.logits is not None else _projection(g).bias[None] for name, g in gates.items()}
+        values = {name: torch.sigmoid(x).detach().double().requires_grad_() for name, x in logits.items()}
+        reached: dict[str, list[str]] = {name: [] for name in gates}
+        for term, value in regularisers(values).items():
+            if not value.requires_grad:
+                continue
+            grads = torch.autograd.grad(value, list(values.values()), allow_unused=True, retain_graph=True)
+            for name, grad in zip(values, grads, strict=True):
+                if grad is not None:
+                    reached[name].append(term)
+    return {name: tuple(terms) for name, terms in reached.items() if terms}
 
 
 class Probe:
@@ -168,8 +213,10 @@ class Probe:
         prompts: dict[str, nn.Parameter],
         tensors: dict[str, tuple[nn.Parameter, int]],
         block: int,
+        regularisers: Regularisers | None = None,
     ) -> None:
         self.layout = layout
+        self._regularisers = regularisers
         self.block = block
         self._groups = groups
         self._params = [p for g in groups for p in g.params]
@@ -182,12 +229,13 @@ class Probe:
         self._writer: rf.RecordingWriter | None = None
         self._flush_seconds = float("inf")
         self._last_flush = time.monotonic()
-        self._capture_before = [gate.capture for gate in self._instance]  # restored by close()
-        for gate in self._instance:
-            gate.capture = True
+        self._capture_before = [g.gate.capture for g in gates]  # restored by close()
+        for g in gates:
+            g.gate.capture = g.gate.logits is None or g.spec.factors
         self._gate_plan = [
             (g.gate.logits, g.gate, f"gate/{g.spec.name}/logit", f"gate/{g.spec.name}/grad") for g in gates
         ]
+        self._gate_extra = [(f"gate/{g.spec.name}" if g.spec.factors else "", g.moves) for g in gates]
         in_row = {id(param): key for param, _, _, key in self._gate_plan if param is not None}
         in_row.update({id(param): f"prompt/{name}/grad" for name, param in prompts.items()})
         # where each parameter's gradient norm comes from: a gradient already in the row, the gradient of a small
@@ -206,6 +254,9 @@ class Probe:
         # per-input instance measurements stay float32 on the host (_batch_statistics sums them in float64)
         self._per_input_keys = {
             key for param, _, logit_key, grad_key in self._gate_plan if param is None for key in (logit_key, grad_key)
+        } | {f"gate/{g.spec.name}/gram" for g in gates if g.gate.logits is None and g.spec.factors}
+        self._initial_weight = {
+            g.spec.name: _projection(g.gate).weight.detach().double().cpu().numpy().copy() for g in gates if g.moves
         }
         self._strided_plan = [(name, param, stride) for name, (param, stride) in tensors.items()]
         self._allocate([0] * len(self._instance))
@@ -225,6 +276,13 @@ class Probe:
             pair = ("logit", "grad")
             shape: tuple[int, ...] = (n,) if g.gate.logits is not None else (next(rows), n)
             shapes.update({f"gate/{g.spec.name}/{k}": shape for k in pair})
+            if g.spec.factors and g.gate.logits is None:  # per input, reduced over the vector on the device
+                shapes[f"gate/{g.spec.name}/gram"] = (*shape, 2, 2)
+            elif g.spec.factors:  # ∂L/∂ũ and u whole (n × vector_dim each), reduced on the host
+                shapes[f"gate/{g.spec.name}/G"] = shapes[f"gate/{g.spec.name}/u"] = (n, g.spec.vector_dim)
+            if g.moves:
+                shapes[f"gate/{g.spec.name}/bias"] = (n,)
+                shapes[f"gate/{g.spec.name}/weight"] = tuple(_projection(g.gate).weight.shape)
         for name, prompt in self._prompts.items():
             shapes[f"prompt/{name}/value"] = shapes[f"prompt/{name}/grad"] = tuple(prompt.shape)
         self._capacity = capacity
@@ -293,21 +351,34 @@ class Probe:
             sources += norms
         for param, key in self._raw_plan:
             sources.append(nan[key] if param.grad is None else param.grad)
-        for gate_param, gate, logit_key, grad_key in self._gate_plan:
+        for (gate_param, gate, logit_key, grad_key), (factors, moves) in zip(
+            self._gate_plan, self._gate_extra, strict=True
+        ):
             if gate_param is not None:  # static gates
                 sources += (gate_param, nan[grad_key] if gate_param.grad is None else gate_param.grad)
+                if factors:
+                    sources += _gated_vectors(gate, nan[f"{factors}/G"], nan[f"{factors}/u"])
                 continue
             captured = gate.last_logits
             if captured is None:
                 batch.append(0)
                 sources += (nan[logit_key], nan[grad_key])
-                continue
-            grad = captured.grad
-            if captured.dim() != 2:  # (..., n_gates): one row per input
-                captured = captured.reshape(-1, gate.n_gates)
-                grad = None if grad is None else grad.reshape(-1, gate.n_gates)
-            batch.append(captured.shape[0])
-            sources += (captured, nan[grad_key][: captured.shape[0]] if grad is None else grad)
+                if factors:
+                    sources.append(nan[f"{factors}/gram"])
+            else:
+                grad = captured.grad
+                if captured.dim() != 2:  # (..., n_gates): one row per input
+                    captured = captured.reshape(-1, gate.n_gates)
+                    grad = None if grad is None else grad.reshape(-1, gate.n_gates)
+                rows = captured.shape[0]
+                batch.append(rows)
+                sources += (captured, nan[grad_key][:rows] if grad is None else grad)
+                if factors:
+                    gram = _instance_gram(gate, rows)
+                    sources.append(nan[f"{factors}/gram"][:rows] if gram is None else gram)
+            if moves:
+                proj = _projection(gate)
+                sources += (proj.bias, proj.weight)
         for param, grad_key in self._prompt_plan:
             grad = param.grad
             sources += (param, nan[grad_key] if grad is None else grad)
@@ -389,9 +460,12 @@ class Probe:
             for name, p in self._prompts.items()
         }
         batches = iter(batch.T)  # one column per instance gate set, in gate order
+        terms = self._term_gradients(col, batch)
         for g in self._gates:
-            logit, grad = col[f"gate/{g.spec.name}/logit"], col[f"gate/{g.spec.name}/grad"]
+            name, n_gates = g.spec.name, g.gate.n_gates
+            logit, grad = col[f"gate/{name}/logit"], col[f"gate/{name}/grad"]
             if g.gate.logits is not None:  # static gates: logit and grad were measured, σ and σ' follow
+                rows = np.ones(n, np.int64)
                 series = {
                     "logit": logit,
                     "value": expit(logit),
@@ -399,9 +473,21 @@ class Probe:
                     "grad": grad,
                 }
             else:
-                series = _batch_statistics(
-                    logit.reshape(n, -1, g.gate.n_gates), grad.reshape(n, -1, g.gate.n_gates), next(batches)
-                )
+                rows = next(batches)
+                series = _batch_statistics(logit.reshape(n, -1, n_gates), grad.reshape(n, -1, n_gates), rows)
+            if g.spec.factors and g.gate.logits is None:
+                gram = col[f"gate/{name}/gram"].reshape(n, -1, n_gates, 2, 2).astype(np.float64)
+                products = gram[..., 0, 0], gram[..., 0, 1], gram[..., 1, 1]
+                series.update(_factors(logit.reshape(n, -1, n_gates), *products, rows))
+            elif g.spec.factors:
+                grads, vectors = (col[f"gate/{name}/{k}"].reshape(n, 1, n_gates, -1) for k in ("G", "u"))
+                pairs = ((grads, grads), (grads, vectors), (vectors, vectors))
+                gg, dot, uu = (np.einsum("sbnk,sbnk->sbn", a, b, dtype=np.float64) for a, b in pairs)
+                series.update(_factors(logit.reshape(n, 1, n_gates), gg, dot, uu, rows))
+            if g.moves:
+                params = col[f"gate/{name}/bias"], col[f"gate/{name}/weight"]
+                series.update(_movement(*params, self._initial_weight[name]))
+            series.update({rf.term_series(t): v for t, v in terms.get(name, {}).items()})
             if g.spec.decomposition:
                 value, prompt_grad = tokens[g.spec.prompt]
                 series["prompt_norm"] = np.linalg.norm(value, axis=2)
@@ -410,6 +496,35 @@ class Probe:
         for name, (value, grad) in tokens.items():
             out[rf.prompt_path(name, "grad_norm")] = np.linalg.norm(grad, axis=2)
             out[rf.prompt_path(name, "norm")] = np.linalg.norm(value, axis=2)
+        return out
+
+    def _term_gradients(self, col: dict[str, np.ndarray], batch: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """∂term/∂g per gate set and regulariser term, ``(n, n_gates)`` (instance gates: summed over the batch), from
+        the gate values of the block's ``n`` rows: one ``vmap(jacrev(regularisers))`` per distinct set of instance
+        batch sizes. Steps where an instance gate saw no input are NaN."""
+        wanted = [g for g in self._gates if g.spec.terms]
+        if self._regularisers is None or not wanted:
+            return {}
+        n = len(batch)
+        logits = {}
+        for g in self._gates:
+            logit = col[f"gate/{g.spec.name}/logit"].astype(np.float64)
+            logits[g.qualified] = logit if g.gate.logits is not None else logit.reshape(n, -1, g.gate.n_gates)
+        out = {g.spec.name: {t: np.full((n, g.gate.n_gates), np.nan) for t in g.spec.terms} for g in wanted}
+        keys = [tuple(int(b) for b in row) for row in batch]
+        jacobian = torch.func.vmap(torch.func.jacrev(self._regularisers))
+        for key in dict.fromkeys(keys):
+            if 0 in key:
+                continue
+            idx = np.flatnonzero([k == key for k in keys])
+            rows = iter(key)
+            chosen = {q: v[idx] if v.ndim == 2 else v[idx, : next(rows)] for q, v in logits.items()}
+            jac = jacobian({q: torch.from_numpy(expit(v)) for q, v in chosen.items()})
+            for g in wanted:
+                dsig = rf.dsigmoid_from_logit(chosen[g.qualified])
+                for term in g.spec.terms:
+                    d = jac[term][g.qualified].numpy() * dsig
+                    out[g.spec.name][term][idx] = d if d.ndim == 2 else d.sum(axis=1)
         return out
 
     def flush(self) -> None:
@@ -434,9 +549,17 @@ class Probe:
         self.flush()
         if self._writer is not None:
             self._writer.flush()
-        for gate, capture in zip(self._instance, self._capture_before, strict=True):
-            gate.capture = capture
-            gate.last_logits = None
+        for g, capture in zip(self._gates, self._capture_before, strict=True):
+            g.gate.capture = capture
+            g.gate.last_logits = None
+            g.gate.parts = []
+
+
+def _projection(gate: Gate) -> nn.Linear:
+    """An instance gate's input projection (the logits' weights and bias); static gates have none."""
+    if gate.proj is None:
+        raise ValueError("a static gate has no input projection")
+    return gate.proj
 
 
 def _batch_statistics(logit: np.ndarray, grad: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -466,6 +589,78 @@ def _batch_statistics(logit: np.ndarray, grad: np.ndarray, rows: np.ndarray) -> 
         "value_mean": value_mean,
         "value_std": np.sqrt(mean(np.square(value - value_mean[:, None]))),
     }
+
+
+def _factors(
+    logit: np.ndarray, gg: np.ndarray, dot: np.ndarray, uu: np.ndarray, rows: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The exact ratio factors from per-input logits and ‖G‖², ⟨G, u⟩, ‖u‖² of G = ∂L/∂ũ and the gated vector u,
+    each ``(steps, capacity, n_gates)``, of which the first ``rows[s]`` inputs are valid (static gates: capacity 1).
+
+    Per input, |σ'(g)·⟨G, u⟩| / ‖σ(g)·G‖ = (1 − σ)·‖u‖·|cos(G, u)|; each factor is the geometric mean over the
+    valid inputs (so their product is the geometric mean of the per-input ratio), ``grad_task`` = Σ σ'·⟨G, u⟩.
+    """
+    logit = logit.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        per_input = {
+            "factor_sigma": -np.logaddexp(0.0, logit),  # log(1 − σ), accurate where σ rounds to 1
+            "factor_norm": 0.5 * np.log(uu),
+            "factor_cos": 0.5 * np.log(dot * dot / (gg * uu)),
+            "grad_task": rf.dsigmoid_from_logit(logit) * dot,
+        }
+        if rows.min() < logit.shape[1]:  # short batches: the rest of the slot holds stale numbers
+            valid = (np.arange(logit.shape[1])[None, :] < rows[:, None])[..., None]
+            per_input = {k: np.where(valid, v, 0.0) for k, v in per_input.items()}
+        sums = {k: v.sum(1) for k, v in per_input.items()}
+        out = {k: np.exp(v / rows[:, None]) for k, v in sums.items() if k != "grad_task"}
+    out["grad_task"] = np.where(rows[:, None] > 0, sums["grad_task"], np.nan)
+    return out
+
+
+def _gated_vectors(gate: Gate, nan_grad: torch.Tensor, nan_vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂L/∂ũ and u of a static gate, ``(n_gates, vector_dim)`` each (the parts of this step's :meth:`Gate.gated`
+    calls side by side: one ``cat`` each when there are several), or the NaN views when not captured."""
+    parts = gate.parts
+    grads = [out.grad for out, _ in parts if out.grad is not None]
+    if not parts or len(grads) < len(parts):
+        return nan_grad, nan_vector
+    n = gate.n_gates
+    if len(parts) == 1:
+        grad, vector = grads[0].reshape(n, -1), parts[0][1].reshape(n, -1)
+    else:
+        grad = torch.cat([g.reshape(n, -1) for g in grads], 1)
+        vector = torch.cat([u.reshape(n, -1) for _, u in parts], 1)
+    if vector.shape != nan_vector.shape:
+        raise ValueError(
+            f"gate vector_dim is {nan_vector.shape[1]} but gated() saw vectors of {vector.shape[1]} values per gate; "
+            "declare the length of everything the gate scales"
+        )
+    return grad, vector
+
+
+def _instance_gram(gate: Gate, rows: int) -> torch.Tensor | None:
+    """Per input and gate, the Gram matrix [[‖G‖², ⟨G, u⟩], [⟨G, u⟩, ‖u‖²]] of G = ∂L/∂ũ and u, ``(rows, n_gates, 2,
+    2)``, reduced over the vector on the device (two kernels per :meth:`Gate.gated` call); None if not captured."""
+    gram = None
+    for out, vector in gate.parts:
+        grad = out.grad
+        if grad is None:
+            return None
+        u = vector.reshape(rows, gate.n_gates, -1)
+        pair = torch.stack((grad.reshape(u.shape).to(u.dtype), u), dim=-2)
+        part = pair @ pair.transpose(-1, -2)
+        gram = part if gram is None else gram + part
+    return gram
+
+
+def _movement(bias: np.ndarray, weight: np.ndarray, initial: np.ndarray) -> dict[str, np.ndarray]:
+    """An instance gate's parameters at each step: ``bias`` ``(steps, n_gates)``, and of the weight rows ``(steps,
+    n_gates·E)`` against ``initial`` ``(n_gates, E)``: ‖W_i − W_i(0)‖ and ⟨W_i − W_i(0), W_i(0)⟩ / ‖W_i(0)‖."""
+    diff = weight.astype(np.float64).reshape(len(weight), *initial.shape) - initial
+    norm0 = np.linalg.norm(initial, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        along = np.einsum("sne,ne->sn", diff, initial) / norm0
+    return {"bias": bias.astype(np.float64), "weight_shift": np.linalg.norm(diff, axis=2), "weight_along_init": along}
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

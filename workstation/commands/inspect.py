@@ -20,7 +20,7 @@ def inspect(
     summaries = []
     for path in iter_recordings(paths):
         with Recording.open(path) as rec:
-            summaries.append({**rec.summary(), "diagnostics": _diagnostics(rec)})
+            summaries.append({**rec.summary(), "diagnostics": _diagnostics(rec), "mechanism": _mechanism(rec)})
     if as_json:
         typer.echo(json.dumps(summaries if len(summaries) != 1 else summaries[0], indent=2))
         return
@@ -29,6 +29,7 @@ def inspect(
     for summary in summaries:
         print_summary(summary)
         _print_diagnostics(summary["diagnostics"])
+        _print_mechanism(summary["mechanism"])
 
 
 # ---------------------------------------------------------------------- collapse diagnostics (analyses)
@@ -114,3 +115,33 @@ def verdict_lines(name: str, g: dict) -> list[str]:
     for m in ev.get("missing", []):
         lines.append(f"  missing: {m}")
     return lines
+
+
+# ---------------------------------------------------------------------- why the ratio is small (analyses.mechanism)
+def _mechanism(rec) -> dict:  # noqa: ANN001 (a Recording)
+    """JSON-ready ratio factors per phase, loss-term shares and movement attribution per gate set."""
+    from analyses.mechanism import mechanism
+    from recorders.format.errors import RecordingError
+
+    try:
+        return mechanism(rec)
+    except RecordingError as exc:
+        return {"unavailable": str(exc)}
+
+
+def _print_mechanism(m: dict) -> None:
+    """One line per gate set naming the factor that holds the gate/prompt ratio down (late phase)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console()
+    if "unavailable" in m:
+        console.print(escape(f"ratio factors: unavailable ({m['unavailable']})"), highlight=False)
+        return
+    for g in m.values():
+        move = ", ".join(
+            f"{part} decay {v['decay']:.3g} / rest {v['rest']:.3g}"
+            for part, v in g["movement"].items()
+            if v["decay"] is not None and v["rest"] is not None
+        )
+        console.print(escape(g["factors"]["line"] + (f"; movement: {move}" if move else "")))

@@ -1,4 +1,5 @@
-"""``ws plot``: paper figures of gates, gradient ratio, gate variance or accuracy, seeds as mean and band."""
+"""``ws plot``: paper figures of gates, gradient ratio and its factors, gate movement, gate variance or accuracy,
+seeds as mean and band."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import typer
 
 def plot(
     paths: Annotated[list[Path], typer.Argument(help="Recordings (.h5) or directories of them.")],
-    kind: Annotated[str, typer.Option(help="gates, ratio, variance or accuracy.")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="gates, ratio, variance, accuracy, factors (the ratio's 3 factors), movement (gradient vs decay)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Output file: .png, .pdf or .svg.")],
     by: Annotated[str, typer.Option(help="One curve per value of this key (seeds averaged).")] = "method",
     gate_set: Annotated[

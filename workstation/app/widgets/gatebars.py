@@ -32,7 +32,9 @@ def bar(fraction: float, width: int) -> str:
 
 
 class GateBars(ScrollView, can_focus=True):
-    """Gate values at the cursor. :meth:`show` takes ``{"value", "dsigmoid", "logit", "grad"}``, each ``(n,)``."""
+    """Gate values at the cursor. :meth:`show` takes ``{"value", "dsigmoid", "logit", "grad"}``, each ``(n,)``, and
+    optionally ``"decay"`` and ``"rest"``: the cumulative movement weight decay alone would have made and the rest
+    (:mod:`analyses.mechanism`), shown as ``Δ grad … decay …`` when there is room."""
 
     ALLOW_MAXIMIZE = True
 
@@ -55,9 +57,11 @@ class GateBars(ScrollView, can_focus=True):
         value, dsig = float(self.gates["value"][i]), float(self.gates["dsigmoid"][i])
         label = f"{self.labels[i][:6]:>6} "
         extra = f"  g {float(self.gates['logit'][i]):+.2f}  ∂L/∂g {float(self.gates['grad'][i]):+.1e}"
+        move = ""
+        if "decay" in self.gates:
+            move = f"  Δ grad {float(self.gates['rest'][i]):+.1e} decay {float(self.gates['decay'][i]):+.1e}"
         fixed = len(label) + len(" 0.000 σ' ") + len(" 0.00e+00")
-        if width - fixed - len(extra) < 24:
-            extra = ""
+        extra = next((e for e in (extra + move, move, extra) if width - fixed - len(e) >= 24), "")
         room = max(6, width - fixed - len(extra))
         value_width = room * 2 // 3
         return [

@@ -196,14 +196,18 @@ class Probe:
     (one ``torch._foreach_norm`` over the gradients of parameters larger than :data:`RAW_GRADIENT_LIMIT`, one
     ``torch._foreach_copy_`` of everything into the row's preallocated views): loss terms, those norms, the whole
     gradients of smaller parameters, static gate logits and their gradients, the per-input logits and ∂L/∂g of
-    instance gates, and the values and gradients of the prompt tokens. No statistic is computed on the device (right
-    after backward the caches are cold and every dispatch is expensive): :meth:`flush` copies the block to the host
-    once and derives the recorded series from it in float64 (σ, σ', group norms, batch means and stds, per-token
-    norms, cosines).
+    instance gates, and the values and gradients of the prompt tokens; for gate sets with ratio factors, a static
+    gate's ∂L/∂ũ and u whole and an instance gate's per-input Gram matrices of (∂L/∂ũ, u) — the only statistic taken
+    on the device (a ``stack`` and a matmul per instance set: its vectors are ``batch × n_gates × D``) — and an
+    instance gate's weight and bias. Otherwise no statistic is computed on the device (right after backward the
+    caches are cold and every dispatch is expensive): :meth:`flush` copies the block to the host once and derives
+    the recorded series from it in float64 (σ, σ', group norms, batch means and stds, per-token norms, cosines, the
+    ratio factors, movement, and the regulariser parts of ∂L/∂g from ``regularisers``).
 
     Memory: ``block × width × 4`` bytes on the device, where ``width`` counts twice every prompt element, once every
     element of a small parameter, and twice ``batch × n_gates`` per instance gate set (the batch is the largest seen
-    so far: a larger one flushes the buffered rows and reallocates).
+    so far: a larger one flushes the buffered rows and reallocates); with factors, ``4 × batch × n_gates`` and the
+    gate's weight and bias per instance set, ``2 × n_gates × vector_dim`` per static set.
     """
 
     def __init__(

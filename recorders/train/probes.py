@@ -479,7 +479,7 @@ class Probe:
                 rows = next(batches)
                 series = _batch_statistics(logit.reshape(n, -1, n_gates), grad.reshape(n, -1, n_gates), rows)
             if g.spec.factors and g.gate.logits is None:
-                gram = col[f"gate/{name}/gram"].reshape(n, -1, n_gates, 2, 2).astype(np.float64)
+                gram = col[f"gate/{name}/gram"].reshape(n, -1, n_gates, 2, 2)
                 products = gram[..., 0, 0], gram[..., 0, 1], gram[..., 1, 1]
                 series.update(_factors(logit.reshape(n, -1, n_gates), *products, rows))
             elif g.spec.factors:
@@ -589,19 +589,21 @@ def _factors(
 
     Per input, |σ'(g)·⟨G, u⟩| / ‖σ(g)·G‖ = (1 − σ)·‖u‖·|cos(G, u)|; each factor is the geometric mean over the
     valid inputs (so their product is the geometric mean of the per-input ratio), ``grad_task`` = Σ σ'·⟨G, u⟩.
+    Per-input logs are taken in float32 (where instance numbers were measured), sums in float64.
     """
-    logit = logit.astype(np.float64)
+    logit, gg, dot, uu = (np.asarray(a, np.float32) for a in (logit, gg, dot, uu))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_uu = np.log(uu)
         per_input = {
-            "factor_sigma": -np.logaddexp(0.0, logit),  # log(1 − σ), accurate where σ rounds to 1
-            "factor_norm": 0.5 * np.log(uu),
-            "factor_cos": 0.5 * np.log(dot * dot / (gg * uu)),
+            "factor_sigma": -np.logaddexp(np.float32(0.0), logit),  # log(1 − σ), accurate where σ rounds to 1
+            "factor_norm": 0.5 * log_uu,
+            "factor_cos": np.log(np.abs(dot)) - 0.5 * (np.log(gg) + log_uu),
             "grad_task": rf.dsigmoid_from_logit(logit) * dot,
         }
         if rows.min() < logit.shape[1]:  # short batches: the rest of the slot holds stale numbers
             valid = (np.arange(logit.shape[1])[None, :] < rows[:, None])[..., None]
-            per_input = {k: np.where(valid, v, 0.0) for k, v in per_input.items()}
-        sums = {k: v.sum(1) for k, v in per_input.items()}
+            per_input = {k: np.where(valid, v, np.float32(0.0)) for k, v in per_input.items()}
+        sums = {k: v.sum(1, dtype=np.float64) for k, v in per_input.items()}
         out = {k: np.exp(v / rows[:, None]) for k, v in sums.items() if k != "grad_task"}
     out["grad_task"] = np.where(rows[:, None] > 0, sums["grad_task"], np.nan)
     return out

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from recorders.clip.backbone import Backbone, load_backbone
 from recorders.format import RecordingWriter
+from recorders.methods.gates import find_gates
 from recorders.methods.registry import METHODS, build_method
 from recorders.train.config import build_config
 from recorders.train.loop import loss_terms, make_optimizer
@@ -196,7 +197,12 @@ def recording_overhead(
     s = Stepper(backbone, name, classnames)
     tensors = {k: (p, 50) for k, p in s.method.strided_tensors().items()}
     probe = watch(
-        s.method, s.optimizer, prompts=s.method.prompt_params(), loss_terms=loss_terms(s.method), tensors=tensors
+        s.method,
+        s.optimizer,
+        prompts=s.method.prompt_params(),
+        loss_terms=loss_terms(s.method),
+        tensors=tensors,
+        regularisers=s.method.gate_regularisers,
     )
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -210,9 +216,14 @@ def recording_overhead(
         ) as writer,
     ):
         probe.attach(writer)
+        gates = [(g, g.capture) for g in find_gates(s.method).values()]  # capture is part of recording
         plain, recorded = [], []
         for _ in range(repeats):
+            for g, _on in gates:
+                g.capture = False
             plain.append(s.seconds_per_step(steps))
+            for g, on in gates:
+                g.capture = on
             recorded.append(s.seconds_per_step(steps, probe))
         probe.close()
     a, b = statistics.median(plain), statistics.median(recorded)

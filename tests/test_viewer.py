@@ -583,6 +583,7 @@ async def test_x_toggles_the_ratio_pane_to_its_factors_and_the_gate_pane_shows_m
         await settle(app, pilot)
         assert [s.name for s in plot.payload] == ["1−σ", "‖u‖", "|cos|", "ratio"]
         assert "(1−σ)·‖u‖·|cos|" in str(screen.query_one("#ratio-pane").border_title)
+        assert screen.figure_kind() == "factors"  # ctrl+e exports what the pane shows
         with Recording.open(demo_recording) as rec:
             curves = run_curves(rec, "factors", gate_set="ctx_gates")
             movement = gate_movement(rec, rec.gate_sets["ctx_gates"])

@@ -195,14 +195,18 @@ class Probe:
     (one ``torch._foreach_norm`` over the gradients of parameters larger than :data:`RAW_GRADIENT_LIMIT`, one
     ``torch._foreach_copy_`` of everything into the row's preallocated views): loss terms, those norms, the whole
     gradients of smaller parameters, static gate logits and their gradients, the per-input logits and ∂L/∂g of
-    instance gates, and the values and gradients of the prompt tokens. No statistic is computed on the device (right
-    after backward the caches are cold and every dispatch is expensive): :meth:`flush` copies the block to the host
-    once and derives the recorded series from it in float64 (σ, σ', group norms, batch means and stds, per-token
-    norms, cosines).
+    instance gates, and the values and gradients of the prompt tokens; for gate sets with ratio factors, a static
+    gate's ∂L/∂ũ and u whole and an instance gate's per-input Gram matrices of (∂L/∂ũ, u) — the only statistic taken
+    on the device (a ``stack`` and a matmul per instance set: its vectors are ``batch × n_gates × D``) — and an
+    instance gate's weight and bias. Otherwise no statistic is computed on the device (right after backward the
+    caches are cold and every dispatch is expensive): :meth:`flush` copies the block to the host once and derives
+    the recorded series from it in float64 (σ, σ', group norms, batch means and stds, per-token norms, cosines, the
+    ratio factors, movement, and the regulariser parts of ∂L/∂g from ``regularisers``).
 
     Memory: ``block × width × 4`` bytes on the device, where ``width`` counts twice every prompt element, once every
     element of a small parameter, and twice ``batch × n_gates`` per instance gate set (the batch is the largest seen
-    so far: a larger one flushes the buffered rows and reallocates).
+    so far: a larger one flushes the buffered rows and reallocates); with factors, ``4 × batch × n_gates`` and the
+    gate's weight and bias per instance set, ``2 × n_gates × vector_dim`` per static set.
     """
 
     def __init__(
@@ -476,7 +480,7 @@ class Probe:
                 rows = next(batches)
                 series = _batch_statistics(logit.reshape(n, -1, n_gates), grad.reshape(n, -1, n_gates), rows)
             if g.spec.factors and g.gate.logits is None:
-                gram = col[f"gate/{name}/gram"].reshape(n, -1, n_gates, 2, 2).astype(np.float64)
+                gram = col[f"gate/{name}/gram"].reshape(n, -1, n_gates, 2, 2)
                 products = gram[..., 0, 0], gram[..., 0, 1], gram[..., 1, 1]
                 series.update(_factors(logit.reshape(n, -1, n_gates), *products, rows))
             elif g.spec.factors:
@@ -599,19 +603,21 @@ def _factors(
 
     Per input, |σ'(g)·⟨G, u⟩| / ‖σ(g)·G‖ = (1 − σ)·‖u‖·|cos(G, u)|; each factor is the geometric mean over the
     valid inputs (so their product is the geometric mean of the per-input ratio), ``grad_task`` = Σ σ'·⟨G, u⟩.
+    Per-input logs are taken in float32 (where instance numbers were measured), sums in float64.
     """
-    logit = logit.astype(np.float64)
+    logit, gg, dot, uu = (np.asarray(a, np.float32) for a in (logit, gg, dot, uu))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_uu = np.log(uu)
         per_input = {
-            "factor_sigma": -np.logaddexp(0.0, logit),  # log(1 − σ), accurate where σ rounds to 1
-            "factor_norm": 0.5 * np.log(uu),
-            "factor_cos": 0.5 * np.log(dot * dot / (gg * uu)),
+            "factor_sigma": -np.logaddexp(np.float32(0.0), logit),  # log(1 − σ), accurate where σ rounds to 1
+            "factor_norm": 0.5 * log_uu,
+            "factor_cos": np.log(np.abs(dot)) - 0.5 * (np.log(gg) + log_uu),
             "grad_task": rf.dsigmoid_from_logit(logit) * dot,
         }
         if rows.min() < logit.shape[1]:  # short batches: the rest of the slot holds stale numbers
             valid = (np.arange(logit.shape[1])[None, :] < rows[:, None])[..., None]
-            per_input = {k: np.where(valid, v, 0.0) for k, v in per_input.items()}
-        sums = {k: v.sum(1) for k, v in per_input.items()}
+            per_input = {k: np.where(valid, v, np.float32(0.0)) for k, v in per_input.items()}
+        sums = {k: v.sum(1, dtype=np.float64) for k, v in per_input.items()}
         out = {k: np.exp(v / rows[:, None]) for k, v in sums.items() if k != "grad_task"}
     out["grad_task"] = np.where(rows[:, None] > 0, sums["grad_task"], np.nan)
     return out

@@ -163,6 +163,10 @@ class RunScreen(StepScreen):
     def on_option_list_option_selected(self, message: OptionList.OptionSelected) -> None:
         self.action_jump(self.markers[message.option_index].row)
 
+    def figure_kind(self) -> str | None:
+        kind = super().figure_kind()
+        return "factors" if kind == "ratio" and self.ratio_pane.factors and self.focused is self.ratio_pane else kind
+
     def figure_gate_set(self) -> str | None:
         return self.gate_set or None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,9 @@ import numpy as np
 from recorders.format.errors import RecordingError
 from recorders.format.schema import (
     EVAL_FIELDS,
+    EVENT_SPAN,
+    EVENT_STEP,
+    EVENT_TEXT,
     FORMAT_NAME,
     SCHEMA_VERSION,
     STATUSES,
@@ -50,6 +54,7 @@ class Recording:
     layout: Layout = field(repr=False)
     n_steps: int = 0
     _step_cache: np.ndarray | None = field(default=None, repr=False)
+    _events_cache: list[Event] = field(default_factory=list, repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Recording:
@@ -131,12 +136,18 @@ class Recording:
 
     # ------------------------------------------------------------------ reading
     def refresh(self) -> int:
-        """Re-read lengths of a file that may still be written (SWMR); returns the committed row count."""
+        """Re-read lengths of a file that may still be written (SWMR); returns the committed row count.
+
+        A read that races the writer's metadata update is retried; if it keeps failing, the previous count stays
+        (the next refresh tries again) instead of raising.
+        """
         f = self._file
-        if f.swmr_mode:
-            f[STEP].refresh()
-            f.attrs.get("status")  # attributes are re-read from disk on access
-        n = f[STEP].shape[0]
+        try:
+            n = _retrying(lambda: _refreshed_length(f), f.swmr_mode)
+        except (OSError, RuntimeError):
+            if not f.swmr_mode:
+                raise
+            return self.n_steps
         if n != self.n_steps:
             self._step_cache = None
         self.n_steps = n
@@ -152,18 +163,32 @@ class Recording:
         return ds
 
     def read(self, path: str, start: int = 0, stop: int | None = None, stride: int = 1) -> np.ndarray:
-        """Rows ``[start, stop)`` (every ``stride``-th) of a per-step series, clipped to the committed rows."""
+        """Rows ``[start, stop)`` (every ``stride``-th) of a per-step series, clipped to the committed rows.
+
+        A chunk that fails its Fletcher-32 checksum (a damaged file) raises :class:`RecordingError`.
+        """
         n = self.n_steps
         stop = n if stop is None else min(max(stop, 0), n)
         start = min(max(start, 0), stop)
-        return self._dataset(path)[start:stop:stride]
+        return self._checked(path, lambda ds: ds[start:stop:stride])
 
     def row(self, path: str, index: int) -> np.ndarray:
         """One row of a per-step series (``index`` counts committed rows; negative counts from the end)."""
         n = self.n_steps
         if not -n <= index < n:
             raise IndexError(f"row {index} out of range for {n} committed rows")
-        return self._dataset(path)[index % n]
+        return self._checked(path, lambda ds: ds[index % n])
+
+    def _checked(self, path: str, read: Any) -> Any:
+        """``read(dataset)``, retried once in a live file; a read error (a checksum mismatch) becomes one line."""
+        ds = self._dataset(path)
+        try:
+            return _retrying(lambda: read(ds), self._file.swmr_mode)
+        except OSError as exc:
+            raise RecordingError(
+                f"{self.path}: {path} cannot be read ({_reason(exc)}): the file is damaged; restore it from a copy "
+                "or re-record the run"
+            ) from None
 
     def steps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.read(STEP, start, stop)
@@ -181,11 +206,36 @@ class Recording:
         return {name: ds[:n] for name, ds in cols.items()}
 
     def events(self) -> list[Event]:
-        n = self._dataset("events/step").shape[0]
-        steps = self._dataset("events/step")[:n]
-        kinds = self._dataset("events/kind")[:n]
-        messages = self._dataset("events/message")[:n]
-        return [Event(int(s), _py(k), _py(m)) for s, k, m in zip(steps, kinds, messages, strict=True)]
+        """Recorded events, oldest first. In a live file, events whose bytes are not all written yet are left
+        out (they appear on a later call); a read that keeps failing returns the events read last time."""
+        try:
+            self._events_cache = _retrying(self._read_events, self._file.swmr_mode)
+        except (OSError, RuntimeError):
+            if not self._file.swmr_mode:
+                raise
+        return list(self._events_cache)
+
+    def _read_events(self) -> list[Event]:
+        steps_ds = self._dataset(EVENT_STEP)
+        steps = steps_ds[: steps_ds.shape[0]]
+        if EVENT_TEXT not in self._file:  # files written before the fixed-size encoding: variable-length strings
+            kinds = self._dataset("events/kind")
+            messages = self._dataset("events/message")
+            n = min(len(steps), kinds.shape[0], messages.shape[0])
+            return [Event(int(s), _py(k), _py(m)) for s, k, m in zip(steps[:n], kinds[:n], messages[:n], strict=True)]
+        spans_ds = self._dataset(EVENT_SPAN)
+        n = min(len(steps), spans_ds.shape[0])
+        spans = spans_ds[:n]
+        text_ds = self._dataset(EVENT_TEXT)
+        ends = spans[:, 0] + spans[:, 1] + spans[:, 2] if n else np.zeros(0, np.int64)
+        n = int(np.searchsorted(np.maximum.accumulate(ends), text_ds.shape[0], side="right")) if n else 0
+        text = text_ds[: int(ends[n - 1])].tobytes() if n else b""
+        out = []
+        for s, (offset, k, m) in zip(steps[:n], spans[:n], strict=True):
+            kind = text[offset : offset + k].decode("utf-8", "replace")
+            message = text[offset + k : offset + k + m].decode("utf-8", "replace")
+            out.append(Event(int(s), kind, message))
+        return out
 
     def tensor(self, name: str) -> tuple[np.ndarray, h5py.Dataset]:
         """Steps ``(k,)`` and the lazily read gradient dataset ``(k, *shape)`` of a strided tensor."""
@@ -231,6 +281,30 @@ class Recording:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _refreshed_length(f: h5py.File) -> int:
+    if f.swmr_mode:
+        f[STEP].refresh()
+    return int(f[STEP].shape[0])
+
+
+def _retrying(read: Any, live: bool, attempts: int = 3, pause: float = 0.05) -> Any:
+    """``read()``; in a live (SWMR) file an ``OSError`` from a block the writer is updating is retried after a
+    short pause, ``attempts`` times in all, then raised."""
+    for attempt in range(attempts if live else 1):
+        try:
+            return read()
+        except (OSError, RuntimeError):
+            if not live or attempt == attempts - 1:
+                raise
+            time.sleep(pause * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return "checksum mismatch" if "checksum" in text.lower() or "filter returned failure" in text else text
 
 
 def _corrupt(p: Path, exc: BaseException | str) -> RecordingError:

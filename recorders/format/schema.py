@@ -46,6 +46,17 @@ DECOMPOSITION_SERIES = ("prompt_norm", "cosine")
 PROMPT_SERIES = ("grad_norm", "norm")
 EVAL_FIELDS = ("step", "epoch", "base_acc", "novel_acc", "hm")
 EVENT_FIELDS = ("step", "kind", "message")
+# Events are stored as fixed-size arrays a SWMR reader can read at any moment (variable-length strings live in
+# HDF5's global heap, which a reader following a live file can catch half-written): ``events/text`` holds the
+# UTF-8 bytes of every kind and message, ``events/span`` one ``(offset, kind_bytes, message_bytes)`` row per
+# event, ``events/step`` the steps; its length is the number of committed events. Files written before this
+# encoding hold ``events/kind`` and ``events/message`` as variable-length strings; readers accept both.
+EVENT_STEP = "events/step"
+EVENT_TEXT = "events/text"
+EVENT_SPAN = "events/span"
+#: Root attributes the writer updates while the file is in SWMR mode are fixed-length byte strings of at least
+#: this many bytes, so an update rewrites them in place.
+STATUS_ATTR_BYTES = 32
 EVENT_KINDS = ("epoch_end", "eval", "nonfinite", "collapse_onset", "note")
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -82,6 +93,13 @@ def prompt_path(name: str, series: str = "grad_norm") -> str:
 def tensor_path(name: str, what: str = "grad") -> str:
     """Strided full tensors: ``grad`` is ``(k, *shape)`` float32, ``step`` is ``(k,)`` int64."""
     return f"tensors/{name}/{what}"
+
+
+def status_attr(value: str) -> np.ndarray:
+    """``value`` as a fixed-length UTF-8 byte string attribute of at least :data:`STATUS_ATTR_BYTES` bytes
+    (readers decode it; see ``_py`` in the reader)."""
+    raw = value.encode("utf-8", "replace")
+    return np.array(raw, dtype=f"S{max(STATUS_ATTR_BYTES, len(raw))}")
 
 
 def dsigmoid_from_logit(logit: np.ndarray) -> np.ndarray:

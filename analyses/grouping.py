@@ -122,7 +122,7 @@ def load_runs(paths: Sequence[str | os.PathLike[str]], metric: str) -> list[Run]
             runs.append(
                 Run(
                     path=path,
-                    status=rec.status,
+                    status="inconsistent" if rec.status == "complete" and not rec.complete else rec.status,
                     method=rec.method,
                     dataset=rec.dataset,
                     seed=rec.seed,

@@ -22,6 +22,7 @@ from recorders.format.schema import (
     EVENT_TEXT,
     FORMAT_NAME,
     SCHEMA_VERSION,
+    STATUS_LOG,
     STATUSES,
     STEP,
     GateSetSpec,
@@ -89,7 +90,33 @@ class Recording:
 
     @property
     def status(self) -> str:
-        return str(_py(self._file.attrs["status"]))
+        """``running``, ``complete`` or ``failed``; in a live file, read from the status history the writer appends
+        to (a SWMR reader cannot see a changed root attribute), else from the ``status`` attribute."""
+        f = self._file
+        if f.swmr_mode and STATUS_LOG in f:
+            try:
+                log = _retrying(lambda: _last(f[STATUS_LOG]), True)
+            except (OSError, RuntimeError):
+                log = None
+            if log:
+                return log
+        return str(_py(f.attrs["status"]))
+
+    @property
+    def complete(self) -> bool:
+        """True only for a ``complete`` file that is also consistent (see :meth:`inconsistency`)."""
+        return self.status == "complete" and not self.inconsistency()
+
+    def inconsistency(self) -> str:
+        """Why a file that says ``complete`` cannot be (empty when it is consistent): no ``finished`` time, fewer
+        rows than its planned ``total_steps``, or a per-step series shorter than ``steps/step``."""
+        if not _py(self._file.attrs.get("finished", "")):
+            return "no finished time"
+        total = int(self._file.attrs.get("total_steps", 0))
+        if total and self.n_steps != total:
+            return f"{self.n_steps} rows of {total} planned steps"
+        short = [p for p in self.layout.step_series() if self._file[p].shape[0] < self.n_steps]
+        return f"{short[0]} is shorter than {STEP}" if short else ""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -281,6 +308,12 @@ class Recording:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _last(ds: h5py.Dataset) -> str | None:
+    ds.refresh()
+    n = ds.shape[0]
+    return str(_py(ds[n - 1])) if n else None
 
 
 def _refreshed_length(f: h5py.File) -> int:

@@ -54,6 +54,10 @@ EVENT_FIELDS = ("step", "kind", "message")
 EVENT_STEP = "events/step"
 EVENT_TEXT = "events/text"
 EVENT_SPAN = "events/span"
+#: The status history, ``(k,)`` fixed-length byte strings: ``running`` at creation, then the final status. Its
+#: last entry equals the ``status`` attribute. A SWMR reader follows it like any growing dataset (HDF5 gives a
+#: live reader no way to re-read a changed root attribute). Optional: older files lack it.
+STATUS_LOG = "state/status"
 #: Root attributes the writer updates while the file is in SWMR mode are fixed-length byte strings of at least
 #: this many bytes, so an update rewrites them in place.
 STATUS_ATTR_BYTES = 32

@@ -39,6 +39,8 @@ from recorders.format.schema import (
     EVENT_TEXT,
     FORMAT_NAME,
     SCHEMA_VERSION,
+    STATUS_ATTR_BYTES,
+    STATUS_LOG,
     STATUSES,
     STEP,
     Layout,
@@ -101,20 +103,26 @@ def check_writable(path: Path, overwrite: bool = False) -> None:
         holder = _lock_holder(path)
         if holder:
             raise RecordingError(f"--out {path} is in use by another process ({holder}); wait or choose another path")
+    check_output_dir(path)
+
+
+def check_output_dir(path: Path, flag: str = "--out") -> None:
+    """Raise a one-line :class:`RecordingError` unless the directory of output file ``path`` exists or can be
+    created, and a file can be created in it (a read-only filesystem, a missing permission, a file in the way)."""
     parent = path.parent
     for ancestor in (parent, *parent.parents):
         if ancestor.exists():
             if not ancestor.is_dir():
-                raise RecordingError(f"--out {path}: {ancestor} is a file, not a directory; choose another path")
+                raise RecordingError(f"{flag} {path}: {ancestor} is a file, not a directory; choose another path")
             break
+    probe = parent / f".{path.name}.{os.getpid()}.probe"
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(parent / f".{path.name}.{os.getpid()}.probe", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        os.close(fd)
-        os.unlink(parent / f".{path.name}.{os.getpid()}.probe")
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.unlink(probe)
     except OSError as exc:
         raise RecordingError(
-            f"--out {path}: cannot write in {parent} ({exc.strerror or exc}); choose a writable directory"
+            f"{flag} {path}: cannot write in {parent} ({exc.strerror or exc}); choose a writable directory"
         ) from None
 
 
@@ -291,6 +299,7 @@ class RecordingWriter:
         _create_growable(f, EVENT_TEXT, (), "uint8", 4096, None)
         _create_growable(f, EVENT_SPAN, (3,), "int64", 256, None)
         _create_growable(f, EVENT_STEP, (), "int64", 256, None)
+        _append(_create_growable(f, STATUS_LOG, (), f"S{STATUS_ATTR_BYTES}", 1, None), status_attr("running")[None])
         f.swmr_mode = True
         f.flush()
         return f
@@ -497,6 +506,7 @@ class RecordingWriter:
             if status == "complete" or not error:
                 status, error = "failed", _one_line(exc)
         try:  # after a disk error this usually cannot reach the disk: the file then stays ``running``
+            _append(self._file[STATUS_LOG], status_attr(status)[None])  # what a live reader sees
             self._file.attrs["error"] = status_attr(error)
             self._file.attrs["finished"] = status_attr(_now())
             self._file.attrs["status"] = status_attr(status)

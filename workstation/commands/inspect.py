@@ -43,6 +43,8 @@ def _print_diagnostics(d: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from workstation.safe_text import clean
+
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3g}"
 
@@ -73,13 +75,13 @@ def _print_diagnostics(d: dict) -> None:
         decay = max((abs(x) for x in g["decay_displacement"] if x is not None), default=None)
         reasons = ", ".join(f"{k}={fmt(v)}" for k, v in g["reasons"].items())
         table.add_row(
-            f"{escape(name)} [{g['kind']}]",
+            escape(f"{clean(name)} [{clean(g['kind'])}]"),
             f"[{colours[g['verdict']]}]{g['verdict']}[/]",
             "-" if g["onset_step"] is None else str(g["onset_step"]),
             " / ".join(fmt(ph[k]) for k in ("early", "middle", "late")),
             fmt(final.get("saturated_fraction")),
             fmt(final.get("l_eff")),
             f"{fmt(grad)} / {fmt(decay)}",
-            escape(reasons),
+            escape(clean(reasons)),
         )
     console.print(table)

@@ -159,9 +159,7 @@ class CompareScreen(StepScreen):
                 plot.cursor = run_row
             gate_set = self.shown_sets[i]
             if gate_set and run.n_rows:
-                self.query_one(f"#gates-{i}", GateBars).show(
-                    run.gate_row(gate_set, run_row), run.rec.gate_sets[gate_set].labels
-                )
+                self.query_one(f"#gates-{i}", GateBars).show(run.gate_row(gate_set, run_row), run.gate_labels(gate_set))
         overlay = self.query_one("#overlay", TimePlot)
         overlay.cursor = int(self._x(self.runs[0], np.array([row]))[0]) if self.n_rows else 0
         timeline = self.query_one(Timeline)

@@ -21,6 +21,7 @@ from textual.worker import Worker, get_current_worker
 from recorders.format import iter_recordings
 from recorders.format.errors import RecordingError, WsError
 from workstation.app.data import RunData
+from workstation.safe_text import clean
 
 RESCAN_SECONDS = 5.0
 
@@ -42,22 +43,22 @@ class Entry:
         try:
             rec = RunData.open(path).rec
         except WsError as exc:
-            return cls(path, error=str(exc))
+            return cls(path, error=clean(exc))
         with rec:
             hm = rec.eval_table()["hm"]
             return cls(
                 path,
-                rec.method,
-                str(rec.config.get("variant") or "default"),
+                clean(rec.method),
+                clean(rec.config.get("variant") or "default"),
                 rec.seed,
-                rec.status,
+                clean(rec.status),
                 float(hm[-1]) if len(hm) else None,
             )
 
     @property
     def label(self) -> str:
         hm = "–" if self.hm is None else f"{100 * self.hm:.2f}"
-        return f"seed {self.seed} · {self.status} · HM {hm} · {self.path.name}"
+        return f"seed {self.seed} · {self.status} · HM {hm} · {clean(self.path.name)}"
 
 
 def expand(sources: Sequence[Path]) -> Iterator[Path]:
@@ -169,7 +170,7 @@ class RecordingsScreen(Screen[None]):
         groups: dict[tuple[str, str], list[Entry]] = {}
         for e in entries:
             if e.error:
-                leaves[e.path] = tree.root.add_leaf(f"✗ {e.path.name}: unreadable", data=e.path)
+                leaves[e.path] = tree.root.add_leaf(clean(f"✗ {e.path.name}: unreadable"), data=e.path)
             else:
                 groups.setdefault((e.method, e.variant), []).append(e)
         methods: dict[str, TreeNode[Path]] = {}

@@ -128,9 +128,7 @@ class RunScreen(StepScreen):
         timeline.cursor = row
         timeline.status = self.status()
         if self.gate_set and self.n_rows:
-            self.query_one(GateBars).show(
-                self.run.gate_row(self.gate_set, row), self.run.rec.gate_sets[self.gate_set].labels
-            )
+            self.query_one(GateBars).show(self.run.gate_row(self.gate_set, row), self.run.gate_labels(self.gate_set))
 
     def reload(self) -> None:
         for plot in self.query(StepPlot):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -124,3 +125,21 @@ def test_a_missing_gate_set_is_one_line_exit_2(tmp_path):
     (line,) = out.stderr.strip().splitlines()
     assert str(path) in line and "'ctx_gates'" in line and "length_gates_0, depth_gates" in line
     assert not (tmp_path / "x.png").exists()
+
+
+def test_out_into_a_directory_under_a_file_or_read_only_is_one_line(runs, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.png").mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = [
+        (tmp_path / "adir.png", "is a directory"),
+        (tmp_path / "afile" / "x.png", "is a file, not a directory"),
+    ]
+    if os.access(locked, os.W_OK) is False:  # root writes anywhere; a read-only mount is tested in test_safety
+        cases.append((locked / "x.png", "cannot write in"))
+    for out, needle in cases:
+        result = CliRunner().invoke(app, ["plot", str(runs), "--kind", "gates", "--out", str(out)])
+        assert isinstance(result.exception, WsError) and needle in str(result.exception), result.output
+        assert "\n" not in str(result.exception)

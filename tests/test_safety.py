@@ -104,11 +104,10 @@ def test_a_complete_file_with_missing_rows_is_not_complete(tmp_path: Path) -> No
 
 # ---------------------------------------------------------------------------------------------- full disk
 @contextlib.contextmanager
-def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
+def _tmpfs(directory: Path, size: str, extra: str = "") -> Iterator[Path]:
     directory.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True
-    )
+    options = f"size={size}{extra}"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip() or 'not root'})")
     try:
@@ -117,6 +116,20 @@ def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
+@pytest.mark.slow
+def test_out_on_a_read_only_filesystem_or_a_held_file_fails_before_loading(tmp_path: Path) -> None:
+    no_backbone = str(tmp_path / "no-such-backbone")  # loading it would fail with another message
+    with _tmpfs(tmp_path / "ro", "1m", ",ro") as disk:
+        result = _ws("record", "--out", str(disk / "r.h5"), "--backbone", no_backbone)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "cannot write in" in result.stderr and "Read-only file system" in result.stderr
+    held = tmp_path / "held.h5"
+    with _writer(held):
+        result = _ws("record", "--out", str(held), "--force", "--backbone", no_backbone)
+        assert result.returncode == 2 and "in use by another process" in result.stderr, result.stderr
+
+
+@pytest.mark.slow
 def test_disk_full_at_creation_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     with _tmpfs(tmp_path / "small", "128k") as disk:
         result = _ws("record", "--demo", "--out", str(disk / "r.h5"))
@@ -126,6 +139,7 @@ def test_disk_full_at_creation_is_one_line_and_leaves_nothing(tmp_path: Path) ->
         assert list(disk.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_disk_full_mid_run_is_one_line_and_every_flushed_row_reads(tmp_path: Path) -> None:
     with _tmpfs(tmp_path / "small", "3m") as disk:
         out = disk / "r.h5"
@@ -203,6 +217,7 @@ def _evil_recording(path: Path, seed: int, method: str, hm: float, status: str =
     return path
 
 
+@pytest.mark.slow
 def test_escape_sequences_in_a_recording_never_reach_the_terminal(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()

@@ -57,6 +57,9 @@ CREATION_BYTES = 64 * 1024
 #: cannot recover from a write that fails inside it (the next flush or object release can crash the process),
 #: so the writer checks the free space before each block instead of letting HDF5 meet ENOSPC.
 RESERVE_BYTES = 128 * 1024
+#: HDF5's Fletcher-32 checksum filter on every chunked dataset (a switch only for benchmarks/recording_overhead.py,
+#: which measures what it costs).
+FLETCHER32 = True
 #: Allowance per flush for chunk-index and object-header growth, on top of the chunks a block allocates.
 FLUSH_METADATA_BYTES = 16 * 1024
 
@@ -141,16 +144,28 @@ def _lock_holder(path: Path) -> str:
     return ""
 
 
-def _chunk_rows(row_shape: tuple[int, ...], dtype: Any, chunk_rows: int) -> int:
-    """Rows per chunk: ``chunk_rows``, fewer where a chunk would exceed ~1 MiB."""
+def _chunk_rows(row_shape: tuple[int, ...], dtype: Any, chunk_rows: int, block: int = 0) -> int:
+    """Rows per chunk: ``chunk_rows``, fewer where a chunk would exceed ~1 MiB, and no more than the writer's
+    ``block`` rows where a chunk would exceed 64 KiB: every flush rewrites (and checksums) the chunk it ends in,
+    so a big chunk filled over several blocks costs its checksum several times (2.3× the writer's CPU time on
+    512-token prompts; 1.5× with chunks of one block, see benchmarks/recording_overhead.py)."""
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
-    return max(1, min(chunk_rows, (1 << 20) // row_bytes))
+    rows = max(1, min(chunk_rows, (1 << 20) // row_bytes))
+    if block and rows * row_bytes > 64 * 1024:
+        rows = max(1, min(rows, block))
+    return rows
 
 
 def _create_growable(
-    parent: h5py.Group, path: str, row_shape: tuple[int, ...], dtype: Any, chunk_rows: int, compression: str | None
+    parent: h5py.Group,
+    path: str,
+    row_shape: tuple[int, ...],
+    dtype: Any,
+    chunk_rows: int,
+    compression: str | None,
+    block: int = 0,
 ) -> h5py.Dataset:
-    rows = _chunk_rows(row_shape, dtype, chunk_rows)
+    rows = _chunk_rows(row_shape, dtype, chunk_rows, block)
     return parent.create_dataset(
         path,
         shape=(0, *row_shape),
@@ -158,7 +173,7 @@ def _create_growable(
         dtype=dtype,
         chunks=(rows, *row_shape),
         compression=compression,
-        fletcher32=True,  # a damaged chunk reads as an error, never as a silently different number
+        fletcher32=FLETCHER32,  # a damaged chunk reads as an error, never as a silently different number
     )
 
 
@@ -211,7 +226,9 @@ class RecordingWriter:
         self._broken: RecordingError | None = None
         self._series_bytes = {p: int(np.prod(sh, dtype=np.int64)) * dt.itemsize for p, (sh, dt) in self._series.items()}
         self._row_bytes = sum(self._series_bytes.values())
-        self._chunk_rows = {p: _chunk_rows(shape, dtype, chunk_rows) for p, (shape, dtype) in self._series.items()}
+        self._chunk_rows = {
+            p: _chunk_rows(shape, dtype, chunk_rows, flush_every) for p, (shape, dtype) in self._series.items()
+        }
         self._total_steps = int(total_steps)
         self._length = 0  # committed rows, tracked here instead of asking HDF5 for every dataset's shape
         need = CREATION_BYTES + RESERVE_BYTES + self._rows_bytes(max(0, self._total_steps))
@@ -273,7 +290,7 @@ class RecordingWriter:
             }
         )
         for p, (shape, dtype) in self._series.items():
-            _create_growable(f, p, shape, dtype, chunk_rows, compression)
+            _create_growable(f, p, shape, dtype, chunk_rows, compression, self.flush_every)
         for group in layout.groups:
             f[grad_norm_path(group.name)].parent.attrs.update({k: v for k, v in asdict(group).items() if k != "name"})
         for gates in layout.gate_sets:

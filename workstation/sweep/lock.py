@@ -41,7 +41,8 @@ class SweepLock:
         except OSError as exc:
             os.close(fd)
             raise WsError(f"cannot lock sweep {self.path.parent} ({exc.strerror or exc}); check the folder") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(UTC).isoformat(timespec="seconds")}
+        since = datetime.now(UTC).isoformat(timespec="seconds")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd

@@ -286,3 +286,13 @@ def test_two_drivers_on_one_sweep_the_second_exits_2_and_the_sweep_finishes(
         with Recording.open(sweep / entry["path"]) as rec:
             assert rec.complete
     assert not list(sweep.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_batch_killed_at_random_moments_then_rerun_completes_every_run_once(env: dict[str, str]) -> None:
+    """The suite's small count of ``benchmarks/batch_kill.py`` (the full check kills ten times)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "batch_kill.py"
+    args = ["--kills", "2", "--runs", "2", "--max-delay", "20", "--seed", "3"]
+    result = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every run complete exactly once, every file readable" in result.stdout

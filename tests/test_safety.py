@@ -19,6 +19,7 @@ import pytest
 from synthetic import write_run
 
 from recorders import format as rf
+from recorders.format import writer as fw
 from recorders.format.errors import RecordingError
 from recorders.format.writer import RecordingWriter
 
@@ -169,6 +170,43 @@ def test_disk_full_mid_run_is_one_line_and_every_flushed_row_reads(tmp_path: Pat
             steps = rec.steps()
             np.testing.assert_array_equal(steps, np.arange(rec.n_steps))
             assert np.isfinite(rec.read(rf.loss_path("total"))).all()
+
+
+def test_events_of_files_written_before_the_fixed_size_encoding_still_read(tmp_path: Path) -> None:
+    """A version-1 file of the first encoding: ``events/kind`` and ``events/message`` as variable-length strings,
+    and a variable-length ``status`` attribute; rebuilt here from a new file with h5py."""
+    path = tmp_path / "old.h5"
+    with _writer(path) as w:
+        w.append_block(_block(0, 20))
+    with h5py.File(path, "r+") as f:
+        for name in ("events/text", "events/span", "events/step", "state"):
+            del f[name]
+        f.create_dataset("events/step", data=np.array([5, 19]), maxshape=(None,), chunks=(256,))
+        for name, values in (("kind", ["note", "epoch_end"]), ("message", ["hello é", "epoch 1"])):
+            f.create_dataset(f"events/{name}", data=values, dtype=h5py.string_dtype(), maxshape=(None,), chunks=(256,))
+        f.attrs["status"] = "complete"
+    with rf.Recording.open(path) as rec:
+        assert rec.events() == [rf.Event(5, "note", "hello é"), rf.Event(19, "epoch_end", "epoch 1")]
+        assert rec.status == "complete" and rec.n_steps == 20
+
+
+def test_live_events_are_read_whole_or_not_yet(tmp_path: Path) -> None:
+    """A reader that sees more spans than text (the writer is between its two appends) leaves those events out."""
+    path = tmp_path / "r.h5"
+    w = _writer(path, flush_every=10**6, flush_seconds=1e9)
+    w.add_event(1, "note", "first")
+    w.flush()
+    with rf.Recording.open(path) as rec:
+        assert [e.message for e in rec.events()] == ["first"]
+        text, spans = fw.encode_events([(2, "note", "second")], start=w._file["events/text"].shape[0])
+        fw._append(w._file["events/span"], spans)  # spans and step first, text not yet
+        fw._append(w._file["events/step"], np.array([2]))
+        w._file.flush()
+        assert [e.message for e in rec.events()] == ["first"]
+        fw._append(w._file["events/text"], text)
+        w._file.flush()
+        assert [e.message for e in rec.events()] == ["first", "second"]
+    w.close()
 
 
 # ---------------------------------------------------------------------------------------------- integrity

@@ -142,7 +142,7 @@ def load_runs(
             with Recording.open(path) as rec:
                 run = Run(
                     path=path,
-                    status=rec.status,
+                    status="inconsistent" if rec.status == "complete" and not rec.complete else rec.status,
                     method=rec.method,
                     dataset=rec.dataset,
                     seed=rec.seed,

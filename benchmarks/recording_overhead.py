@@ -7,7 +7,8 @@
    real file), in one process, and prints the time ratio over all chunks (target <= 1.05) with a 95% bootstrap
    interval, and the time spent in ``Probe.after_backward``. Short chunks pair up under a shared machine's drift.
 2. Appends rows of 1024 float32 values (one prompt set of 512 tokens: ``grad_norm`` + ``norm``) with
-   ``RecordingWriter.append_block`` in blocks of 256 and prints rows/s (target >= 100k rows/s).
+   ``RecordingWriter.append_block`` in blocks of 256 and prints rows/s (target >= 100k rows/s), with the
+   Fletcher-32 checksums every recording carries and, for comparison, without them.
 3. Records a demo run (``run_demo``) and prints its bytes per step.
 4. ``--methods`` (default ``cocoop-gating,adaptive-bimaple``; ``""`` skips): the same alternating ratio for real
    methods on the built-in tiny CLIP (18 world classes, preset batch sizes, random inputs) with full tracing:
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from recorders.format import STEP, Layout, PromptSpec, RecordingWriter
+from recorders.format import writer as writer_module
 from recorders.methods.gates import find_gates
 from recorders.train import probes
 from recorders.train.demo import DemoConfig, DemoModel, demo_optimizer, run_demo
@@ -174,7 +176,7 @@ def method_overhead(name: str, device: str, steps: int, repeats: int, directory:
 
 
 def writer_rows_per_second(
-    directory: Path, rows: int = 100_000, block: int = 256, repeats: int = 5
+    directory: Path, rows: int = 100_000, block: int = 256, repeats: int = 5, checksums: bool = True
 ) -> tuple[float, float]:
     """Median rows per wall-clock second and per CPU second of ``append_block`` for rows of 1024 float32 values
     (one prompt set of 512 tokens), including the SWMR flush after each block of ``block`` rows. The CPU figure is
@@ -183,6 +185,7 @@ def writer_rows_per_second(
     rng = np.random.default_rng(0)
     data = {path: rng.random((block, *shape)).astype(dtype) for path, (shape, dtype) in layout.step_series().items()}
     wall, cpu = [], []
+    writer_module.FLETCHER32 = checksums
     for r in range(repeats):
         writer = RecordingWriter(
             directory / f"writer{r}.h5", layout, config={}, method="bench", seed=0, device="cpu", flush_every=block
@@ -195,6 +198,7 @@ def writer_rows_per_second(
         wall.append(rows / (time.perf_counter() - t))
         cpu.append(rows / (time.process_time() - c))
         (directory / f"writer{r}.h5").unlink()
+    writer_module.FLETCHER32 = True
     return statistics.median(wall), statistics.median(cpu)
 
 
@@ -266,9 +270,11 @@ def main() -> None:
             f"for a {DEMO_STEPS}-step demo recording, including the ctx gradient every 10 steps)"
         )
         wall, cpu = writer_rows_per_second(directory)
+        plain_wall, plain_cpu = writer_rows_per_second(directory, checksums=False)
         print(
-            f"writer: {wall:,.0f} rows/s ({cpu:,.0f} per CPU second) for 1024-float32 rows via append_block "
-            "(target >= 100,000)"
+            f"writer: {wall:,.0f} rows/s ({cpu:,.0f} per CPU second) for 1024-float32 rows via append_block, "
+            f"with Fletcher-32 checksums (target >= 100,000); without them {plain_wall:,.0f} rows/s "
+            f"({plain_cpu:,.0f} per CPU second): checksums cost ×{plain_cpu / cpu:.2f} CPU time"
         )
         for name in filter(None, args.methods.split(",")):
             m = method_overhead(name, args.device, args.method_steps, args.method_repeats, directory)

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from recorders.format import Recording
-from recorders.format.errors import ConfigError
+from recorders.format.errors import ConfigError, WsError
 from workstation.sweep.spec import load_spec, parse_spec
 
 # Short runs: a random-init tiny CLIP with the world's tokenizer, 1 shot per class, one epoch.
@@ -96,6 +97,8 @@ def test_run_ids_follow_the_config_so_editing_adds_runs(tmp_path: Path) -> None:
         ("colour = 1\n", "unknown spec key 'colour'"),
         ("[[runs]]\nshotz = 3\n", "unknown config key 'shotz'"),
         ("[resources]\ngpus = -1\n", "resources.gpus"),
+        ("[[runs]]\nseed = 3\ntags = 'abc'\n", "tags = 'abc' must be a table"),
+        ("[axes.x]\na = { tags = 'abc' }\n", "tags = 'abc' must be a table"),
     ],
 )
 def test_invalid_specs_are_one_line_errors(tmp_path: Path, body: str, message: str) -> None:
@@ -106,6 +109,44 @@ def test_invalid_specs_are_one_line_errors(tmp_path: Path, body: str, message: s
         _spec(raw_path, body)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_spec(raw_path)
+
+
+@pytest.mark.parametrize(
+    ("top", "message"),
+    [
+        ("out = 5", "out = 5 must be a folder path"),
+        ('name = "../escape"', "must be a plain folder name"),
+        ('name = "/tmp/abs"', "must be a plain folder name"),
+        ('name = ".."', "must be a plain folder name"),
+    ],
+)
+def test_spec_names_and_out_are_confined(tmp_path: Path, top: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_spec({**tomllib.loads(top), "axes": {"seed": [1]}}, tmp_path / "s.toml")
+
+
+def test_manifest_entries_are_checked_and_the_manifest_is_readable_by_others(tmp_path: Path) -> None:
+    from workstation.sweep.manifest import MANIFEST, Manifest, RunEntry
+
+    manifest = Manifest(tmp_path, runs={"a": RunEntry("a", {}, final_hm=0.5)})
+    manifest.save()
+    assert (tmp_path / MANIFEST).stat().st_mode & 0o777 == 0o644
+    raw = json.loads((tmp_path / MANIFEST).read_text())
+    raw["runs"][0]["final_hm"] = "abc"
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="final_hm = 'abc' must be a number"):
+        Manifest.load(tmp_path)
+
+
+def test_a_second_driver_is_refused_naming_the_first(tmp_path: Path) -> None:
+    from workstation.sweep.lock import SweepLock
+
+    with SweepLock(tmp_path):
+        with pytest.raises(WsError, match=rf"being run by another ws batch \(pid {os.getpid()} on "):
+            with SweepLock(tmp_path):
+                pass
+    with SweepLock(tmp_path):  # released with its holder
+        pass
 
 
 def test_invalid_spec_on_the_command_line_exits_2_listing_valid_names(tmp_path: Path) -> None:
@@ -217,3 +258,41 @@ def test_ray_executor_on_a_local_instance(
     for entry in outcome.manifest.runs.values():
         with Recording.open(spec.directory / entry.path) as rec:
             assert rec.status == "complete" and rec.method in ("coop", "cocoop")
+
+
+@pytest.mark.slow
+def test_two_drivers_on_one_sweep_the_second_exits_2_and_the_sweep_finishes(
+    tmp_path: Path, backbone_dir: Path, env: dict[str, str]
+) -> None:
+    path = _spec(tmp_path / "s.toml", "[axes]\nseed = [1, 2]\n", backbone_dir)
+    sweep = tmp_path / "sweeps" / "s"
+    command = [sys.executable, "-m", "workstation", "batch", str(path), "--no-summary"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (sweep / "manifest.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = _ws("batch", str(path), "--no-summary", env=env)
+        assert second.returncode == 2, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and f"pid {first.pid}" in second.stderr
+        _, stderr = first.communicate(timeout=600)
+        assert first.returncode == 0, stderr
+    finally:
+        first.kill()
+    entries = json.loads((sweep / "manifest.json").read_text())["runs"]
+    assert [e["status"] for e in entries] == ["complete"] * 2 and [e["attempts"] for e in entries] == [1, 1]
+    assert sorted(p.name for p in sweep.glob("*.h5")) == sorted(e["path"] for e in entries)
+    for entry in entries:
+        with Recording.open(sweep / entry["path"]) as rec:
+            assert rec.complete
+    assert not list(sweep.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_batch_killed_at_random_moments_then_rerun_completes_every_run_once(env: dict[str, str]) -> None:
+    """The suite's small count of ``benchmarks/batch_kill.py`` (the full check kills ten times)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "batch_kill.py"
+    args = ["--kills", "2", "--runs", "2", "--max-delay", "20", "--seed", "3"]
+    result = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every run complete exactly once, every file readable" in result.stdout

@@ -177,3 +177,21 @@ def test_unreadable_image_is_a_data_error_naming_its_path(tmp_path: Path) -> Non
     (base / item.key).unlink()
     with pytest.raises(DataError, match=re.escape(str(base / item.key))):
         ds.load_image(item)
+
+
+def test_a_split_row_with_an_empty_path_is_a_data_error(tmp_path: Path) -> None:
+    make_eurosat(tmp_path, counts=(2, 1, 1))
+    split = tmp_path / "eurosat" / "split_zhou_EuroSAT.json"
+    raw = json.loads(split.read_text())
+    raw["train"][0][0] = ""
+    split.write_text(json.dumps(raw))
+    with pytest.raises(DataError, match="non-empty relative image path"):
+        load_dataset("eurosat", tmp_path)
+
+
+def test_a_non_utf8_classnames_file_is_a_data_error(tmp_path: Path) -> None:
+    make_imagenet(tmp_path, train_per_class=2, val_per_class=1)
+    names = tmp_path / "imagenet" / "classnames.txt"
+    names.write_bytes(names.read_bytes() + b"n0 caf\xe9\n")
+    with pytest.raises(DataError, match="is not UTF-8 text"):
+        load_dataset("imagenet", tmp_path)

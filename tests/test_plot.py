@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -144,3 +145,21 @@ def test_factors_and_movement_curves_are_the_recorded_series(demo_recording, run
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = CliRunner().invoke(app, ["plot", str(runs), "--kind", "factors", "--out", str(tmp_path / "x.png")])
     assert isinstance(result.exception, WsError) and "predates" in str(result.exception)
+
+
+def test_out_into_a_directory_under_a_file_or_read_only_is_one_line(runs, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.png").mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = [
+        (tmp_path / "adir.png", "is a directory"),
+        (tmp_path / "afile" / "x.png", "is a file, not a directory"),
+    ]
+    if os.access(locked, os.W_OK) is False:  # root writes anywhere; a read-only mount is tested in test_safety
+        cases.append((locked / "x.png", "cannot write in"))
+    for out, needle in cases:
+        result = CliRunner().invoke(app, ["plot", str(runs), "--kind", "gates", "--out", str(out)])
+        assert isinstance(result.exception, WsError) and needle in str(result.exception), result.output
+        assert "\n" not in str(result.exception)

@@ -113,6 +113,8 @@ BAD = [
     (["--set", "gate_lr_scal=5"], "did you mean gate_lr_scale"),
     (["--on-nan", "ignore"], "unknown on_nan 'ignore'"),
     (["--epochs", "0"], "epochs = 0 must be at least 1"),
+    (["--seed", "4294967296"], "seed = 4294967296 must be in [0, 4294967295]"),
+    (["--set", "dataset=nope"], "unknown dataset 'nope' (choose from world, imagenet"),
 ]
 
 

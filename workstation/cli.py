@@ -12,6 +12,7 @@ import typer
 
 from recorders.format.errors import WsError
 from workstation.commands import backbone, batch, inspect, plot, record, stats, view
+from workstation.safe_text import clean
 
 app = typer.Typer(
     name="ws",
@@ -37,7 +38,7 @@ def main() -> None:
     try:
         app()
     except WsError as exc:
-        print(f"ws: error: {exc}", file=sys.stderr)
+        print(f"ws: error: {clean(exc)}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         print("ws: interrupted", file=sys.stderr)

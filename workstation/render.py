@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from workstation.safe_text import clean
+
 if TYPE_CHECKING:
     from analyses.stats import ComparisonReport
 
@@ -32,7 +34,7 @@ def config_summary(config: dict[str, Any], limit: int = 16) -> str:
             for key, item in value.items():
                 walk(f"{prefix}{key}.", item)
         else:
-            pairs.append(f"{prefix[:-1]}={value}")
+            pairs.append(clean(f"{prefix[:-1]}={value}"))
 
     walk("", config)
     more = f" … (+{len(pairs) - limit} more; --json shows all)" if len(pairs) > limit else ""
@@ -40,8 +42,9 @@ def config_summary(config: dict[str, Any], limit: int = 16) -> str:
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    """Print a recording summary (as returned by ``Recording.summary``) as a rich table."""
-    table = Table(title=s["path"], show_header=False, title_justify="left")
+    """Print a recording summary (as returned by ``Recording.summary``) as a rich table (every value passed
+    through :func:`~workstation.safe_text.clean`: a recording's strings never reach the terminal raw)."""
+    table = Table(title=escape(clean(s["path"])), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     ev = s["last_eval"]
@@ -71,7 +74,7 @@ def print_summary(s: dict[str, Any]) -> None:
     if damaged:
         rows.append(("damaged", "; ".join(f"{part}: {reason}" for part, reason in damaged.items())))
     for key, value in rows:
-        table.add_row(f"[red]{key}[/]" if key == "damaged" else key, escape(value))
+        table.add_row(f"[red]{key}[/]" if key == "damaged" else key, escape(clean(value)))
     console.print(table)
 
 

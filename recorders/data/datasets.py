@@ -93,7 +93,13 @@ def load_imagenet(root: Path) -> DatasetSplits:
     if not names_file.is_file():
         raise DataError(f"missing {names_file}: put CoOp's classnames.txt (lines 'n01440764 tench') in {base}")
     wnid_names: dict[str, str] = {}
-    for line in names_file.read_text().splitlines():
+    try:
+        names_text = names_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{names_file} is not UTF-8 text (byte {exc.start}); save it as UTF-8 (lines 'n01440764 tench')"
+        ) from None
+    for line in names_text.splitlines():
         wnid, _, name = line.strip().partition(" ")
         if wnid:
             wnid_names[wnid] = name.strip()
@@ -186,8 +192,8 @@ def _from_split_file(
     if not split_file.is_file():
         raise DataError(f"missing split file {split_file}: download {split_file.name} (CoOp's DATASETS.md) into {base}")
     try:
-        raw = json.loads(split_file.read_text())
-        rows = {split: [(str(p), int(y), str(c)) for p, y, c in raw[split]] for split in SPLITS}
+        raw = json.loads(split_file.read_text(encoding="utf-8"))
+        rows = {split: [_split_row(row) for row in raw[split]] for split in SPLITS}
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(
             f"split file {split_file} is not CoOp's format ({exc}): it must map train/val/test to "
@@ -204,6 +210,18 @@ def _from_split_file(
         s: [Item((prefix / p).as_posix(), dense[y], classnames[dense[y]]) for p, y, _ in rs] for s, rs in kept.items()
     }
     return _splits(name, base, classnames, splits["train"], splits["val"], splits["test"])
+
+
+def _split_row(row: object) -> tuple[str, int, str]:
+    """One ``[relative_path, label, classname]`` row of a split JSON; raises ``ValueError`` naming what is wrong."""
+    if not isinstance(row, list | tuple) or len(row) != 3:
+        raise ValueError(f"row {row!r} is not [path, label, classname]")
+    path, label, classname = row
+    if not isinstance(path, str) or not path.strip() or Path(path).is_absolute() or ".." in Path(path).parts:
+        raise ValueError(f"row {row!r} needs a non-empty relative image path")
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise ValueError(f"row {row!r} needs an integer label")
+    return path, label, str(classname)
 
 
 def _scan_classes(base: Path, sub: Path, folders: list[str], classnames: list[str]) -> list[Item]:

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,12 @@ from recorders.format.schema import (
     EVAL_FIELDS,
     EVAL_GATE_STATS,
     EVENT_FIELDS,
+    EVENT_SPAN,
+    EVENT_STEP,
+    EVENT_TEXT,
     FORMAT_NAME,
     SCHEMA_VERSION,
+    STATUS_LOG,
     STATUSES,
     STEP,
     VAL_ACC,
@@ -73,6 +78,7 @@ class Recording:
     _step_cache: np.ndarray | None = field(default=None, repr=False)
     damaged: dict[str, str] = field(default_factory=dict)
     _attrs: dict[str, Any] = field(default_factory=dict, repr=False)
+    _events_cache: list[Event] = field(default_factory=list, repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Recording:
@@ -114,7 +120,37 @@ class Recording:
 
     @property
     def status(self) -> str:
+        """``running``, ``complete`` or ``failed``; in a live file, read from the status history the writer appends
+        to (a SWMR reader cannot see a changed root attribute), else from the ``status`` attribute."""
+        f = self._file
+        if f.swmr_mode and not self.is_damaged(STATUS_LOG):
+            try:
+                log = _retrying(lambda: _last(f[STATUS_LOG]), True) if STATUS_LOG in f else None
+            except _H5_ERRORS:
+                log = None
+            if log in STATUSES:
+                return str(log)
         return str(self._attrs["status"])
+
+    @property
+    def complete(self) -> bool:
+        """True only for a ``complete`` file that is also consistent (see :meth:`inconsistency`)."""
+        return self.status == "complete" and not self.inconsistency()
+
+    def inconsistency(self) -> str:
+        """Why a file that says ``complete`` cannot be (empty when it is consistent): a damaged part, no
+        ``finished`` time, fewer rows than its planned ``total_steps``, or a per-step series shorter than
+        ``steps/step``."""
+        if self.damaged:
+            return "damaged: " + ", ".join(sorted(self.damaged))
+        if not self._attrs.get("finished"):
+            return "no finished time"
+        total = _int_attr(self._attrs.get("total_steps", 0)) or 0
+        if total and self.n_steps != total:
+            return f"{self.n_steps} rows of {total} planned steps"
+        with self._guard(STEP):
+            short = [p for p in self.layout.step_series() if self._file[p].shape[0] < self.n_steps]
+        return f"{short[0]} is shorter than {STEP}" if short else ""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -198,13 +234,14 @@ class Recording:
     def refresh(self) -> int:
         """Re-read lengths of a file that may still be written (SWMR); returns the committed row count."""
         f = self._file
-        with self._guard(STEP):
-            if f.swmr_mode:
-                f[STEP].refresh()
-                status = _py(f.attrs.get("status"))  # attributes are re-read from disk on access
-                if status in STATUSES:
-                    self._attrs["status"] = status
-            n = f[STEP].shape[0]
+        if f.swmr_mode:  # a live file: a block the writer is updating is retried, then the last length is kept
+            try:
+                n = _retrying(lambda: _refreshed_length(f), True)
+            except _H5_ERRORS:
+                return self.n_steps
+        else:
+            with self._guard(STEP):
+                n = int(f[STEP].shape[0])
         if n != self.n_steps:
             self._step_cache = None
         self.n_steps = n
@@ -226,22 +263,23 @@ class Recording:
         n = self.n_steps
         stop = n if stop is None else min(max(stop, 0), n)
         start = min(max(start, 0), stop)
-        ds = self._dataset(path)
-        with self._guard(path):
-            if ds.shape[0] < stop:
-                raise ValueError(f"{ds.shape[0]} rows, {STEP} has {n}")
-            return ds[start:stop:stride]
+        return self._checked(path, stop, lambda ds: ds[start:stop:stride])
 
     def row(self, path: str, index: int) -> np.ndarray:
         """One row of a per-step series (``index`` counts committed rows; negative counts from the end)."""
         n = self.n_steps
         if not -n <= index < n:
             raise IndexError(f"row {index} out of range for {n} committed rows")
+        return self._checked(path, n, lambda ds: ds[index % n])
+
+    def _checked(self, path: str, rows: int, read: Any) -> Any:
+        """``read(dataset)`` of a per-step series holding at least ``rows`` rows, retried in a live file; an error
+        (a checksum mismatch, a short series) marks the series damaged and becomes one line."""
         ds = self._dataset(path)
         with self._guard(path):
-            if ds.shape[0] < n:
-                raise ValueError(f"{ds.shape[0]} rows, {STEP} has {n}")
-            return ds[index % n]
+            if ds.shape[0] < rows:
+                raise ValueError(f"{ds.shape[0]} rows, {STEP} has {rows}")
+            return _retrying(lambda: read(ds), self._file.swmr_mode)
 
     def steps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.read(STEP, start, stop)
@@ -289,13 +327,42 @@ class Recording:
         return {stat: self._dataset(eval_gate_path(gate_set, stat))[:n].astype(np.float64) for stat in EVAL_GATE_STATS}
 
     def events(self) -> list[Event]:
-        """Recorded events in order. A complete file whose event columns differ in length is damaged; a running one
-        is read up to its shortest column (the writer may be between columns)."""
-        cols = [self._dataset(f"events/{name}") for name in EVENT_FIELDS]
+        """Recorded events, oldest first. In a live file, events whose bytes are not all written yet are left out
+        (they appear on a later call) and a read that keeps failing returns the events read last time; in a closed
+        file an unreadable events part is damaged."""
+        if self._file.swmr_mode:
+            try:
+                self._events_cache = _retrying(self._read_events, True)
+            except _H5_ERRORS:
+                pass
+            return list(self._events_cache)
         with self._guard("events"):
-            n = min(ds.shape[0] for ds in cols)
-            steps, kinds, messages = (ds[:n] for ds in cols)
-            return [Event(int(s), str(_py(k)), str(_py(m))) for s, k, m in zip(steps, kinds, messages, strict=True)]
+            return self._read_events()
+
+    def _read_events(self) -> list[Event]:
+        steps_ds = self._dataset(EVENT_STEP)
+        steps = steps_ds[: steps_ds.shape[0]]
+        if EVENT_TEXT not in self._file:  # files written before the fixed-size encoding: variable-length strings
+            kinds = self._dataset("events/kind")
+            messages = self._dataset("events/message")
+            n = min(len(steps), kinds.shape[0], messages.shape[0])
+            return [
+                Event(int(s), str(_py(k)), str(_py(m)))
+                for s, k, m in zip(steps[:n], kinds[:n], messages[:n], strict=True)
+            ]
+        spans_ds = self._dataset(EVENT_SPAN)
+        n = min(len(steps), spans_ds.shape[0])
+        spans = spans_ds[:n]
+        text_ds = self._dataset(EVENT_TEXT)
+        ends = spans[:, 0] + spans[:, 1] + spans[:, 2] if n else np.zeros(0, np.int64)
+        n = int(np.searchsorted(np.maximum.accumulate(ends), text_ds.shape[0], side="right")) if n else 0
+        text = text_ds[: int(ends[n - 1])].tobytes() if n else b""
+        out = []
+        for s, (offset, k, m) in zip(steps[:n], spans[:n], strict=True):
+            kind = text[offset : offset + k].decode("utf-8", "replace")
+            message = text[offset + k : offset + k + m].decode("utf-8", "replace")
+            out.append(Event(int(s), kind, message))
+        return out
 
     def tensor(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Steps ``(k,)`` and gradients ``(k, *shape)`` of a strided tensor."""
@@ -365,9 +432,36 @@ def _part(path: str) -> str:
 
 
 def _reason(exc: BaseException | str) -> str:
-    """The first line of an h5py error, without HDF5's trailing detail in parentheses."""
+    """The first line of an h5py error (``checksum mismatch`` for a damaged chunk under Fletcher-32)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "checksum" in text.lower() or "filter returned failure" in text:
+        return "checksum mismatch"
     return text.strip("'\"") or type(exc).__name__
+
+
+def _last(ds: h5py.Dataset) -> str | None:
+    ds.refresh()
+    n = ds.shape[0]
+    return str(_py(ds[n - 1])) if n else None
+
+
+def _refreshed_length(f: h5py.File) -> int:
+    if f.swmr_mode:
+        f[STEP].refresh()
+    return int(f[STEP].shape[0])
+
+
+def _retrying(read: Any, live: bool, attempts: int = 3, pause: float = 0.05) -> Any:
+    """``read()``; in a live (SWMR) file an ``OSError`` from a block the writer is updating is retried after a
+    short pause, ``attempts`` times in all, then raised."""
+    for attempt in range(attempts if live else 1):
+        try:
+            return read()
+        except (OSError, RuntimeError):
+            if not live or attempt == attempts - 1:
+                raise
+            time.sleep(pause * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _corrupt(p: Path, exc: BaseException | str) -> RecordingError:
@@ -523,9 +617,15 @@ def _check_structure(f: h5py.File, layout: Layout, n_steps: int, status: str) ->
     expected_rows = {path: n_steps for path in expected}
     for name in EVAL_FIELDS:
         expected[f"eval/{name}"] = ((), "int" if name in ("step", "epoch") else "float")
-    expected["events/step"] = ((), "int")
-    for name in EVENT_FIELDS[1:]:
-        expected[f"events/{name}"] = ((), None)  # a string column (its encoding is the writer's)
+    expected[EVENT_STEP] = ((), "int")
+    if EVENT_TEXT in f:  # the fixed-size event encoding
+        expected[EVENT_TEXT] = ((), np.dtype("uint8"))
+        expected[EVENT_SPAN] = ((3,), "int")
+        event_columns: tuple[str, ...] = (EVENT_STEP, EVENT_SPAN)
+    else:  # files written before it: variable-length string columns
+        for name in EVENT_FIELDS[1:]:
+            expected[f"events/{name}"] = ((), None)
+        event_columns = tuple(f"events/{name}" for name in EVENT_FIELDS)
     for tensor in layout.tensors:
         expected[tensor_path(tensor.name)] = (tuple(tensor.shape), np.dtype("float32"))
         expected[tensor_path(tensor.name, "step")] = ((), "int")
@@ -536,7 +636,7 @@ def _check_structure(f: h5py.File, layout: Layout, n_steps: int, status: str) ->
             damaged.setdefault(_part(path), f"{path}: {problem}" if _part(path) != path else problem)
     if "events" not in damaged and status != "running":
         try:
-            lengths = {name: f[f"events/{name}"].shape[0] for name in EVENT_FIELDS}
+            lengths = {name: f[name].shape[0] for name in event_columns}
         except _H5_ERRORS as exc:
             lengths, damaged["events"] = {}, f"unreadable ({_reason(exc)})"
         if len(set(lengths.values())) > 1:

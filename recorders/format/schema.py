@@ -61,6 +61,21 @@ EVENT_KINDS = ("epoch_end", "eval", "nonfinite", "note")
 COUNTERFACTUALS = ("mean", "init", "open")  # gates held at their test-set mean / reset to init / removed (σ = 1)
 EVAL_GATE_STATS = ("mean", "std", "class_std", "domain_std")  # instance gates' σ over the test images
 VAL_ACC = "eval/val_acc"
+# Events are stored as fixed-size arrays a SWMR reader can read at any moment (variable-length strings live in
+# HDF5's global heap, which a reader following a live file can catch half-written): ``events/text`` holds the
+# UTF-8 bytes of every kind and message, ``events/span`` one ``(offset, kind_bytes, message_bytes)`` row per
+# event, ``events/step`` the steps; its length is the number of committed events. Files written before this
+# encoding hold ``events/kind`` and ``events/message`` as variable-length strings; readers accept both.
+EVENT_STEP = "events/step"
+EVENT_TEXT = "events/text"
+EVENT_SPAN = "events/span"
+#: The status history, ``(k,)`` fixed-length byte strings: ``running`` at creation, then the final status. Its
+#: last entry equals the ``status`` attribute. A SWMR reader follows it like any growing dataset (HDF5 gives a
+#: live reader no way to re-read a changed root attribute). Optional: older files lack it.
+STATUS_LOG = "state/status"
+#: Root attributes the writer updates while the file is in SWMR mode are fixed-length byte strings of at least
+#: this many bytes, so an update rewrites them in place.
+STATUS_ATTR_BYTES = 32
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -112,6 +127,13 @@ def correct_path(model: str) -> str:
 def eval_gate_path(gate_set: str, stat: str) -> str:
     """Per-evaluation statistic of an instance gate set's σ over the test images, ``(evals, n_gates)`` float32."""
     return f"eval/gates/{gate_set}/{stat}"
+
+
+def status_attr(value: str) -> np.ndarray:
+    """``value`` as a fixed-length UTF-8 byte string attribute of at least :data:`STATUS_ATTR_BYTES` bytes
+    (readers decode it; see ``_py`` in the reader)."""
+    raw = value.encode("utf-8", "replace")
+    return np.array(raw, dtype=f"S{max(STATUS_ATTR_BYTES, len(raw))}")
 
 
 def dsigmoid_from_logit(logit: np.ndarray) -> np.ndarray:

@@ -125,8 +125,11 @@ class Config:
         gwd = self.gate_weight_decay
         if gwd is not None and not (math.isfinite(gwd) and gwd >= 0):
             raise ConfigError(f"gate_weight_decay = {gwd} must be a finite, non-negative number")
-        if self.seed < 0:
-            raise ConfigError(f"seed = {self.seed} must be >= 0 (0 is a valid seed)")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed = {self.seed} must be in [0, 4294967295] (0 is a valid seed; seeds are 32-bit)")
+        from recorders.data.datasets import DATASETS
+
+        _choice("dataset", self.dataset, DATASETS)
         from recorders.methods.gates import GateInit
 
         GateInit.parse(self.gate_init)

@@ -120,12 +120,14 @@ def run_demo(
     device: str = "cpu",
     flush_every: int = 64,
     record: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Train the demo model for ``steps`` SGD steps and record it to ``out`` (default :func:`default_path`).
 
     SGD with momentum 0.9 and weight decay 5e-4 on two named groups (``prompt``: the context, ``gates``: both gate
     sets), evaluation every 100 steps. Deterministic on CPU for a given seed. With ``record=False`` nothing is
-    written (the benchmark's baseline) and the would-be path is returned.
+    written (the benchmark's baseline) and the would-be path is returned. An existing ``out`` is refused unless
+    ``overwrite``.
     """
     cfg = DemoConfig()
     path = Path(out) if out is not None else default_path(seed)
@@ -161,6 +163,8 @@ def run_demo(
             seed=seed,
             device=device,
             flush_every=flush_every,
+            total_steps=steps,
+            overwrite=overwrite,
         )
         if record
         else nullcontext(None)

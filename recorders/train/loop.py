@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from recorders.data.types import FewShotTask
 from recorders.format import RECORDINGS_DIR, SATURATED_ABOVE, SATURATED_BELOW, EvalSpec, RecordingWriter
 from recorders.format.errors import ConfigError, WsError
+from recorders.format.writer import check_writable
 from recorders.methods.base import ParamGroup, PromptMethod
 from recorders.methods.gates import find_gates, gate_states
 from recorders.methods.registry import build_method
@@ -138,13 +139,25 @@ class Run:
     method: PromptMethod
     task: FewShotTask
     path: Path
+    force: bool = False  # replace an existing file at ``path`` (``ws record --force``)
 
 
 def build_run(
-    cfg: Config, *, backbone: Backbone | None = None, task: FewShotTask | None = None, cache_dir: Path | None = None
+    cfg: Config,
+    *,
+    backbone: Backbone | None = None,
+    task: FewShotTask | None = None,
+    cache_dir: Path | None = None,
+    force: bool = False,
 ) -> Run:
-    """Validate ``cfg``, load the backbone and the task (unless given) and build the method; writes nothing."""
+    """Validate ``cfg``, load the backbone and the task (unless given) and build the method; writes nothing.
+
+    The output path is checked first (it must not exist unless ``force``, nor be held by another process, and its
+    directory must be writable), so a bad ``--out`` fails before anything expensive is loaded.
+    """
     cfg.validate()
+    path = Path(cfg.out) if cfg.out else default_path(cfg)
+    check_writable(path, overwrite=force)
     if cfg.warmup_epochs >= cfg.epochs:
         raise ConfigError(
             f"warmup_epochs = {cfg.warmup_epochs} leaves no training after warm-up in "
@@ -159,10 +172,7 @@ def build_run(
     if not task.train:
         raise ConfigError(f"dataset {cfg.dataset!r} gave no training items; check --dataset and --shots")
     method = build_method(cfg, backbone)
-    path = Path(cfg.out) if cfg.out else default_path(cfg)
-    if path.exists() and path.is_dir():
-        raise ConfigError(f"--out {path} is a directory; pass a file path ending in .h5")
-    return Run(cfg, method, task, path)
+    return Run(cfg, method, task, path, force)
 
 
 def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silent) -> RunResult:
@@ -210,6 +220,7 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silen
         dataset=cfg.dataset,
         flush_every=cfg.flush_every,
         total_steps=total,
+        overwrite=run.force,
     ) as writer:
         probe.attach(writer)
         method.train()

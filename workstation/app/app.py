@@ -13,6 +13,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from recorders.format.errors import WsError
 from workstation.app.data import RunData
 from workstation.app.screens.recordings import Catalog, RecordingsScreen
+from workstation.safe_text import clean
 
 Command = tuple[str, str, Callable[[], object]]
 
@@ -94,7 +95,7 @@ class WsApp(App[None]):
         try:
             return RunData.open(str(path))
         except WsError as exc:
-            self.notify(str(exc), title="cannot open recording", severity="error", timeout=10)
+            self.notify(clean(exc), title="cannot open recording", severity="error", timeout=10)
             return None
 
     def open_run(self, path: Path) -> bool:
@@ -135,7 +136,7 @@ class WsApp(App[None]):
     def ws_commands(self) -> Iterator[Command]:
         """The palette's commands for the current state."""
         for path in self.paths:
-            yield f"open {path.name}", f"run view of {path}", partial(self.open_run, path)
+            yield clean(f"open {path.name}"), clean(f"run view of {path}"), partial(self.open_run, path)
         if 2 <= len(self.paths) <= 4:
             yield "compare all", "compare view of the recordings known", partial(self.open_compare, self.paths)
         marked = getattr(self.screen, "marked", [])

@@ -11,12 +11,13 @@ of a ``width``-column plot covers rows ``[c·n/width, (c+1)·n/width)``.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
-import pickle
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from recorders.format import (
     loss_path,
 )
 from recorders.format.errors import RecordingError
+from workstation.safe_text import clean
 
 SAMPLES_PER_COLUMN = 64
 # Diagnose in a child process above this many recorded gate values (rows × gates): on 100k × 1,024 the
@@ -173,7 +175,7 @@ class RunData:
     def title(self) -> str:
         rec = self.rec
         variant = rec.config.get("variant") or ""
-        return " · ".join(x for x in (rec.method, variant, rec.dataset, f"seed {rec.seed}") if x)
+        return clean(" · ".join(str(x) for x in (rec.method, variant, rec.dataset, f"seed {rec.seed}") if x))
 
     @property
     def loss_paths(self) -> dict[str, str]:
@@ -213,6 +215,10 @@ class RunData:
         rows = np.searchsorted(self.rec.steps(0, self.n_rows), np.asarray(steps), side="right") - 1
         return np.clip(rows, 0, max(self.n_rows - 1, 0))
 
+    def gate_labels(self, gate_set: str) -> tuple[str, ...]:
+        """The gate set's labels as the screen may show them (control characters stripped)."""
+        return tuple(clean(label) for label in self.rec.gate_sets[gate_set].labels)
+
     def gate_row(self, gate_set: str, row: int) -> dict[str, np.ndarray]:
         """Gate ``value``, ``dsigmoid``, ``logit`` and ``grad`` at ``row``: each ``(n_gates,)`` float32."""
         return {s: self.rec.row(gate_path(gate_set, s), row) for s in ("value", "dsigmoid", "logit", "grad")}
@@ -235,7 +241,7 @@ class RunData:
             events: list[Event] = self.rec.events()
         except RecordingError:  # a damaged events part: the file's summary names it; the markers go without
             events = []
-        out = [Marker(self.row_of_step(e.step), e.step, e.kind, e.message or e.kind) for e in events]
+        out = [Marker(self.row_of_step(e.step), e.step, clean(e.kind), clean(e.message or e.kind)) for e in events]
         return sorted(out + self.extra_markers, key=lambda m: (m.row, m.kind))
 
     def diagnose(self) -> Any:
@@ -272,34 +278,33 @@ def distinguishing_key(runs: list[RunData]) -> str:
     return "method"
 
 
-# The child pickles the diagnostics, or the exception that stopped them, to stdout.
-_CHILD = """
-import pickle, sys
-from analyses.diagnostics import diagnose
-from recorders.format import Recording
-try:
-    with Recording.open(sys.argv[1]) as rec:
-        out = diagnose(rec)
-except Exception as exc:
-    out = exc
-sys.stdout.buffer.write(pickle.dumps(out))
-"""
-
-
 def diagnose_in_subprocess(path: str | os.PathLike[str]) -> Any:
     """``analyses.diagnostics.diagnose`` of the recording at ``path``, computed by a child Python process.
 
     A plain subprocess rather than multiprocessing: inside a Textual app ``sys.stderr`` is a capture object,
-    which multiprocessing's resource tracker cannot pass to its own child. Exceptions raised in the child
-    (a :class:`~recorders.format.errors.RecordingError` for a bad file) are raised here.
+    which multiprocessing's resource tracker cannot pass to its own child. The child is a module entry point
+    (:mod:`workstation.app.diagnose_child`) started with ``-P`` (the working directory is not on its
+    ``sys.path``) and ``PYTHONPATH`` set to the folder this ws runs from; it answers in JSON, never pickle.
+    Errors in the child (a :class:`~recorders.format.errors.RecordingError` for a bad file) are raised here as
+    :class:`~recorders.format.errors.RecordingError`.
     """
+    from workstation.app.diagnose_child import decode_diagnostics
+
+    root = Path(__file__).resolve().parents[2]  # the folder holding the workstation package
+    env = {**os.environ, "PYTHONPATH": str(root)}
     child = subprocess.run(
-        [sys.executable, "-c", _CHILD, os.fspath(path)], stdin=subprocess.DEVNULL, capture_output=True, check=False
+        [sys.executable, "-P", "-m", "workstation.app.diagnose_child", os.path.abspath(path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+        env=env,
     )
-    if child.returncode != 0 or not child.stdout:
+    try:
+        out = json.loads(child.stdout)
+    except ValueError:
         reason = child.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {child.returncode}"]
-        raise RecordingError(f"{path}: the diagnostics process failed ({reason[0]})")
-    out = pickle.loads(child.stdout)  # written by our own child process above
-    if isinstance(out, BaseException):
-        raise out
-    return out
+        raise RecordingError(f"{path}: the diagnostics process failed ({reason[0]})") from None
+    if "error" in out:
+        message = str(out["error"])
+        raise RecordingError(message if out.get("user_error") else f"{path}: diagnostics failed ({message})")
+    return decode_diagnostics(out["diagnostics"])

@@ -30,8 +30,10 @@ def batch(
 ) -> None:
     """Run every run of a sweep spec that is not yet complete, with a live table, then summarise the sweep."""
     from rich.console import Console
+    from rich.markup import escape
 
     from recorders.format.errors import WsError
+    from workstation.safe_text import clean
     from workstation.sweep.runner import execute
     from workstation.sweep.spec import load_spec
 
@@ -45,22 +47,24 @@ def batch(
         outcome = execute(sweep, runner, retry_failed=retry_failed, console=console)
     except KeyboardInterrupt:
         console.print(
-            f"interrupted: runs not complete are marked interrupted in {sweep.directory / 'manifest.json'};"
-            " run the same command again to resume"
+            escape(
+                clean(f"interrupted: runs not complete are marked interrupted in {sweep.directory / 'manifest.json'};")
+            )
+            + " run the same command again to resume"
         )
         raise SystemExit(130) from None
     failed = [e for e in outcome.manifest.runs.values() if e.status == "failed"]
     console.print(
-        f"sweep {sweep.directory}: {outcome.count('complete')} complete "
-        f"({len(outcome.skipped)} already), {len(failed)} failed"
+        escape(clean(f"sweep {sweep.directory}"))
+        + f": {outcome.count('complete')} complete ({len(outcome.skipped)} already), {len(failed)} failed"
     )
     for entry in failed:
-        console.print(f"  [red]failed[/] {entry.id}: {entry.error}", markup=True, highlight=False)
+        console.print(f"  [red]failed[/] {escape(clean(f'{entry.id}: {entry.error}'))}", markup=True, highlight=False)
     if summary:
         try:
             _print_summary(sweep, metric)
         except WsError as exc:
-            console.print(f"no summary: {exc}")
+            console.print(f"no summary: {escape(clean(exc))}")
     if failed:
         raise SystemExit(1)
 
@@ -79,13 +83,15 @@ def _executor(name: ExecutorName, jobs: int, address: str | None, cpus: float, g
 
 def _print_plan(sweep: SweepSpec, retry_failed: bool) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from workstation.safe_text import clean
     from workstation.sweep.runner import plan
 
     manifest, todo, done = plan(sweep, retry_failed)
     will_run = {r.run_id for r in todo}
-    table = Table(title=f"{len(sweep.runs)} runs → {sweep.directory}", title_justify="left")
+    table = Table(title=escape(clean(f"{len(sweep.runs)} runs → {sweep.directory}")), title_justify="left")
     for column in ("run", "method", "seed", "labels", "action"):
         table.add_column(column)
     for run in sweep.runs:
@@ -95,7 +101,7 @@ def _print_plan(sweep: SweepSpec, retry_failed: bool) -> None:
         else:
             action = "run" if run.run_id in will_run else f"skip ({entry.status})"
         labels = ", ".join(f"{k}={v}" for k, v in run.labels.items())
-        table.add_row(run.run_id, run.method, str(run.config.seed), labels, action)
+        table.add_row(*(escape(clean(v)) for v in (run.run_id, run.method, run.config.seed, labels, action)))
     Console().print(table)
 
 

@@ -50,6 +50,8 @@ def _print_diagnostics(d: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from workstation.safe_text import clean
+
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3g}"
 
@@ -81,7 +83,7 @@ def _print_diagnostics(d: dict) -> None:
         grad = max((abs(x) for x in g["grad_displacement"] if x is not None), default=None)
         decay = max((abs(x) for x in g["decay_displacement"] if x is not None), default=None)
         table.add_row(
-            f"{escape(name)} [{g['kind']}]",
+            escape(f"{clean(name)} [{clean(g['kind'])}]"),
             f"[{colours[g['verdict']]}]{g['verdict']}[/]",
             "-" if g["onset_step"] is None else str(g["onset_step"]),
             " / ".join(fmt(ph[k]) for k in ("early", "middle", "late")),

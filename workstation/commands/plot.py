@@ -25,6 +25,12 @@ def plot(
     ] = None,
 ) -> None:
     """Draw one curve per group of runs (mean over seeds with a ±1 std band) and save it for a paper."""
+    from recorders.format.errors import ConfigError
+    from recorders.format.writer import check_output_dir
+
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; pass a file name ending in .png, .pdf or .svg")
+    check_output_dir(out)  # before reading any recording
     from analyses.figures import plot_runs
 
     typer.echo(f"wrote {plot_runs(paths, kind, out, by=by, gate_set=gate_set)}")

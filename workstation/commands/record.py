@@ -101,6 +101,9 @@ def record(
         bool, typer.Option("--demo", help="Record the 10-second synthetic demo instead (no CLIP).")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print trainable parameter counts and exit.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --out file (never one another process holds).")
+    ] = False,
 ) -> None:
     """Train a method on a frozen CLIP and record every step (gates, gradients, losses, evaluations)."""
     from rich.console import Console
@@ -109,9 +112,15 @@ def record(
 
     console = Console()
     if demo:
+        from recorders.format.errors import ConfigError
+        from recorders.format.writer import check_writable
         from recorders.train.demo import run_demo
 
-        path = run_demo(out, seed=seed if seed is not None else 0, device=device or "cpu")
+        if seed is not None and not 0 <= seed < 2**32:
+            raise ConfigError(f"--seed {seed} must be in [0, 4294967295] (numpy and torch seeds are 32-bit)")
+        if out is not None:
+            check_writable(out, overwrite=force)
+        path = run_demo(out, seed=seed if seed is not None else 0, device=device or "cpu", overwrite=force)
         console.print(f"recording: {path}")
         return
     overrides = [
@@ -142,7 +151,7 @@ def record(
     from recorders.train.loop import build_run, train
     from workstation.progress import RichProgress
 
-    run = build_run(cfg)
+    run = build_run(cfg, force=force)
     console.print(
         f"[bold]{cfg.method}[/] on {cfg.dataset} ({cfg.shots} shots, seed {cfg.seed}), "
         f"{run.method.n_trainable():,} trainable parameters, device {run.method.backbone.device}"

@@ -71,15 +71,17 @@ def print_report(report) -> None:  # noqa: ANN001 (ComparisonReport; imported la
     from rich.markup import escape
     from rich.table import Table
 
+    from workstation.safe_text import clean
+
     console = Console()
     title = f"{report.metric} by {report.by}" + (f" (baseline {report.baseline})" if report.baseline else "")
-    groups = Table(title=escape(title), title_justify="left")
+    groups = Table(title=escape(clean(title)), title_justify="left")
     for column in ("group", "n", "seeds", "values", "mean ± std", "95% t-interval", "IQM"):
         groups.add_column(column)
     for g in report.groups.values():
         values = ", ".join(number(v) for v in g.values)
         groups.add_row(
-            escape(g.name),
+            escape(clean(g.name)),
             str(g.n),
             ", ".join(map(str, g.seeds)),
             values,
@@ -105,7 +107,7 @@ def print_report(report) -> None:  # noqa: ANN001 (ComparisonReport; imported la
     for r in report.rows:
         perm = number(r.perm_p) + ("" if r.perm_resamples is None else f" (MC {r.perm_resamples})")
         rows.add_row(
-            escape(f"{r.a} vs {r.b}"),
+            escape(clean(f"{r.a} vs {r.b}")),
             number(r.mean_diff),
             number(r.welch_p),
             perm,
@@ -118,6 +120,6 @@ def print_report(report) -> None:  # noqa: ANN001 (ComparisonReport; imported la
         )
     console.print(rows)
     for line in report.warnings:
-        console.print(f"[yellow]warning:[/] {escape(line)}")
+        console.print(f"[yellow]warning:[/] {escape(clean(line))}")
     for line in report.excluded:
-        console.print(f"[dim]excluded {escape(line)}[/]")
+        console.print(f"[dim]excluded {escape(clean(line))}[/]")

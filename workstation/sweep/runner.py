@@ -21,7 +21,9 @@ from rich.table import Table
 
 from recorders.format import Recording
 from recorders.format.errors import RecordingError
+from workstation.safe_text import clean
 from workstation.sweep.executors import Executor, RunResult, record_args
+from workstation.sweep.lock import SweepLock
 from workstation.sweep.manifest import Manifest, RunEntry, recording_state
 from workstation.sweep.spec import PlannedRun, SweepSpec
 
@@ -94,21 +96,37 @@ def execute(
     poll_seconds: float = 0.5,
     on_update: Callable[[Manifest], None] | None = None,
 ) -> SweepOutcome:
-    """Run every run not yet complete; Ctrl-C marks running runs ``interrupted`` and re-raises."""
-    console = console or Console(stderr=True)
+    """Run every run not yet complete, holding the sweep's lock (a second driver gets a one-line error, exit 2).
+
+    Ctrl-C, or any error in the driver itself, stops the queued runs and the running ones (they record status
+    ``failed``), marks every run not complete on disk ``interrupted`` and re-raises.
+    """
+    with SweepLock(spec.directory):
+        return _execute(spec, executor, retry_failed, console or Console(stderr=True), poll_seconds, on_update)
+
+
+def _execute(
+    spec: SweepSpec,
+    executor: Executor,
+    retry_failed: bool,
+    console: Console,
+    poll_seconds: float,
+    on_update: Callable[[Manifest], None] | None,
+) -> SweepOutcome:
     manifest, todo, done = plan(spec, retry_failed)
     manifest.save()
+    _remove_stubs(spec.directory)
     futures: dict[Future[RunResult], str] = {}
     started: dict[str, float] = {}
-    for run in todo:
-        config_file = write_run_config(spec.directory, run)
-        out = manifest.recording(run.run_id).resolve()
-        out.unlink(missing_ok=True)  # a partial recording of an earlier attempt: this run replaces it
-        futures[executor.submit(run.run_id, record_args(config_file.resolve(), out), {})] = run.run_id
-        manifest.runs[run.run_id].status = "pending"
-    manifest.save()
-    outcome = SweepOutcome(manifest, skipped=done, executed=[r.run_id for r in todo])
     try:
+        for run in todo:
+            config_file = write_run_config(spec.directory, run)
+            out = manifest.recording(run.run_id).resolve()
+            out.unlink(missing_ok=True)  # a partial recording of an earlier attempt: this run replaces it
+            futures[executor.submit(run.run_id, record_args(config_file.resolve(), out), {})] = run.run_id
+            manifest.runs[run.run_id].status = "pending"
+        manifest.save()
+        outcome = SweepOutcome(manifest, skipped=done, executed=[r.run_id for r in todo])
         with Live(_table(manifest, started), console=console, refresh_per_second=2, transient=False) as live:
             pending = set(futures)
             while pending:
@@ -120,19 +138,30 @@ def execute(
                 if on_update:
                     on_update(manifest)
                 live.update(_table(manifest, started))
-    except KeyboardInterrupt:
-        executor.interrupt()
+    except BaseException as exc:
+        executor.interrupt()  # queued runs never start, running ones stop: nothing trains for a dead driver
+        reason = "interrupted by Ctrl-C" if isinstance(exc, KeyboardInterrupt) else f"the driver stopped: {exc!r}"
         for run_id in futures.values():
             entry = manifest.runs[run_id]
             if entry.status in ("pending", "running"):
                 status, hm = recording_state(manifest.recording(run_id))
                 entry.status, entry.final_hm = ("complete", hm) if status == "complete" else ("interrupted", None)
-                entry.error = "" if status == "complete" else "interrupted by Ctrl-C"
-        manifest.save()
+                entry.error = "" if status == "complete" else reason.splitlines()[0]
+        try:
+            manifest.save()
+        except OSError:
+            pass  # the next driver rebuilds the manifest from the recordings
         raise
     finally:
         executor.shutdown()
     return outcome
+
+
+def _remove_stubs(directory: Path) -> None:
+    """Delete temporary files a writer killed while creating its recording left (``.<run>.h5.<pid>.tmp``); only
+    the lock holder runs, so none of them belongs to a live writer of this sweep."""
+    for stub in directory.glob(".*.h5.*.tmp"):
+        stub.unlink(missing_ok=True)
 
 
 def _mark_started(
@@ -179,7 +208,7 @@ def _progress(path: Path) -> tuple[int, int | None]:
 
 
 def _table(manifest: Manifest, started: dict[str, float]) -> Group:
-    table = Table(title=f"sweep {manifest.directory}", title_justify="left")
+    table = Table(title=escape(clean(f"sweep {manifest.directory}")), title_justify="left")
     for column in ("run", "labels", "status", "step", "ETA", "final HM"):
         table.add_column(column, justify="right" if column in ("step", "ETA", "final HM") else "left")
     for entry in manifest.runs.values():
@@ -193,7 +222,7 @@ def _table(manifest: Manifest, started: dict[str, float]) -> Group:
         hm = "" if entry.final_hm is None else f"{entry.final_hm:.4f}"
         labels = ", ".join(f"{k}={v}" for k, v in entry.labels.items())
         status = f"[{_STYLE[entry.status]}]{entry.status}[/]"
-        table.add_row(escape(entry.id), escape(labels), status, step, eta, hm)
+        table.add_row(escape(clean(entry.id)), escape(clean(labels)), status, step, eta, hm)
     counts = {s: sum(e.status == s for e in manifest.runs.values()) for s in _STYLE}
     footer = "  ".join(f"{s}: {n}" for s, n in counts.items() if n)
     return Group(table, footer)

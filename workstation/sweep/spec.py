@@ -106,13 +106,17 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> SweepSpec:
         candidates.append((overrides, labels))
     for run in extra:
         tags = run.get("tags", {})
+        if not isinstance(tags, dict):
+            raise ConfigError(f'{path}: [[runs]] tags = {tags!r} must be a table, e.g. tags = {{ group = "a" }}')
         candidates.append(({**base, **{k: v for k, v in run.items() if k != "tags"}}, dict(tags)))
     for overrides, labels in candidates:
         run = _plan(overrides, labels, path)
         planned.setdefault(run.run_id, run)
     if not planned:
         raise ConfigError(f"{path}: the spec makes no runs; add [axes] values or [[runs]]")
-    name = str(raw.get("name") or path.stem)
+    name = _name(raw.get("name") or path.stem, path)
+    if "out" in raw and not (isinstance(raw["out"], str) and raw["out"]):
+        raise ConfigError(f"{path}: out = {raw['out']!r} must be a folder path (a non-empty string)")
     out = Path(raw["out"]) if "out" in raw else DEFAULT_OUT
     return SweepSpec(
         path=path,
@@ -123,6 +127,17 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> SweepSpec:
         cpus=_positive(resources.get("cpus", 1), "cpus", path),
         gpus=_positive(resources.get("gpus", 0), "gpus", path, allow_zero=True),
     )
+
+
+def _name(value: Any, path: Path) -> str:
+    """The sweep's folder name: one plain path component, so the sweep stays inside ``out``."""
+    name = value if isinstance(value, str) else None
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError(
+            f"{path}: name = {value!r} must be a plain folder name (no '/', no '..', not hidden); "
+            "the sweep is written to <out>/<name>"
+        )
+    return name
 
 
 def run_id(config: Config) -> str:
@@ -141,6 +156,8 @@ def _plan(overrides: dict[str, Any], labels: dict[str, str], path: Path) -> Plan
             )
     if "out" in keys:
         raise ConfigError(f"{path}: `out` is set by the sweep for each run; remove it from the spec")
+    if not isinstance(keys.get("tags", {}), dict):
+        raise ConfigError(f'{path}: tags = {keys["tags"]!r} must be a table of labels, e.g. tags = {{ group = "a" }}')
     if labels:
         keys["tags"] = {**keys.get("tags", {}), **labels}
     try:

@@ -164,7 +164,7 @@ class CompareScreen(StepScreen):
                     values = run.gate_row(gate_set, run_row)
                 except RecordingError:  # a damaged gate series: the status line names it
                     continue
-                self.query_one(f"#gates-{i}", GateBars).show(values, run.rec.gate_sets[gate_set].labels)
+                self.query_one(f"#gates-{i}", GateBars).show(values, run.gate_labels(gate_set))
         overlay = self.query_one("#overlay", TimePlot)
         overlay.cursor = int(self._x(self.runs[0], np.array([row]))[0]) if self.n_rows else 0
         timeline = self.query_one(Timeline)

@@ -22,6 +22,7 @@ from textual.worker import Worker, get_current_worker
 from recorders.format import iter_recordings
 from recorders.format.errors import RecordingError, WsError
 from workstation.app.data import RunData
+from workstation.safe_text import clean
 
 RESCAN_SECONDS = 5.0
 
@@ -43,16 +44,21 @@ class Entry:
         try:
             run = RunData.open(path)
         except WsError as exc:
-            return cls(path, error=str(exc))
+            return cls(path, error=clean(exc))
         with run.rec as rec:
             return cls(
-                path, rec.method, str(rec.config.get("variant") or "default"), rec.seed, rec.status, run.final_hm()
+                path,
+                clean(rec.method),
+                clean(rec.config.get("variant") or "default"),
+                rec.seed,
+                clean(rec.status),
+                run.final_hm(),
             )
 
     @property
     def label(self) -> str:
         hm = "–" if self.hm is None else f"{100 * self.hm:.2f}"
-        return f"seed {self.seed} · {self.status} · HM {hm} · {self.path.name}"
+        return f"seed {self.seed} · {self.status} · HM {hm} · {clean(self.path.name)}"
 
 
 def expand(sources: Sequence[Path]) -> Iterator[Path]:
@@ -185,7 +191,7 @@ class RecordingsScreen(Screen[None]):
         groups: dict[tuple[str, str], list[Entry]] = {}
         for e in entries:
             if e.error:
-                leaves[e.path] = tree.root.add_leaf(f"✗ {e.path.name}: unreadable", data=e.path)
+                leaves[e.path] = tree.root.add_leaf(clean(f"✗ {e.path.name}: unreadable"), data=e.path)
             else:
                 groups.setdefault((e.method, e.variant), []).append(e)
         methods: dict[str, TreeNode[Path]] = {}

@@ -195,7 +195,7 @@ class RunScreen(StepScreen):
             except RecordingError:  # found damaged now: named in the status line from here on
                 return
             self._add_movement(gates, row)
-            self.query_one(GateBars).show(gates, self.run.rec.gate_sets[self.gate_set].labels)
+            self.query_one(GateBars).show(gates, self.run.gate_labels(self.gate_set))
 
     # ------------------------------------------------------------ movement: gradient vs decay at the cursor
     def _add_movement(self, gates: dict[str, np.ndarray], row: int) -> None:

@@ -16,6 +16,7 @@ from textual.widgets import Checkbox, DataTable, Footer, Select, Static
 
 from recorders.format.errors import WsError
 from workstation.app.widgets.plot import fmt
+from workstation.safe_text import clean
 
 ALL_PAIRS = "(every pair)"
 GROUP_COLUMNS = ("group", "n", "seeds", "per-seed values", "mean ± std", "95% t-interval", "IQM")
@@ -25,7 +26,7 @@ ROW_COLUMNS = ("comparison", "diff", "Welch p", "perm p", "MWU p", "P(improve) [
 def group_cells(g: Any) -> tuple[str, ...]:
     """One row of the groups table from an ``analyses.stats.GroupSummary``."""
     return (
-        g.name,
+        clean(g.name),
         str(g.n),
         ", ".join(map(str, g.seeds)),
         ", ".join(fmt(v) for v in g.values),
@@ -40,7 +41,7 @@ def row_cells(r: Any) -> tuple[str, ...]:
     when the comparison is paired)."""
     welch = f"{fmt(r.paired_p)} (paired t)" if r.paired else fmt(r.welch_p)
     return (
-        f"{r.a} vs {r.b}",
+        clean(f"{r.a} vs {r.b}"),
         fmt(r.mean_diff),
         welch,
         fmt(r.perm_p),
@@ -85,7 +86,7 @@ class StatsScreen(Screen[None]):
         try:
             runs = load_runs(self.paths, "final_hm", self._skipped)
         except WsError as exc:
-            self.app.call_from_thread(self._failed, str(exc))
+            self.app.call_from_thread(self._failed, clean(exc))
             return
         self.app.call_from_thread(self._keys_loaded, runs, available_keys(runs))
 
@@ -135,7 +136,7 @@ class StatsScreen(Screen[None]):
         try:
             report = compare(self.paths, by, metric, baseline=baseline, paired=paired, skip_damaged=self._skipped)
         except WsError as exc:
-            self.app.call_from_thread(self._failed, str(exc))
+            self.app.call_from_thread(self._failed, clean(exc))
             return
         self.app.call_from_thread(self._show, report)
 
@@ -160,4 +161,4 @@ class StatsScreen(Screen[None]):
         groups.add_rows(group_cells(g) for g in report.groups.values())
         rows.add_rows(row_cells(r) for r in report.rows)
         notes = report.warnings + [f"excluded {e}" for e in report.excluded]
-        self.query_one("#stats-warnings", Static).update("\n".join(f"⚠ {w}" for w in notes) or "")
+        self.query_one("#stats-warnings", Static).update("\n".join(f"⚠ {clean(w)}" for w in notes) or "")

@@ -19,6 +19,7 @@ from textual.worker import get_current_worker
 from recorders.format.errors import WsError
 from workstation.app.data import Marker, RunData
 from workstation.app.widgets.plot import StepPlot
+from workstation.safe_text import clean
 
 SPEEDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # rows per playback tick
 TICK_SECONDS = 0.1
@@ -135,7 +136,8 @@ class StepScreen(Screen[None]):
             try:
                 result = run.diagnose()
             except (WsError, OSError, KeyError, ValueError) as exc:
-                self.app.call_from_thread(self.notify, f"diagnostics of {run.title}: {exc}", severity="warning")
+                message = clean(f"diagnostics of {run.title}: {exc}")
+                self.app.call_from_thread(self.notify, message, severity="warning")
                 continue
             if get_current_worker().is_cancelled:
                 return
@@ -260,7 +262,7 @@ class StepScreen(Screen[None]):
         try:
             saved = plot_runs(paths, kind, out, by=by, gate_set=gate_set)
         except (WsError, OSError, ValueError) as exc:
-            self.app.call_from_thread(self.notify, str(exc), title="export PNG failed", severity="error")
+            self.app.call_from_thread(self.notify, clean(exc), title="export PNG failed", severity="error")
         else:
             self.app.call_from_thread(self.notify, f"saved {saved}", title="export PNG")
 
@@ -279,6 +281,8 @@ class StepScreen(Screen[None]):
             if self._live is not None:
                 self._live.stop()
             return
+        statuses = [_status(run) for run in self.runs]
+        before, self._statuses = getattr(self, "_statuses", None), statuses
         if any(grew):
             self._markers = self.runs[0].markers()
             self.reload()
@@ -286,5 +290,17 @@ class StepScreen(Screen[None]):
             if self.pinned:
                 self.row = self.n_rows - 1
             self.show_row(self.row)
-        if self._live is not None and all(r.rec.status != "running" for r in self.runs):
+        elif statuses != before:  # the writer finished without new rows: the status line must still follow it
+            self._markers = self.runs[0].markers()
+            self.reload()
+            self.show_row(self.row)
+        if self._live is not None and all(s != "running" for s in statuses):
             self._live.stop()
+
+
+def _status(run: RunData) -> str:
+    """The recording's status now; ``running`` while the attribute is being rewritten (the next poll rereads)."""
+    try:
+        return run.rec.status
+    except (OSError, RuntimeError, KeyError):
+        return "running"

@@ -75,6 +75,27 @@ seed = 7
     assert spec.directory == tmp_path / "sweeps" / "s"
 
 
+def test_exclude_drops_matching_combinations_and_checks_its_labels(tmp_path: Path) -> None:
+    body = """
+[axes]
+method = ["coop", "coop-gating"]
+seed = [1, 2]
+[axes.intervention]
+none = {}
+lr50 = { gate_lr_scale = 50.0 }
+[[exclude]]
+method = "coop"
+intervention = "lr50"
+"""
+    spec = load_spec(_spec(tmp_path / "s.toml", body))
+    combos = sorted((r.method, r.labels["intervention"]) for r in spec.runs)
+    assert combos == sorted([("coop", "none")] * 2 + [("coop-gating", "none")] * 2 + [("coop-gating", "lr50")] * 2)
+    with pytest.raises(ConfigError, match="not a label of that axis"):
+        load_spec(_spec(tmp_path / "t.toml", body.replace('intervention = "lr50"', 'intervention = "lr5"')))
+    with pytest.raises(ConfigError, match="not an axis"):
+        load_spec(_spec(tmp_path / "u.toml", body.replace('intervention = "lr50"', 'variant = "x"')))
+
+
 def test_run_ids_follow_the_config_so_editing_adds_runs(tmp_path: Path) -> None:
     first = load_spec(_spec(tmp_path / "s.toml", "[axes]\nseed = [1, 2]\n"))
     again = load_spec(_spec(tmp_path / "s.toml", "[axes]\nseed = [1, 2]\n"))

@@ -72,6 +72,7 @@ class RecordingWriter:
         compression: str | None = None,
         chunk_rows: int = CHUNK_ROWS,
         total_steps: int = 0,
+        backbone_fingerprint: str = "",
     ) -> None:
         if flush_every < 1 or flush_seconds <= 0:
             raise ValueError("flush_every must be >= 1 and flush_seconds > 0")
@@ -110,6 +111,8 @@ class RecordingWriter:
                 "total_steps": int(total_steps),
             }
         )
+        if backbone_fingerprint:
+            f.attrs["backbone_fingerprint"] = backbone_fingerprint
         for p, (shape, dtype) in self._series.items():
             _create_growable(f, p, shape, dtype, chunk_rows, compression)
         for group in layout.groups:

@@ -204,6 +204,7 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: bool = True) -> 
             dataset=cfg.dataset,
             flush_every=cfg.flush_every,
             total_steps=total,
+            backbone_fingerprint=method.backbone.fingerprint,
         ) as writer,
         _Progress(progress, total) as advance,
     ):

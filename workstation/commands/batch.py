@@ -27,6 +27,10 @@ def batch(
     retry_failed: Annotated[bool, typer.Option(help="Re-run runs that failed before.")] = True,
     metric: Annotated[str, typer.Option(help="Metric of the closing summary (see `ws stats --help`).")] = "final_hm",
     summary: Annotated[bool, typer.Option(help="Compare the sweep by its swept axes at the end.")] = True,
+    report: Annotated[
+        bool, typer.Option("--report", help="Write the study's report (`ws report`) into SWEEP/report at the end.")
+    ] = False,
+    report_format: Annotated[str, typer.Option(help="Format of --report: md or html.")] = "md",
 ) -> None:
     """Run every run of a sweep spec that is not yet complete, with a live table, then summarise the sweep."""
     from rich.console import Console
@@ -61,6 +65,17 @@ def batch(
             _print_summary(sweep, metric)
         except WsError as exc:
             console.print(f"no summary: {exc}")
+    if report:
+        import shlex
+        import sys
+
+        from workstation.commands.report import write
+
+        try:
+            path = write(sweep.directory, None, report_format, "ws " + shlex.join(sys.argv[1:]))
+            console.print(f"report: {path}")
+        except WsError as exc:
+            console.print(f"no report: {exc}")
     if failed:
         raise SystemExit(1)
 
@@ -103,9 +118,17 @@ def _print_summary(sweep: SweepSpec, metric: str) -> None:
     """The `ws stats` comparison of the sweep folder by each swept axis (but seed) with two or more values."""
     from analyses.stats import compare
     from workstation.commands.stats import print_report
+    from workstation.sweep.manifest import Manifest
 
+    manifest = Manifest(sweep.directory)
+    by_dataset: dict[str, list] = {}  # runs of different datasets are never compared with each other
+    for run in sweep.runs:
+        path = manifest.recording(run.run_id)
+        if path.exists():
+            by_dataset.setdefault(run.config.dataset, []).append(path)
     for axis, labels in sweep.axes.items():
-        if len(labels) < 2 or axis == "seed":  # seeds are the unit of analysis, not a factor
+        if len(labels) < 2 or axis in ("seed", "dataset"):  # seeds are the unit of analysis, not a factor
             continue
         plain = all(axis not in run.labels for run in sweep.runs)
-        print_report(compare([sweep.directory], axis if plain else f"tags.{axis}", metric))
+        for paths in by_dataset.values():
+            print_report(compare(paths, axis if plain else f"tags.{axis}", metric))

@@ -179,6 +179,7 @@ class _Checker(HTMLParser):
             self.errors.append(f"unexpected </{tag}>")
 
 
+@pytest.mark.slow
 def test_html_is_well_formed_and_every_figure_exists(settled: Path, tmp_path: Path) -> None:
     path = write_report(load_study(settled, command="ws report X"), tmp_path / "out", "html")
     checker = _Checker()
@@ -193,6 +194,7 @@ def test_html_is_well_formed_and_every_figure_exists(settled: Path, tmp_path: Pa
     assert "ws report X" in text and "Not complete" in text and "supported" in text
 
 
+@pytest.mark.slow
 def test_markdown_report_from_the_command_line(settled: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(settled), "--out", str(tmp_path / "md")])
     assert result.exit_code == 0, result.output
@@ -211,6 +213,7 @@ def test_bad_input_raises_one_line_errors(tmp_path: Path) -> None:
         load_study(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty", "one-group"])
 def test_bad_input_on_the_command_line_exits_2(tmp_path: Path, case: str) -> None:
     target = tmp_path / "d"
@@ -225,6 +228,7 @@ def test_bad_input_on_the_command_line_exits_2(tmp_path: Path, case: str) -> Non
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_batch_report_writes_the_report_when_the_sweep_ends(tmp_path: Path) -> None:
     from workstation.sweep.spec import load_spec
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from workstation.commands.report import ReportFormat
+
 if TYPE_CHECKING:
     from workstation.sweep.executors import Executor
     from workstation.sweep.spec import SweepSpec
@@ -30,7 +32,7 @@ def batch(
     report: Annotated[
         bool, typer.Option("--report", help="Write the study's report (`ws report`) into SWEEP/report at the end.")
     ] = False,
-    report_format: Annotated[str, typer.Option(help="Format of --report: md or html.")] = "md",
+    report_format: Annotated[ReportFormat, typer.Option(help="Format of --report.")] = ReportFormat.md,
 ) -> None:
     """Run every run of a sweep spec that is not yet complete, with a live table, then summarise the sweep."""
     from rich.console import Console
@@ -72,7 +74,7 @@ def batch(
         from workstation.commands.report import write
 
         try:
-            path = write(sweep.directory, None, report_format, "ws " + shlex.join(sys.argv[1:]))
+            path = write(sweep.directory, None, report_format.value, "ws " + shlex.join(sys.argv[1:]))
             console.print(f"report: {path}")
         except WsError as exc:
             console.print(f"no report: {exc}")

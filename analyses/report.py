@@ -318,7 +318,8 @@ def load_study(directory: str | os.PathLike[str], command: str = "") -> Study:
 
 
 def _manifest_gaps(root: Path, found: set[Path]) -> list[str]:
-    """Runs a sweep manifest (``root/manifest.json``) lists that are not complete or have no recording."""
+    """Runs a sweep manifest (``root/manifest.json``) lists whose recording is not on disk (pending, failed before
+    writing, ...); recordings on disk speak for themselves (their own status)."""
     path = root / "manifest.json"
     if not path.is_file():
         return []
@@ -328,12 +329,9 @@ def _manifest_gaps(root: Path, found: set[Path]) -> list[str]:
         return [f"{path.name}: unreadable sweep manifest; runs it lists may be missing"]
     gaps = []
     for entry in entries:
-        status = entry.get("status", "?")
         recording = (root / entry.get("path", "")).resolve() if entry.get("path") else None
-        if status != "complete":
-            gaps.append(f"sweep run {entry.get('id', '?')}: {status}")
-        elif recording is None or recording not in found:
-            gaps.append(f"sweep run {entry.get('id', '?')}: recording missing")
+        if recording is None or recording not in found:
+            gaps.append(f"sweep run {entry.get('id', '?')}: {entry.get('status', '?')}, no recording yet")
     return gaps
 
 

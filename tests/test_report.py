@@ -13,7 +13,7 @@ import pytest
 from synthetic import write_run
 from typer.testing import CliRunner
 
-from analyses.report import METRICS, load_study
+from analyses.report import METRICS, Study, load_study
 from recorders.format.errors import ConfigError, RecordingError
 from workstation.cli import app
 from workstation.reporting import write_report
@@ -59,7 +59,9 @@ def settled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     arm(d, "coop-gating", "collapsed", (0.70, 0.72, 0.71), intervention="grad-equilibrium")
     arm(d, "coop-gating", "collapsed", (0.71, 0.70, 0.70), intervention="gate-lr-50x")
     write_run(d / "running.h5", method="coop", seed=9, status="running", config={"tags": {"intervention": "none"}})
-    manifest = {"spec": "s.toml", "runs": [{"id": "coop-gating-s4-x", "status": "pending", "path": "x.h5"}]}
+    pending = {"id": "coop-gating-s4-x", "status": "pending", "path": "x.h5"}
+    running = {"id": "coop-s9-y", "status": "running", "path": "running.h5"}  # on disk: its own status speaks
+    manifest = {"spec": "s.toml", "runs": [pending, running]}
     (d / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return d
 
@@ -74,13 +76,18 @@ def adapting(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.fixture(scope="module")
+def settled_study(settled: Path) -> Study:
+    return load_study(settled, command="ws report X")
+
+
 def claims(directory: Path) -> dict[str, str]:
     return {c.key: c.status for c in load_study(directory).claims}
 
 
 # ---------------------------------------------------------------------------------------------- numbers
-def test_tables_equal_ws_stats_json(settled: Path) -> None:
-    study = load_study(settled)
+def test_tables_equal_ws_stats_json(settled_study: Study) -> None:
+    study = settled_study
     assert {(t.axis, tuple(t.fixed.items())) for t in study.tables} >= {
         ("method", (("tags.intervention", "none"),)),
         ("tags.intervention", (("method", "coop-gating"),)),
@@ -93,8 +100,8 @@ def test_tables_equal_ws_stats_json(settled: Path) -> None:
             assert table.reports[metric].to_dict() == json.loads(result.stdout)
 
 
-def test_collapse_table_counts_verdicts_per_arm_beside_the_fixed_baseline(settled: Path) -> None:
-    rows = {r.label: r for r in load_study(settled).collapse}
+def test_collapse_table_counts_verdicts_per_arm_beside_the_fixed_baseline(settled_study: Study) -> None:
+    rows = {r.label: r for r in settled_study.collapse}
     gated = rows["method=coop-gating, intervention=none"]
     assert (gated.n, gated.collapsed, gated.adaptive, gated.inconclusive) == (3, 3, 0, 0)
     assert gated.late_ratio == pytest.approx(1e-4, rel=1e-3)  # synthetic collapsed gates: 1e-4 × prompt norms
@@ -102,16 +109,17 @@ def test_collapse_table_counts_verdicts_per_arm_beside_the_fixed_baseline(settle
     assert not fixed.gated and fixed.prompt_grad_late == pytest.approx(gated.prompt_grad_late, rel=0.2)
 
 
-def test_partial_sweep_reports_the_complete_runs_and_names_the_rest(settled: Path) -> None:
-    study = load_study(settled)
+def test_partial_sweep_reports_the_complete_runs_and_names_the_rest(settled_study: Study) -> None:
+    study = settled_study
     assert len(study.runs) == 12
     assert any("running.h5: status running" in line for line in study.incomplete)
-    assert any("coop-gating-s4-x: pending" in line for line in study.incomplete)
+    assert any("coop-gating-s4-x: pending, no recording" in line for line in study.incomplete)
+    assert len(study.incomplete) == 2
 
 
 # ---------------------------------------------------------------------------------------------- claims
-def test_claims_supported_when_the_gates_collapse_and_gain_nothing(settled: Path) -> None:
-    assert claims(settled) == {
+def test_claims_supported_when_the_gates_collapse_and_gain_nothing(settled_study: Study) -> None:
+    assert {c.key: c.status for c in settled_study.claims} == {
         "near-constant": "supported",
         "gradient-gap": "supported",
         "no-gain": "supported",
@@ -180,8 +188,8 @@ class _Checker(HTMLParser):
 
 
 @pytest.mark.slow
-def test_html_is_well_formed_and_every_figure_exists(settled: Path, tmp_path: Path) -> None:
-    path = write_report(load_study(settled, command="ws report X"), tmp_path / "out", "html")
+def test_html_is_well_formed_and_every_figure_exists(settled_study: Study, tmp_path: Path) -> None:
+    path = write_report(settled_study, tmp_path / "out", "html")
     checker = _Checker()
     checker.feed(path.read_text(encoding="utf-8"))
     checker.close()

@@ -209,7 +209,7 @@ def test_markdown_report_from_the_command_line(settled: Path, tmp_path: Path) ->
     text = (tmp_path / "md" / "report.md").read_text(encoding="utf-8")
     for figure in (part.split(")")[0] for part in text.split("](")[1:]):
         assert (tmp_path / "md" / figure).is_file()
-    assert "| claim | dataset | status | evidence |" in text and "(fixed prompts)" in text
+    assert "| claim | dataset | status | evidence |" in text and "(no gates)" in text
 
 
 # ---------------------------------------------------------------------------------------------- bad input

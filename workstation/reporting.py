@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from analyses.report import (
     CollapseRow,
     Study,
@@ -205,7 +207,7 @@ def _collapse_table(rows: list[CollapseRow]) -> TableBlock:
         ],
         [
             [
-                r.label + ("" if r.gated else " (fixed prompts)"),
+                r.label + ("" if r.gated else " (no gates)"),
                 str(r.n),
                 *([f"{r.collapsed}/{r.n}", f"{r.adaptive}/{r.n}", f"{r.inconclusive}/{r.n}"] if r.gated else ["-"] * 3),
                 _num(r.early_ratio),
@@ -275,9 +277,10 @@ def _draw_bands(ax, bands: dict, ylabel: str, log: bool = False, markers: bool =
     for label, band in bands.items():
         (line,) = ax.plot(band.x, band.mean, marker="o" if markers else None, ms=3, label=f"{label} (n={band.n})")
         if band.n > 1:
-            ax.fill_between(
-                band.x, band.mean - band.std, band.mean + band.std, color=line.get_color(), alpha=0.2, linewidth=0
-            )
+            low = band.mean - band.std
+            if log:  # a band reaching zero or below has no place on a log axis: draw its upper half only
+                low = np.where(low > 0, low, band.mean)
+            ax.fill_between(band.x, low, band.mean + band.std, color=line.get_color(), alpha=0.2, linewidth=0)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("step")

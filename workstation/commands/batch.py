@@ -74,8 +74,8 @@ def batch(
         from workstation.commands.report import write
 
         try:
-            path = write(sweep.directory, None, report_format.value, "ws " + shlex.join(sys.argv[1:]))
-            console.print(f"report: {path}")
+            for line in write(sweep.directory, None, report_format.value, "ws " + shlex.join(sys.argv[1:])):
+                console.print(line, markup=False, highlight=False)
         except WsError as exc:
             console.print(f"no report: {exc}")
     if failed:

@@ -117,8 +117,10 @@ def _print_plan(sweep: SweepSpec, retry_failed: bool) -> None:
 
 
 def _print_summary(sweep: SweepSpec, metric: str) -> None:
-    """The `ws stats` comparison of the sweep folder by each swept axis (but seed) with two or more values."""
+    """The `ws stats` comparison of the sweep by each swept axis (but seed and dataset) with two or more values,
+    within each dataset."""
     from analyses.stats import compare
+    from recorders.format.errors import WsError
     from workstation.commands.stats import print_report
     from workstation.sweep.manifest import Manifest
 
@@ -132,5 +134,8 @@ def _print_summary(sweep: SweepSpec, metric: str) -> None:
         if len(labels) < 2 or axis in ("seed", "dataset"):  # seeds are the unit of analysis, not a factor
             continue
         plain = all(axis not in run.labels for run in sweep.runs)
-        for paths in by_dataset.values():
-            print_report(compare(paths, axis if plain else f"tags.{axis}", metric))
+        for dataset, paths in by_dataset.items():
+            try:
+                print_report(compare(paths, axis if plain else f"tags.{axis}", metric))
+            except WsError as exc:  # one dataset's gap must not hide the others' summaries
+                typer.echo(f"no summary of {axis} on {dataset}: {exc}", err=True)

@@ -154,7 +154,9 @@ def read_run(path: Path) -> RunInfo:
             var_inputs=_median(inputs),
             prompt_grad_early=early,
             prompt_grad_late=late,
-            **finals,
+            final_hm=finals["final_hm"],
+            final_base=finals["final_base"],
+            final_novel=finals["final_novel"],
         )
 
 

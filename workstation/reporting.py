@@ -187,7 +187,8 @@ def _study_table(table: StudyTable) -> list[Block]:
         ],
     )
     notes = hm.warnings + [f"excluded {e}" for e in hm.excluded]
-    return [Heading(title, 3), groups, comparisons] + ([ListBlock(notes)] if notes else [])
+    blocks: list[Block] = [Heading(title, 3), groups, comparisons]
+    return blocks + ([ListBlock(notes)] if notes else [])
 
 
 def _collapse_table(rows: list[CollapseRow]) -> TableBlock:

@@ -4,6 +4,7 @@ to support and to contradict it, the HTML is well-formed with every figure prese
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -107,6 +108,17 @@ def test_collapse_table_counts_verdicts_per_arm_beside_the_fixed_baseline(settle
     assert gated.late_ratio == pytest.approx(1e-4, rel=1e-3)  # synthetic collapsed gates: 1e-4 × prompt norms
     fixed = rows["method=coop, intervention=none"]
     assert not fixed.gated and fixed.prompt_grad_late == pytest.approx(gated.prompt_grad_late, rel=0.2)
+
+
+def test_collapse_table_measures_instance_gates_across_inputs(tmp_path: Path) -> None:
+    arm(tmp_path, "cocoop", "none", LOW)
+    arm(tmp_path, "cocoop-gating", "collapsed", LOW, gate_kind="instance")
+    arm(tmp_path, "cocoop-gating", "adaptive", LOW, intervention="gate-lr-50x", gate_kind="instance")
+    rows = {r.label: r for r in load_study(tmp_path).collapse}
+    # synthetic instance gates: across-input std of σ 1e-6 once collapsed, 0.1 while adapting
+    assert rows["method=cocoop-gating, intervention=none"].var_inputs == pytest.approx(1e-12, rel=1e-3)
+    assert rows["method=cocoop-gating, intervention=gate-lr-50x"].var_inputs == pytest.approx(1e-2, rel=1e-3)
+    assert math.isnan(rows["method=cocoop, intervention=none"].var_inputs)
 
 
 def test_partial_sweep_reports_the_complete_runs_and_names_the_rest(settled_study: Study) -> None:

@@ -224,6 +224,14 @@ def test_markdown_report_from_the_command_line(settled: Path, tmp_path: Path) ->
     assert "| claim | dataset | status | evidence |" in text and "(no gates)" in text
 
 
+@pytest.mark.slow
+def test_ws_report_does_not_import_torch(settled: Path, tmp_path: Path) -> None:
+    from test_cli_basics import _imported_after
+
+    code, heavy = _imported_after("report", str(settled), "--out", str(tmp_path / "r"))
+    assert code == 0 and heavy == set()
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_bad_input_raises_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="no recordings"):

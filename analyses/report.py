@@ -44,7 +44,7 @@ from analyses.diagnostics import RecordingDiagnostics, diagnose
 from analyses.figures import run_curve
 from analyses.grouping import flat_config
 from analyses.stats import ComparisonReport, compare
-from recorders.format import Recording, grad_norm_path, iter_recordings, prompt_path
+from recorders.format import STEP, Recording, gate_path, grad_norm_path, iter_recordings, prompt_path
 from recorders.format.errors import ConfigError, DataError, RecordingError, WsError
 
 METRICS = ("final_hm", "final_base", "final_novel")
@@ -478,10 +478,10 @@ def gate_heatmap(path: Path, max_points: int = 400) -> tuple[np.ndarray, np.ndar
     ``max_points`` strided rows (instance gates: the batch mean)."""
     with Recording.open(path) as rec:
         stride = max(1, math.ceil(rec.n_steps / max_points))
-        steps = rec.read("steps/step", stride=stride).astype(np.float64)
+        steps = rec.read(STEP, stride=stride).astype(np.float64)
         blocks, labels = [], []
         for name, spec in rec.gate_sets.items():
-            blocks.append(rec.read(f"gates/{name}/value", stride=stride).astype(np.float64).T)
+            blocks.append(rec.read(gate_path(name, "value"), stride=stride).astype(np.float64).T)
             labels += [f"{name}[{i}]" for i in range(spec.n_gates)]
     matrix = np.concatenate(blocks) if blocks else np.empty((0, len(steps)))
     return steps, matrix, labels

@@ -96,6 +96,22 @@ intervention = "lr50"
         load_spec(_spec(tmp_path / "u.toml", body.replace('intervention = "lr50"', 'variant = "x"')))
 
 
+EXAMPLES = Path(__file__).parent.parent / "examples" / "sweeps"
+
+
+@pytest.mark.parametrize(
+    ("name", "runs"), [("paper-methods", 35), ("paper-interventions", 60), ("paper-variants", 15), ("settle", 80)]
+)
+def test_paper_studies_load_and_switch_to_real_data_by_one_line(tmp_path: Path, name: str, runs: int) -> None:
+    text = (EXAMPLES / f"{name}.toml").read_text(encoding="utf-8")
+    assert len(load_spec(EXAMPLES / f"{name}.toml").runs) == runs
+    eurosat = next(line for line in text.splitlines() if line.startswith("# eurosat = ")).removeprefix("# ")
+    switched = text.replace('world = { dataset = "world" }', eurosat)  # the data axis: one line for another
+    switched = switched.replace('world-mixed = { dataset = "world-mixed" }\n', "")  # settle: and no positive control
+    spec = (tmp_path / f"{name}.toml").write_text(switched, encoding="utf-8")
+    assert spec and {r.config.dataset for r in load_spec(tmp_path / f"{name}.toml").runs} == {"eurosat"}
+
+
 def test_run_ids_follow_the_config_so_editing_adds_runs(tmp_path: Path) -> None:
     first = load_spec(_spec(tmp_path / "s.toml", "[axes]\nseed = [1, 2]\n"))
     again = load_spec(_spec(tmp_path / "s.toml", "[axes]\nseed = [1, 2]\n"))

@@ -127,14 +127,17 @@ def _print_summary(sweep: SweepSpec, metric: str) -> None:
     manifest = Manifest(sweep.directory)
     by_dataset: dict[str, list] = {}  # runs of different datasets are never compared with each other
     for run in sweep.runs:
-        path = manifest.recording(run.run_id)
-        if path.exists():
-            by_dataset.setdefault(run.config.dataset, []).append(path)
+        if manifest.recording(run.run_id).exists():
+            by_dataset.setdefault(run.config.dataset, []).append(run)
     for axis, labels in sweep.axes.items():
         if len(labels) < 2 or axis in ("seed", "dataset"):  # seeds are the unit of analysis, not a factor
             continue
         plain = all(axis not in run.labels for run in sweep.runs)
-        for dataset, paths in by_dataset.items():
+        for dataset, runs in by_dataset.items():
+            values = {run.labels[axis] if axis in run.labels else getattr(run.config, axis) for run in runs}
+            if len(values) < 2:  # the axis does not vary within this dataset (e.g. the axis that picks it)
+                continue
+            paths = [manifest.recording(run.run_id) for run in runs]
             try:
                 print_report(compare(paths, axis if plain else f"tags.{axis}", metric))
             except WsError as exc:  # one dataset's gap must not hide the others' summaries

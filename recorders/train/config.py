@@ -201,6 +201,7 @@ DATASET_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("world", "bimaple"): {"epochs": 3, **_WORLD},
     ("world", "adaptive-bimaple"): {"epochs": 3, **_WORLD},
 }
+# world-mixed (the positive control, four domains) trains with the world's presets
 DATASET_PRESETS |= {
     ("world-mixed", method): preset for (name, method), preset in list(DATASET_PRESETS.items()) if name == "world"
 }

@@ -76,6 +76,43 @@ seed = 7
     assert spec.directory == tmp_path / "sweeps" / "s"
 
 
+def test_exclude_drops_matching_combinations_and_checks_its_labels(tmp_path: Path) -> None:
+    body = """
+[axes]
+method = ["coop", "coop-gating"]
+seed = [1, 2]
+[axes.intervention]
+none = {}
+lr50 = { gate_lr_scale = 50.0 }
+[[exclude]]
+method = "coop"
+intervention = "lr50"
+"""
+    spec = load_spec(_spec(tmp_path / "s.toml", body))
+    combos = sorted((r.method, r.labels["intervention"]) for r in spec.runs)
+    assert combos == sorted([("coop", "none")] * 2 + [("coop-gating", "none")] * 2 + [("coop-gating", "lr50")] * 2)
+    with pytest.raises(ConfigError, match="not a label of that axis"):
+        load_spec(_spec(tmp_path / "t.toml", body.replace('intervention = "lr50"', 'intervention = "lr5"')))
+    with pytest.raises(ConfigError, match="not an axis"):
+        load_spec(_spec(tmp_path / "u.toml", body.replace('intervention = "lr50"', 'variant = "x"')))
+
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "sweeps"
+
+
+@pytest.mark.parametrize(
+    ("name", "runs"), [("paper-methods", 35), ("paper-interventions", 60), ("paper-variants", 15), ("settle", 80)]
+)
+def test_paper_studies_load_and_switch_to_real_data_by_one_line(tmp_path: Path, name: str, runs: int) -> None:
+    text = (EXAMPLES / f"{name}.toml").read_text(encoding="utf-8")
+    assert len(load_spec(EXAMPLES / f"{name}.toml").runs) == runs
+    eurosat = next(line for line in text.splitlines() if line.startswith("# eurosat = ")).removeprefix("# ")
+    switched = text.replace('world = { dataset = "world" }', eurosat)  # the data axis: one line for another
+    switched = switched.replace('world-mixed = { dataset = "world-mixed" }\n', "")  # settle: and no positive control
+    spec = (tmp_path / f"{name}.toml").write_text(switched, encoding="utf-8")
+    assert spec and {r.config.dataset for r in load_spec(tmp_path / f"{name}.toml").runs} == {"eurosat"}
+
+
 def test_run_ids_follow_the_config_so_editing_adds_runs(tmp_path: Path) -> None:
     first = load_spec(_spec(tmp_path / "s.toml", "[axes]\nseed = [1, 2]\n"))
     again = load_spec(_spec(tmp_path / "s.toml", "[axes]\nseed = [1, 2]\n"))

@@ -132,6 +132,7 @@ def test_every_method_records_a_valid_complete_recording(tiny_backbone, tiny_tas
         assert list(table["epoch"]) == [0, 1, 2] and list(table["step"]) == [0, 2, 4]
         assert {g.name: g.n_params for g in rec.layout.groups} == {g.name: g.n_params for g in result.groups}
         assert set(rec.prompts) == set(run.method.prompt_params())
+        assert rec.attrs["backbone_fingerprint"] == tiny_backbone.fingerprint != ""
 
 
 def test_same_config_twice_gives_identical_series(tiny_backbone, tiny_task, cache, tmp_path):

@@ -110,6 +110,25 @@ def test_load_world_splits() -> None:
     assert load_world().fingerprint == world.fingerprint != ""
 
 
+def test_world_mixed_spreads_every_split_over_its_domains() -> None:
+    from collections import Counter
+
+    from recorders.data.datasets import load_dataset
+    from recorders.data.world import MIXED_DOMAINS, domain_of
+
+    mixed, world = load_dataset("world-mixed", None), load_world()
+    assert mixed.name == "world-mixed" and mixed.fingerprint != world.fingerprint
+    assert len(MIXED_DOMAINS) >= 2
+    for split in ("train", "val", "test"):
+        items = getattr(mixed, split)
+        assert len(items) == len(getattr(world, split))
+        per_class = Counter((item.label, domain_of(item.key)) for item in items)
+        counts = [per_class[(label, d)] for label in range(len(CLASSES)) for d in MIXED_DOMAINS]
+        assert max(counts) - min(counts) <= 1 and min(counts) >= 1  # every class in every domain, evenly
+    item = mixed.test[1]
+    assert np.array_equal(np.asarray(mixed.load_image(item)), np.asarray(render_key(item.key)))  # a pure key
+
+
 @pytest.mark.parametrize(
     "key",
     ["world:red circle:photo", "world:pink circle:photo:1", "world:red circle:x:1", "imagenet:red circle:photo:1"],

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from recorders.format.errors import WsError
-from workstation.commands import backbone, batch, inspect, plot, record, stats, view
+from workstation.commands import backbone, batch, inspect, plot, record, report, stats, view
 from workstation.safe_text import clean
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.command("stats")(stats.stats)
 app.command("plot")(plot.plot)
 app.command("view")(view.view)
 app.command("batch")(batch.batch)
+app.command("report")(report.report)
 app.add_typer(backbone.app, name="backbone")
 
 

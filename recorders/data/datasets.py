@@ -26,7 +26,9 @@ from PIL import Image, UnidentifiedImageError
 from recorders.data.types import DatasetSplits, Item
 from recorders.format.errors import ConfigError, DataError
 
-DATASETS: tuple[str, ...] = ("world", "imagenet", "caltech101", "eurosat", "imagefolder")
+DATASETS: tuple[str, ...] = ("world", "world-mixed", "imagenet", "caltech101", "eurosat", "imagefolder")
+
+WORLD_DATASETS: tuple[str, ...] = ("world", "world-mixed")  # built in: generated from keys, no data root
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 SPLITS = ("train", "val", "test")
@@ -63,16 +65,16 @@ def data_root(cli_value: str | None) -> Path:
 
 
 def load_dataset(name: str, root: Path | None) -> DatasetSplits:
-    """Load dataset ``name`` (one of :data:`DATASETS`) from data root ``root``; ``world`` ignores ``root``.
+    """Load dataset ``name`` (one of :data:`DATASETS`) from data root ``root``; the built-in worlds ignore it.
 
     ``root`` may be the data root (``$DATA``) or the dataset's own folder (``$DATA/eurosat``).
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    if name == "world":
-        from recorders.data.world import load_world
+    if name in WORLD_DATASETS:
+        from recorders.data.world import DOWNSTREAM_DOMAIN, MIXED_DOMAINS, load_world
 
-        return load_world()
+        return load_world(domains=MIXED_DOMAINS if name == "world-mixed" else (DOWNSTREAM_DOMAIN,))
     if root is None:
         raise ConfigError(f"dataset {name!r} needs a data root: pass --data-root DIR or set WS_DATA=DIR")
     loaders: dict[str, Callable[[Path], DatasetSplits]] = {

@@ -16,7 +16,8 @@ night      "dark photo"        a photo darkened and tinted blue
 Six compositions (:data:`HELD_OUT`, one per colour and per shape) never appear in pretraining, so zero-shot and
 novel-class accuracy on them measure real compositional generalisation. The downstream few-shot task
 (:func:`load_world`) is set in the ``sketch`` domain: the generic prompt "a photo of a {class}." names the wrong
-domain, so learned context has something to learn (as EuroSAT does for real CLIP).
+domain, so learned context has something to learn (as EuroSAT does for real CLIP). The positive control
+``world-mixed`` (``load_world(domains=MIXED_DOMAINS)``) mixes four domains, so the best prompt depends on the input.
 
 Everything is deterministic: an image is a pure function of its key ``"world:<class>:<domain>:<index>"`` (the
 random stream is seeded by the key's SHA-256), the same on every machine and in every process.
@@ -66,6 +67,9 @@ TEMPLATES: tuple[str, ...] = (
     "a {cls} in a {domain}.",
 )
 DOWNSTREAM_DOMAIN = "sketch"
+# The positive control (``world-mixed``): downstream images from several domains whose best prompts differ, so a
+# prompt chosen per input ("a {domain} of a {class}.") beats any single prompt (see benchmarks/positive_control.py).
+MIXED_DOMAINS: tuple[str, ...] = ("sketch", "outline", "noisy", "night")
 IMAGE_SIZE = 64  # pixels, for load_world images; the pretraining renders at the model's own size
 SPLIT_SIZES = {"train": 32, "val": 8, "test": 25}  # images per class in load_world
 WORDS: tuple[str, ...] = tuple(
@@ -200,28 +204,43 @@ def render_key(key: str, size: int = IMAGE_SIZE) -> Image.Image:
     return render(sample_scene(parts[1], parts[2], np.random.default_rng(key_seed(key))), size)
 
 
-def load_world(root: Path | None = None) -> DatasetSplits:
-    """The downstream world dataset: all 36 compositions rendered in the ``sketch`` domain.
+def _world_name(domains: tuple[str, ...]) -> str:
+    if domains == (DOWNSTREAM_DOMAIN,):
+        return "world"
+    return "world-mixed" if domains == MIXED_DOMAINS else "world-" + "+".join(domains)
+
+
+def domain_of(key: str) -> str:
+    """The domain of a world image key ``"world:<class>:<domain>:<index>"``."""
+    return key.split(":")[2]
+
+
+def load_world(root: Path | None = None, domains: tuple[str, ...] = (DOWNSTREAM_DOMAIN,)) -> DatasetSplits:
+    """A downstream world dataset: all 36 compositions rendered in ``domains`` (default: the ``sketch`` domain).
 
     Per class: 32 train, 8 val and 25 test images at 64×64 px, each generated from its key (``root`` is unused:
-    nothing is read from disk). Labels index the sorted class list, so the base half (first 18) and novel half
-    each contain three held-out compositions.
+    nothing is read from disk). Image ``index`` of a class is drawn in ``domains[index % len(domains)]``, so with
+    several domains every split mixes them evenly (``world-mixed``: :data:`MIXED_DOMAINS`). Labels index the sorted
+    class list, so the base half (first 18) and novel half each contain three held-out compositions.
     """
+    unknown = [d for d in domains if d not in DOMAINS]
+    if not domains or unknown:
+        raise DataError(f"unknown world domain(s) {unknown}: choose from {sorted(DOMAINS)}")
     classnames = sorted(CLASSES)
     splits: dict[str, list[Item]] = {}
     start = 0
     for split, count in SPLIT_SIZES.items():
         splits[split] = [
-            Item(f"world:{name}:{DOWNSTREAM_DOMAIN}:{index}", label, name)
+            Item(f"world:{name}:{domains[index % len(domains)]}:{index}", label, name)
             for label, name in enumerate(classnames)
             for index in range(start, start + count)
         ]
         start += count
-    fingerprint = hashlib.sha256(
-        repr((classnames, DOWNSTREAM_DOMAIN, SPLIT_SIZES, IMAGE_SIZE, "world-v2")).encode()
-    ).hexdigest()[:16]
+    single = len(domains) == 1
+    identity = (classnames, domains[0] if single else domains, SPLIT_SIZES, IMAGE_SIZE, "world-v2")
+    fingerprint = hashlib.sha256(repr(identity).encode()).hexdigest()[:16]
     return DatasetSplits(
-        name="world",
+        name=_world_name(domains),
         classnames=classnames,
         train=splits["train"],
         val=splits["val"],

@@ -3,7 +3,8 @@
 A recording is one HDF5 file per training run (documented field by field in ``docs/recording-format.md``):
 
 - root attributes identify the file: ``format``, ``schema_version``, ``status``, ``config`` (JSON), ``method``,
-  ``seed``, ``dataset``, ``created``, ``finished``, ``ws_version``, ``device``, ``error``, ``total_steps``;
+  ``seed``, ``dataset``, ``created``, ``finished``, ``ws_version``, ``device``, ``error``, ``total_steps``
+  (optional: ``backbone_fingerprint``);
 - per-step series (one row per recorded optimiser step, chunked and resizable along axis 0):
   ``steps/step`` (int64), ``steps/epoch`` (int32), ``steps/lr`` (float64), ``steps/loss/<term>``,
   ``grads/<group>/norm``, ``gates/<name>/{logit,value,dsigmoid,grad[,value_mean,value_std][,prompt_norm,cosine]

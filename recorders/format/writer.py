@@ -207,6 +207,7 @@ class RecordingWriter:
         chunk_rows: int = CHUNK_ROWS,
         total_steps: int = 0,
         overwrite: bool = False,
+        backbone_fingerprint: str = "",
     ) -> None:
         if flush_every < 1 or flush_seconds <= 0:
             raise ValueError("flush_every must be >= 1 and flush_seconds > 0")
@@ -236,6 +237,7 @@ class RecordingWriter:
             p: _chunk_rows(shape, dtype, chunk_rows, flush_every) for p, (shape, dtype) in self._series.items()
         }
         self._total_steps = int(total_steps)
+        self._backbone_fingerprint = backbone_fingerprint
         self._length = 0  # committed rows, tracked here instead of asking HDF5 for every dataset's shape
         need = CREATION_BYTES + RESERVE_BYTES + self._rows_bytes(max(0, self._total_steps))
         free = _free(self.path.parent)
@@ -296,6 +298,8 @@ class RecordingWriter:
                 "total_steps": int(self._total_steps),
             }
         )
+        if self._backbone_fingerprint:
+            f.attrs["backbone_fingerprint"] = self._backbone_fingerprint
         for p, (shape, dtype) in self._series.items():
             _create_growable(f, p, shape, dtype, chunk_rows, compression, self.flush_every)
         for group in layout.groups:

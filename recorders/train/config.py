@@ -211,6 +211,10 @@ DATASET_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("world", "bimaple"): {"epochs": 3, **_WORLD},
     ("world", "adaptive-bimaple"): {"epochs": 3, **_WORLD},
 }
+# world-mixed (the positive control, four domains) trains with the world's presets
+DATASET_PRESETS |= {
+    ("world-mixed", method): preset for (name, method), preset in list(DATASET_PRESETS.items()) if name == "world"
+}
 
 FIELDS = {f.name: f for f in fields(Config)}
 _HINTS = typing.get_type_hints(Config)

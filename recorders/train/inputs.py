@@ -38,10 +38,10 @@ class TaskData:
 
 def load_task(cfg: Config, cache_dir: Path | None = None) -> FewShotTask:
     """The few-shot base-to-novel task of ``cfg`` (dataset, shots, seed)."""
-    from recorders.data.datasets import data_root, load_dataset
+    from recorders.data.datasets import WORLD_DATASETS, data_root, load_dataset
     from recorders.data.fewshot import base_to_novel
 
-    root = None if cfg.dataset == "world" else data_root(cfg.data_root or None)
+    root = None if cfg.dataset in WORLD_DATASETS else data_root(cfg.data_root or None)
     return base_to_novel(load_dataset(cfg.dataset, root), cfg.shots, cfg.seed, cache_dir)
 
 

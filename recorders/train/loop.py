@@ -221,6 +221,7 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silen
         flush_every=cfg.flush_every,
         total_steps=total,
         overwrite=run.force,
+        backbone_fingerprint=method.backbone.fingerprint,
     ) as writer:
         probe.attach(writer)
         method.train()

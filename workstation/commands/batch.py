@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from workstation.commands.report import ReportFormat
+
 if TYPE_CHECKING:
     from workstation.sweep.executors import Executor
     from workstation.sweep.spec import SweepSpec
@@ -27,6 +29,10 @@ def batch(
     retry_failed: Annotated[bool, typer.Option(help="Re-run runs that failed before.")] = True,
     metric: Annotated[str, typer.Option(help="Metric of the closing summary (see `ws stats --help`).")] = "final_hm",
     summary: Annotated[bool, typer.Option(help="Compare the sweep by its swept axes at the end.")] = True,
+    report: Annotated[
+        bool, typer.Option("--report", help="Write the study's report (`ws report`) into SWEEP/report at the end.")
+    ] = False,
+    report_format: Annotated[ReportFormat, typer.Option(help="Format of --report.")] = ReportFormat.md,
 ) -> None:
     """Run every run of a sweep spec that is not yet complete, with a live table, then summarise the sweep."""
     from rich.console import Console
@@ -65,6 +71,17 @@ def batch(
             _print_summary(sweep, metric)
         except WsError as exc:
             console.print(f"no summary: {escape(clean(exc))}")
+    if report:
+        import shlex
+        import sys
+
+        from workstation.commands.report import write
+
+        try:
+            for line in write(sweep.directory, None, report_format.value, "ws " + shlex.join(sys.argv[1:])):
+                console.print(clean(line), markup=False, highlight=False)
+        except WsError as exc:
+            console.print(f"no report: {escape(clean(exc))}")
     if failed:
         raise SystemExit(1)
 
@@ -106,12 +123,28 @@ def _print_plan(sweep: SweepSpec, retry_failed: bool) -> None:
 
 
 def _print_summary(sweep: SweepSpec, metric: str) -> None:
-    """The `ws stats` comparison of the sweep folder by each swept axis (but seed) with two or more values."""
+    """The `ws stats` comparison of the sweep by each swept axis (but seed and dataset) with two or more values,
+    within each dataset."""
     from analyses.stats import compare
+    from recorders.format.errors import WsError
     from workstation.commands.stats import print_report
+    from workstation.sweep.manifest import Manifest
 
+    manifest = Manifest(sweep.directory)
+    by_dataset: dict[str, list] = {}  # runs of different datasets are never compared with each other
+    for run in sweep.runs:
+        if manifest.recording(run.run_id).exists():
+            by_dataset.setdefault(run.config.dataset, []).append(run)
     for axis, labels in sweep.axes.items():
-        if len(labels) < 2 or axis == "seed":  # seeds are the unit of analysis, not a factor
+        if len(labels) < 2 or axis in ("seed", "dataset"):  # seeds are the unit of analysis, not a factor
             continue
         plain = all(axis not in run.labels for run in sweep.runs)
-        print_report(compare([sweep.directory], axis if plain else f"tags.{axis}", metric))
+        for dataset, runs in by_dataset.items():
+            values = {run.labels[axis] if axis in run.labels else getattr(run.config, axis) for run in runs}
+            if len(values) < 2:  # the axis does not vary within this dataset (e.g. the axis that picks it)
+                continue
+            paths = [manifest.recording(run.run_id) for run in runs]
+            try:
+                print_report(compare(paths, axis if plain else f"tags.{axis}", metric))
+            except WsError as exc:  # one dataset's gap must not hide the others' summaries
+                typer.echo(f"no summary of {axis} on {dataset}: {exc}", err=True)

@@ -29,7 +29,10 @@ def record(
     ] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="world, imagenet, caltech101, eurosat, imagefolder (default: world)", rich_help_panel=_TRAIN),
+        typer.Option(
+            help="world, world-mixed, imagenet, caltech101, eurosat, imagefolder (default: world)",
+            rich_help_panel=_TRAIN,
+        ),
     ] = None,
     data_root: Annotated[
         str | None, typer.Option(help="Folder of the datasets (or $WS_DATA).", rich_help_panel=_TRAIN)

@@ -16,6 +16,10 @@ seed = [1, 2, 3]
 none = {}
 lr50 = { gate_lr_scale = 50.0 }
 
+[[exclude]]                       # drop the combinations whose axis labels match every key of an entry
+method = "coop"                   # (e.g. gate interventions on a method without gates)
+intervention = "lr50"
+
 [[runs]]                          # explicit extra runs: base + these keys (+ optional `tags`)
 method = "coop"
 seed = 7
@@ -45,7 +49,7 @@ from recorders.format import RECORDINGS_DIR
 from recorders.format.errors import ConfigError
 from recorders.train.config import FIELDS, Config, build_config, read_toml, suggest
 
-SPEC_KEYS = ("name", "out", "base", "axes", "runs", "resources")
+SPEC_KEYS = ("name", "out", "base", "axes", "exclude", "runs", "resources")
 RESOURCE_KEYS = ("cpus", "gpus")
 DEFAULT_OUT = RECORDINGS_DIR / "sweeps"
 _ID_EXCLUDED = ("out", "device")
@@ -94,10 +98,14 @@ def parse_spec(raw: Mapping[str, Any], path: Path) -> SweepSpec:
     extra = raw.get("runs", [])
     if not isinstance(extra, list) or not all(isinstance(r, dict) for r in extra):
         raise ConfigError(f"{path}: [[runs]] must be a list of tables of config keys")
+    exclude = _exclusions(raw.get("exclude", []), axes, path)
     planned: dict[str, PlannedRun] = {}
     combos = itertools.product(*axes.values()) if axes else [()]
     candidates = []
     for combo in combos:
+        chosen = dict(zip(axes, combo, strict=True))
+        if any(all(chosen[axis] == label for axis, label in entry.items()) for entry in exclude):
+            continue
         overrides, labels = dict(base), {}
         for (axis, values), label in zip(axes.items(), combo, strict=True):
             overrides.update(values[label])
@@ -193,6 +201,27 @@ def _axes(raw: dict[str, Any], path: Path) -> dict[str, dict[str, dict[str, Any]
         else:
             raise ConfigError(f"{path}: axis {axis!r} must be a list of values or a table of labelled key sets")
     return axes
+
+
+def _exclusions(raw: Any, axes: Mapping[str, Mapping[str, Any]], path: Path) -> list[dict[str, str]]:
+    """``[[exclude]]`` entries as ``{axis: label}``; each must name existing axes and labels."""
+    if not isinstance(raw, list) or not all(isinstance(e, dict) and e for e in raw):
+        raise ConfigError(f"{path}: [[exclude]] must be a list of non-empty tables of axis = label")
+    out = []
+    for entry in raw:
+        labels = {}
+        for axis, value in entry.items():
+            if axis not in axes:
+                raise ConfigError(f"{path}: [[exclude]] names {axis!r}, not an axis{suggest(axis, axes)}")
+            label = _label(value)
+            if label not in axes[axis]:
+                raise ConfigError(
+                    f"{path}: [[exclude]] {axis} = {value!r} is not a label of that axis "
+                    f"(labels: {', '.join(axes[axis])})"
+                )
+            labels[axis] = label
+        out.append(labels)
+    return out
 
 
 def _is_plain(axis: str, values: Mapping[str, Mapping[str, Any]]) -> bool:

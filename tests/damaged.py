@@ -157,6 +157,18 @@ def _break_heap_reference(path: Path, dataset: str) -> None:
     path.write_bytes(bytes(data))
 
 
+def _old_event_encoding(f: h5py.File) -> None:
+    """Rewrite the events as files written before the fixed-size encoding hold them: ``events/kind`` and
+    ``events/message`` as variable-length strings in the global heap (the encoding a damaged heap can break)."""
+    spans, text = f["events/span"][:], f["events/text"][:].tobytes()
+    kinds = [text[o : o + k].decode() for o, k, _ in spans]
+    messages = [text[o + k : o + k + m].decode() for o, k, m in spans]
+    for name in ("span", "text"):
+        del f[f"events/{name}"]
+    for name, values in (("kind", kinds), ("message", messages)):
+        f.create_dataset(f"events/{name}", data=values, dtype=h5py.string_dtype(), chunks=(256,), maxshape=(None,))
+
+
 def _empty_gate_dataset(f: h5py.File) -> None:
     del f["gates/g/value"]
     f.create_dataset("gates/g/value", shape=(0,), dtype="float32")
@@ -166,7 +178,7 @@ def _empty_gate_dataset(f: h5py.File) -> None:
 def structural_edits(src: Path, out: Path) -> dict[str, tuple[Path, str]]:
     """One file per damaged kind named in issue 16, each with the part of the message every reader must give."""
     out.mkdir(parents=True, exist_ok=True)
-    heap = shutil.copyfile(src, out / "events-heap.h5")
+    heap = _edit(src, out / "events-heap.h5", _old_event_encoding)
     _break_heap_reference(heap, "events/message")
     return {
         "config-not-json": (
@@ -178,7 +190,7 @@ def structural_edits(src: Path, out: Path) -> dict[str, tuple[Path, str]]:
             "the config attribute is not a JSON object",
         ),
         "events-kind-short": (
-            _edit(src, out / "events-kind-short.h5", _resize("events/kind", 1)),
+            _edit(src, out / "events-kind-short.h5", _resize("events/span", 1)),
             "events is damaged (columns of unequal length",
         ),
         "events-heap": (heap, "events is damaged"),

@@ -169,8 +169,19 @@ def _documented_patterns() -> list[re.Pattern[str]]:
 @pytest.mark.skipif(shutil.which("h5ls") is None, reason="h5ls (hdf5-tools) is not installed")
 def test_h5ls_lists_the_documented_structure(tmp_path: Path) -> None:
     _write(tmp_path / "r.h5")
-    # the schema-1.1 evaluation datasets exist only with an EvalSpec (and instance gates): a second file has them
-    instance = rf.GateSetSpec("inst", 2, "instance", group="gates")
+    # optional datasets (schema-1.1 evaluations, the ratio factors, per-term gradients, instance-gate movement)
+    # exist only when declared: a second file declares them all
+    instance = rf.GateSetSpec(
+        "inst",
+        2,
+        "instance",
+        group="gates",
+        factors=True,
+        vector_dim=3,
+        terms=("entropy",),
+        init_bias=(0.0, 0.0),
+        init_weight_norm=(1.0, 1.0),
+    )
     layout = rf.Layout(
         gate_sets=(instance,), evaluation=rf.EvalSpec(2, 1, rf.COUNTERFACTUALS, instance_gates=("inst",))
     )

@@ -49,7 +49,7 @@ TENSOR_BUDGET = 16384
 
 
 @dataclass
-class RunResult:
+class TrainResult:
     """What a finished run reports: its recording, evaluations before and after training, and its gates."""
 
     path: Path
@@ -132,7 +132,7 @@ def gate_summary(method: PromptMethod) -> str:
 
 # ---------------------------------------------------------------------------------------------------- run
 @dataclass
-class Run:
+class PreparedRun:
     """Everything built and checked before the recording file is created."""
 
     cfg: Config
@@ -149,7 +149,7 @@ def build_run(
     task: FewShotTask | None = None,
     cache_dir: Path | None = None,
     force: bool = False,
-) -> Run:
+) -> PreparedRun:
     """Validate ``cfg``, load the backbone and the task (unless given) and build the method; writes nothing.
 
     The output path is checked first (it must not exist unless ``force``, nor be held by another process, and its
@@ -172,10 +172,10 @@ def build_run(
     if not task.train:
         raise ConfigError(f"dataset {cfg.dataset!r} gave no training items; check --dataset and --shots")
     method = build_method(cfg, backbone)
-    return Run(cfg, method, task, path, force)
+    return PreparedRun(cfg, method, task, path, force)
 
 
-def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silent) -> RunResult:
+def train(run: PreparedRun, *, cache_dir: Path | None = None, progress: Progress = silent) -> TrainResult:
     """Train ``run.method`` and record every step to ``run.path``; returns the final evaluation and gates.
 
     Raises :class:`WsError` when ``on_nan = "stop"`` meets a non-finite loss or gradient (the recording is then
@@ -258,7 +258,7 @@ def train(run: Run, *, cache_dir: Path | None = None, progress: Progress = silen
             writer.add_event(step, "epoch_end", f"epoch {epoch + 1}: base {after.base:.4f} novel {after.novel:.4f}")
         summary = gate_summary(method)  # instance gates: from the last step's captured logits, before close
         probe.close()
-    return RunResult(run.path, step, before, after, summary, method.groups())
+    return TrainResult(run.path, step, before, after, summary, method.groups())
 
 
 def _add_eval(writer: RecordingWriter, step: int, epoch: int, ev: Evaluation) -> None:

@@ -50,14 +50,15 @@ def _print_diagnostics(d: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from workstation.render import number
     from workstation.safe_text import clean
 
     def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.3g}"
+        return number(v, 3)
 
     console = Console()
     if "unavailable" in d:
-        console.print(f"[red]diagnostics unavailable:[/] {escape(d['unavailable'])}")
+        console.print(f"[red]diagnostics unavailable:[/] {escape(clean(d['unavailable']))}")
         return
     if not d["gate_sets"]:
         console.print(
@@ -94,7 +95,7 @@ def _print_diagnostics(d: dict) -> None:
     console.print(table)
     for name, g in d["gate_sets"].items():
         for line in verdict_lines(name, g):
-            console.print(escape(line), highlight=False, soft_wrap=True)
+            console.print(escape(clean(line)), highlight=False, soft_wrap=True)
     best = d.get("best_eval")
     if best is not None:
         console.print(
@@ -136,9 +137,11 @@ def _print_mechanism(m: dict) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    from workstation.safe_text import clean
+
     console = Console()
     if "unavailable" in m:
-        console.print(escape(f"ratio factors: unavailable ({m['unavailable']})"), highlight=False)
+        console.print(escape(clean(f"ratio factors: unavailable ({m['unavailable']})")), highlight=False)
         return
     for g in m.values():
         move = ", ".join(
@@ -146,4 +149,4 @@ def _print_mechanism(m: dict) -> None:
             for part, v in g["movement"].items()
             if v["decay"] is not None and v["rest"] is not None
         )
-        console.print(escape(g["factors"]["line"] + (f"; movement: {move}" if move else "")))
+        console.print(escape(clean(g["factors"]["line"] + (f"; movement: {move}" if move else ""))), highlight=False)

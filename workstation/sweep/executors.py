@@ -1,4 +1,4 @@
-"""Executors run one `ws record` process per run and hand back a :class:`RunResult` future.
+"""Executors run one `ws record` process per run and hand back a :class:`ProcessResult` future.
 
 - :class:`LocalExecutor`: ``jobs`` runs at once on this machine; CPU threads are shared out
   (``OMP_NUM_THREADS = cores // jobs``) and, on a multi-GPU machine, each running job gets its own GPU through
@@ -30,7 +30,7 @@ EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
-class RunResult:
+class ProcessResult:
     """What one run's process left: exit code, seconds it ran, and the last line it printed to stderr."""
 
     run_id: str
@@ -40,7 +40,7 @@ class RunResult:
 
 
 class Executor(Protocol):
-    def submit(self, run_id: str, args: list[str], env: dict[str, str]) -> Future[RunResult]: ...
+    def submit(self, run_id: str, args: list[str], env: dict[str, str]) -> Future[ProcessResult]: ...
     def interrupt(self) -> None: ...
     def shutdown(self) -> None: ...
 
@@ -57,7 +57,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def run_process(run_id: str, args: list[str], env: dict[str, str], on_start: Any = None) -> RunResult:
+def run_process(run_id: str, args: list[str], env: dict[str, str], on_start: Any = None) -> ProcessResult:
     """Run ``python args...`` to the end; the error is the last non-empty stderr line (empty on success)."""
     start = time.monotonic()
     proc = subprocess.Popen(
@@ -73,7 +73,7 @@ def run_process(run_id: str, args: list[str], env: dict[str, str], on_start: Any
     _, stderr = proc.communicate()
     lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
     error = "" if proc.returncode == 0 else (lines[-1] if lines else f"exit code {proc.returncode}")
-    return RunResult(run_id, proc.returncode, time.monotonic() - start, error)
+    return ProcessResult(run_id, proc.returncode, time.monotonic() - start, error)
 
 
 def gpu_ids() -> list[str]:
@@ -104,10 +104,10 @@ class LocalExecutor:
         self._procs: set[subprocess.Popen[str]] = set()
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ws-run")
 
-    def submit(self, run_id: str, args: list[str], env: dict[str, str]) -> Future[RunResult]:
+    def submit(self, run_id: str, args: list[str], env: dict[str, str]) -> Future[ProcessResult]:
         return self._pool.submit(self._run, run_id, args, env)
 
-    def _run(self, run_id: str, args: list[str], env: dict[str, str]) -> RunResult:
+    def _run(self, run_id: str, args: list[str], env: dict[str, str]) -> ProcessResult:
         with self._lock:
             gpu = self._free_gpus.pop(0) if self._free_gpus else None
         child_env = {**env, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
@@ -149,7 +149,7 @@ class LocalExecutor:
         self._pool.shutdown(wait=True)
 
 
-def _ray_task(run_id: str, args: list[str], env: dict[str, str]) -> RunResult:
+def _ray_task(run_id: str, args: list[str], env: dict[str, str]) -> ProcessResult:
     """Executed on a Ray worker: the worker's own interpreter runs ``ws record``."""
     return run_process(run_id, args, env)
 
@@ -181,7 +181,7 @@ class RayExecutor:
         self._remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_task)
         self._refs: list[Any] = []
 
-    def submit(self, run_id: str, args: list[str], env: dict[str, str]) -> Future[RunResult]:
+    def submit(self, run_id: str, args: list[str], env: dict[str, str]) -> Future[ProcessResult]:
         ref = self._remote.remote(run_id, args, {**env, "OMP_NUM_THREADS": str(max(1, int(self._cpus)))})
         self._refs.append(ref)
         return ref.future()

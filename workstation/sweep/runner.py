@@ -22,7 +22,7 @@ from rich.table import Table
 from recorders.format import Recording
 from recorders.format.errors import RecordingError
 from workstation.safe_text import clean
-from workstation.sweep.executors import Executor, RunResult, record_args
+from workstation.sweep.executors import Executor, ProcessResult, record_args
 from workstation.sweep.lock import SweepLock
 from workstation.sweep.manifest import Manifest, RunEntry, recording_state
 from workstation.sweep.spec import PlannedRun, SweepSpec
@@ -116,7 +116,7 @@ def _execute(
     manifest, todo, done = plan(spec, retry_failed)
     manifest.save()
     _remove_stubs(spec.directory)
-    futures: dict[Future[RunResult], str] = {}
+    futures: dict[Future[ProcessResult], str] = {}
     started: dict[str, float] = {}
     try:
         for run in todo:
@@ -167,8 +167,8 @@ def _remove_stubs(directory: Path) -> None:
 def _mark_started(
     manifest: Manifest,
     started: dict[str, float],
-    futures: dict[Future[RunResult], str],
-    pending: set[Future[RunResult]],
+    futures: dict[Future[ProcessResult], str],
+    pending: set[Future[ProcessResult]],
 ) -> None:
     """Runs whose process has begun (a local worker took it, or its recording appeared) become ``running``."""
     for fut in pending:
@@ -178,7 +178,7 @@ def _mark_started(
             manifest.runs[run_id].status = "running"
 
 
-def _finish(manifest: Manifest, run_id: str, fut: Future[RunResult]) -> None:
+def _finish(manifest: Manifest, run_id: str, fut: Future[ProcessResult]) -> None:
     entry = manifest.runs[run_id]
     entry.attempts += 1
     try:

@@ -1,8 +1,18 @@
-"""Shared fixtures: a short recorded demo run (made once per session, in a temporary directory)."""
+"""Shared fixtures: a short recorded demo run (made once per session, in a temporary directory); threads per
+xdist worker."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Under pytest-xdist every worker would start torch (and the `ws` subprocesses it runs) with one thread per core, so
+# two workers on two cores ran four threads and slowed each other; each worker gets its share of the cores instead.
+# Set before anything imports torch (conftest is imported first); a value the user set is kept.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, str(_share))
 
 import pytest
 

@@ -114,7 +114,7 @@ BAD = [
     (["--on-nan", "ignore"], "unknown on_nan 'ignore'"),
     (["--epochs", "0"], "epochs = 0 must be at least 1"),
     (["--seed", "4294967296"], "seed = 4294967296 must be in [0, 4294967295]"),
-    (["--set", "dataset=nope"], "unknown dataset 'nope' (choose from world, imagenet"),
+    (["--set", "dataset=nope"], "unknown dataset 'nope' (choose from world, world-mixed, imagenet"),
 ]
 
 

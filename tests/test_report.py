@@ -234,7 +234,7 @@ def test_ws_report_does_not_import_torch(settled: Path, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- bad input
 def test_bad_input_raises_one_line_errors(tmp_path: Path) -> None:
-    with pytest.raises(RecordingError, match="no recordings"):
+    with pytest.raises(RecordingError, match="no .h5 recordings"):
         load_study(tmp_path)
     arm(tmp_path, "coop-gating", "collapsed", LOW)
     with pytest.raises(ConfigError, match="one group"):

@@ -23,3 +23,9 @@ def demo_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recorders.train.demo import run_demo
 
     return run_demo(tmp_path_factory.mktemp("demo") / "demo.h5", steps=40, flush_every=16)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests first (in their own order), so that under xdist the longest ones start at once and the other
+    workers take the rest around them (with ``--dist worksteal``, an idle worker steals queued tests)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -16,35 +16,12 @@ import argparse
 import time
 
 import torch
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
+from recorders.clip.backbone import vit_b16_config
 from recorders.clip.encoders import image_features, text_features, token_embeddings
 
 EOT = 49407
-
-
-def vit_b16() -> CLIPConfig:
-    """OpenAI CLIP ViT-B/16 shapes: text 512 × 12 layers, vision 768 × 12 layers, patch 16 on 224 px, 512-d."""
-    return CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=512,
-            intermediate_size=2048,
-            num_hidden_layers=12,
-            num_attention_heads=8,
-            max_position_embeddings=77,
-            eos_token_id=2,
-        ),
-        vision_config=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=16,
-        ),
-        projection_dim=512,
-    )
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, float]:
@@ -75,7 +52,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     torch.manual_seed(0)
-    model = CLIPModel(vit_b16()).to(device).eval().requires_grad_(False)
+    model = CLIPModel(vit_b16_config()).to(device).eval().requires_grad_(False)
     text_width, vision_width = model.config.text_config.hidden_size, model.config.vision_config.hidden_size
     depth, n_ctx = 9, 2
 

@@ -61,22 +61,11 @@ def vit_b16_backbone():
     """A ViT-B/16-shaped ``Backbone`` (text 512 × 12 layers, vision 768 × 12 layers) whose CLIP lives on the meta
     device: no weights are allocated or downloaded. Enough to build methods (with ``ctx_init = ""``) and count
     their parameters, not to run them."""
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPModel
 
-    from recorders.clip.backbone import Backbone
+    from recorders.clip.backbone import Backbone, vit_b16_config
 
-    config = CLIPConfig(
-        text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
-        vision_config=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=16,
-        ),
-        projection_dim=512,
-    )
+    config = vit_b16_config()
     with torch.device("meta"):
         model = CLIPModel(config)
     return Backbone(

@@ -105,6 +105,31 @@ def clip_configs(model: transformers.CLIPModel) -> tuple[transformers.CLIPTextCo
     )
 
 
+def vit_b16_config() -> transformers.CLIPConfig:
+    """The shapes of OpenAI's CLIP ViT-B/16 (text 512 × 12 layers, 77 positions, 49,408 tokens; vision 768 × 12
+    layers, patch 16 on 224 px; 512-d embeddings), for random-init models built without a download."""
+    return transformers.CLIPConfig(
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            max_position_embeddings=77,
+            eos_token_id=2,
+        ),
+        vision_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=16,
+        ),
+        projection_dim=512,
+    )
+
+
 def image_size(model: transformers.CLIPModel) -> int:
     """The vision tower's square input side in pixels (ws supports square inputs only)."""
     size = clip_configs(model)[1].image_size

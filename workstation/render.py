@@ -73,6 +73,9 @@ def print_summary(s: dict[str, Any]) -> None:
     damaged = s.get("damaged") or {}
     if damaged:
         rows.append(("damaged", "; ".join(f"{part}: {reason}" for part, reason in damaged.items())))
+    unchecked = s.get("unchecked") or {}
+    if unchecked:  # a killed writer's torn last chunk, verified against the previous flush's checksum
+        rows.append(("last chunk", f"{', '.join(unchecked)}: {next(iter(unchecked.values()))}"))
     for key, value in rows:
         table.add_row(f"[red]{key}[/]" if key == "damaged" else key, escape(clean(value)))
     console.print(table)

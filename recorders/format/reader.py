@@ -68,7 +68,8 @@ class Recording:
     :class:`~recorders.format.errors.RecordingError` for anything that is not a readable ws recording of a supported
     schema version. A file damaged only in part opens: ``damaged`` maps each damaged part (a dataset path,
     ``eval`` or ``events``) to the reason, and reading such a part raises ``RecordingError`` naming the file and
-    the part, as does any HDF5 error met while reading (the part is then added to ``damaged``).
+    the part, as does any HDF5 error met while reading (the part is then added to ``damaged``). ``unchecked``
+    names the series of a killed (or live) file whose last chunk was read without its checksum, and why.
     """
 
     path: Path
@@ -77,6 +78,7 @@ class Recording:
     n_steps: int = 0
     _step_cache: np.ndarray | None = field(default=None, repr=False)
     damaged: dict[str, str] = field(default_factory=dict)
+    unchecked: dict[str, str] = field(default_factory=dict)
     _attrs: dict[str, Any] = field(default_factory=dict, repr=False)
     _events_cache: list[Event] = field(default_factory=list, repr=False)
 
@@ -263,23 +265,40 @@ class Recording:
         n = self.n_steps
         stop = n if stop is None else min(max(stop, 0), n)
         start = min(max(start, 0), stop)
-        return self._checked(path, stop, lambda ds: ds[start:stop:stride])
+        return self._checked(path, start, stop, stride)
 
     def row(self, path: str, index: int) -> np.ndarray:
         """One row of a per-step series (``index`` counts committed rows; negative counts from the end)."""
         n = self.n_steps
         if not -n <= index < n:
             raise IndexError(f"row {index} out of range for {n} committed rows")
-        return self._checked(path, n, lambda ds: ds[index % n])
+        return self._checked(path, index % n, index % n + 1)[0]
 
-    def _checked(self, path: str, rows: int, read: Any) -> Any:
-        """``read(dataset)`` of a per-step series holding at least ``rows`` rows, retried in a live file; an error
-        (a checksum mismatch, a short series) marks the series damaged and becomes one line."""
+    def _checked(self, path: str, start: int, stop: int, stride: int = 1) -> np.ndarray:
+        """Rows ``[start, stop)`` (every ``stride``-th) of a per-step series (see :meth:`_rows`); an error (a
+        checksum mismatch, a short series) marks the series damaged and becomes one line."""
         ds = self._dataset(path)
         with self._guard(path):
-            if ds.shape[0] < rows:
-                raise ValueError(f"{ds.shape[0]} rows, {STEP} has {rows}")
-            return _retrying(lambda: read(ds), self._file.swmr_mode)
+            if ds.shape[0] < stop:
+                raise ValueError(f"{ds.shape[0]} rows, {STEP} has {stop}")
+            return self._rows(ds, start, stop, stride)
+
+    def _rows(self, ds: h5py.Dataset, start: int, stop: int, stride: int = 1, retry: bool = True) -> np.ndarray:
+        """Rows ``[start, stop)`` (every ``stride``-th) of ``ds``, retried in a live file unless the caller retries.
+
+        One checksum mismatch is not damage: a writer killed while a flush rewrites the chunk that holds its last
+        rows (a SIGKILL can cut a write at a page boundary) leaves that chunk's checksum stale, while the bytes of
+        every row flushed before are unchanged. In a file that is not ``complete`` such a last chunk is read
+        without its checksum (see :func:`_read_torn_tail`) and the dataset is named in ``unchecked``."""
+        try:
+            return np.asarray(_retrying(lambda: ds[start:stop:stride], retry and self._file.swmr_mode))
+        except OSError as exc:
+            torn = _reason(exc) == "checksum mismatch" and self.status != "complete"
+            rows = _read_torn_tail(ds, start, stop) if torn else None
+            if rows is None:
+                raise
+            self.unchecked[str(ds.name).lstrip("/")] = TORN_TAIL
+            return rows[::stride]
 
     def steps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.read(STEP, start, stop)
@@ -295,7 +314,7 @@ class Recording:
         cols = {name: self._dataset(f"eval/{name}") for name in EVAL_FIELDS}
         with self._guard("eval"):
             n = min(ds.shape[0] for ds in cols.values())
-            return {name: np.asarray(ds[:n]) for name, ds in cols.items()}
+            return {name: self._rows(ds, 0, n) for name, ds in cols.items()}
 
     def validation_acc(self) -> np.ndarray:
         """Validation accuracy per evaluation ``(evals,)`` float64; all NaN when not recorded (schema 1.0)."""
@@ -303,7 +322,9 @@ class Recording:
         if VAL_ACC not in self._file:
             return np.full(n, np.nan)
         values = np.full(n, np.nan)
-        stored = self._dataset(VAL_ACC)[:n]
+        ds = self._dataset(VAL_ACC)
+        with self._guard(VAL_ACC):
+            stored = self._rows(ds, 0, min(n, ds.shape[0]))
         values[: len(stored)] = stored
         return values
 
@@ -314,7 +335,7 @@ class Recording:
         if spec is None:
             return {}
         n = len(self.eval_table()["step"])
-        out = {m: self._dataset(correct_path(m))[:n].astype(bool) for m in spec.models}
+        out = {m: self._series_head(correct_path(m), n).astype(bool) for m in spec.models}
         k = min(len(v) for v in out.values())
         return {m: v[:k] for m, v in out.items()}
 
@@ -324,7 +345,15 @@ class Recording:
         if spec is None or gate_set not in spec.instance_gates:
             return {}
         n = len(self.eval_table()["step"])
-        return {stat: self._dataset(eval_gate_path(gate_set, stat))[:n].astype(np.float64) for stat in EVAL_GATE_STATS}
+        return {
+            stat: self._series_head(eval_gate_path(gate_set, stat), n).astype(np.float64) for stat in EVAL_GATE_STATS
+        }
+
+    def _series_head(self, path: str, n: int) -> np.ndarray:
+        """The first ``n`` rows (fewer if the dataset is shorter) of the dataset at ``path``."""
+        ds = self._dataset(path)
+        with self._guard(path):
+            return self._rows(ds, 0, min(n, ds.shape[0]))
 
     def events(self) -> list[Event]:
         """Recorded events, oldest first. In a live file, events whose bytes are not all written yet are left out
@@ -341,7 +370,7 @@ class Recording:
 
     def _read_events(self) -> list[Event]:
         steps_ds = self._dataset(EVENT_STEP)
-        steps = steps_ds[: steps_ds.shape[0]]
+        steps = self._rows(steps_ds, 0, steps_ds.shape[0], retry=False)
         if EVENT_TEXT not in self._file:  # files written before the fixed-size encoding: variable-length strings
             kinds = self._dataset("events/kind")
             messages = self._dataset("events/message")
@@ -352,11 +381,11 @@ class Recording:
             ]
         spans_ds = self._dataset(EVENT_SPAN)
         n = min(len(steps), spans_ds.shape[0])
-        spans = spans_ds[:n]
+        spans = self._rows(spans_ds, 0, n, retry=False)
         text_ds = self._dataset(EVENT_TEXT)
         ends = spans[:, 0] + spans[:, 1] + spans[:, 2] if n else np.zeros(0, np.int64)
         n = int(np.searchsorted(np.maximum.accumulate(ends), text_ds.shape[0], side="right")) if n else 0
-        text = text_ds[: int(ends[n - 1])].tobytes() if n else b""
+        text = self._rows(text_ds, 0, int(ends[n - 1]), retry=False).tobytes() if n else b""
         out = []
         for s, (offset, k, m) in zip(steps[:n], spans[:n], strict=True):
             kind = text[offset : offset + k].decode("utf-8", "replace")
@@ -408,6 +437,7 @@ class Recording:
             "last_eval": last_eval,
             "events": n_events,
             "damaged": dict(self.damaged),
+            "unchecked": dict(self.unchecked),
         }
 
     def close(self) -> None:
@@ -429,6 +459,65 @@ def _part(path: str) -> str:
     if head == "tensors":
         return "/".join(path.split("/")[:2])
     return path
+
+
+TORN_TAIL = "last chunk's checksum is the one the flush before the writer stopped wrote; its rows match it"
+
+
+def _read_torn_tail(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
+    """Rows ``[start, stop)`` of ``ds`` whose last chunk fails its checksum because a writer was stopped while a
+    flush rewrote it in place; None unless every row asked for is proven intact.
+
+    Such a chunk holds new bytes up to the page where the write was cut and the previous flush's bytes after it,
+    with the previous flush's checksum at its end. That checksum covers the rows flushed before plus fill (zeros),
+    so the rows ``[0, k)`` of the chunk for the largest ``k`` whose zero-filled prefix matches it
+    (:func:`_fletcher32_prefix_rows`) are exactly what that flush wrote. Needs Fletcher-32 as the only filter and
+    chunks split along rows only; rows before the last chunk are read normally, so damage elsewhere still raises."""
+    chunks = ds.chunks
+    plain = not (ds.compression or ds.shuffle or ds.scaleoffset is not None)
+    if chunks is None or not (ds.fletcher32 and plain) or tuple(chunks[1:]) != tuple(ds.shape[1:]) or stop <= start:
+        return None
+    tail = (ds.shape[0] - 1) // chunks[0] * chunks[0]
+    if stop <= tail:
+        return None
+    row_bytes = int(np.prod(chunks[1:], dtype=np.int64)) * ds.dtype.itemsize
+    mask, raw = ds.id.read_direct_chunk((tail,) + (0,) * (ds.ndim - 1))
+    if mask != 0 or len(raw) != chunks[0] * row_bytes + 4:
+        return None
+    intact = _fletcher32_prefix_rows(raw, row_bytes)
+    if intact is None or stop - tail > intact:
+        return None
+    last = np.frombuffer(raw[:-4], dtype=ds.dtype).reshape(chunks)[max(start, tail) - tail : stop - tail]
+    return np.concatenate([np.asarray(ds[start:tail]), last]) if start < tail else last.copy()
+
+
+def _fletcher32_prefix_rows(raw: bytes, row_bytes: int) -> int | None:
+    """The largest ``k`` such that HDF5's Fletcher-32 of the chunk's first ``k`` rows followed by zeros equals the
+    checksum stored in the chunk's last 4 bytes; None when no ``k`` does.
+
+    HDF5 (``H5_checksum_fletcher32``) reads the data as big-endian 16-bit words ``w[0..N)`` (an odd last byte
+    is the high byte of one more word) and folds both sums with end-around carry, so they equal, modulo 65535,
+    ``s1 = Σ w[i]`` and ``s2 = Σ (N − i)·w[i]``; trailing zero words add nothing to either. The filter stores
+    ``s2 << 16 | s1`` little-endian (byte-swapped by some old writers, which HDF5 also accepts)."""
+    body, stored = raw[:-4], int.from_bytes(raw[-4:], "little")
+    if not body or row_bytes <= 0:
+        return None
+    padded = body + b"\0" * (len(body) % 2)
+    words = np.frombuffer(padded, ">u2").astype(np.int64)
+    n = len(words)
+    weights = n - np.arange(n, dtype=np.int64)
+    s1 = np.concatenate([[0], np.cumsum(words % 65535) % 65535])
+    s2 = np.concatenate([[0], np.cumsum(weights * words % 65535) % 65535])
+    k = np.arange(len(body) // row_bytes + 1, dtype=np.int64)
+    full, odd = k * row_bytes // 2, k * row_bytes % 2
+    high = np.frombuffer(padded, np.uint8)[np.minimum(k * row_bytes, len(padded) - 1)].astype(np.int64) << 8
+    part1 = (s1[full] + odd * high) % 65535
+    part2 = (s2[full] + odd * high * (n - full)) % 65535
+    targets = {stored, int.from_bytes(raw[-4:], "big")}
+    found = np.zeros(len(k), bool)
+    for target in targets:
+        found |= (part1 == (target & 0xFFFF) % 65535) & (part2 == (target >> 16) % 65535)
+    return int(k[found][-1]) if found.any() else None
 
 
 def _reason(exc: BaseException | str) -> str:

@@ -20,7 +20,9 @@ def inspect(
     summaries = []
     for path in iter_recordings(paths):
         with Recording.open(path) as rec:
-            summaries.append({**rec.summary(), "diagnostics": _diagnostics(rec), "mechanism": _mechanism(rec)})
+            found = {"diagnostics": _diagnostics(rec), "mechanism": _mechanism(rec)}
+            summary = rec.summary()  # after the analyses: their reads fill ``damaged`` and ``unchecked``
+            summaries.append({**summary, **found})
     if as_json:
         typer.echo(json.dumps(summaries if len(summaries) != 1 else summaries[0], indent=2))
         return

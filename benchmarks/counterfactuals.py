@@ -2,8 +2,10 @@
 
 Runs the same config twice in this process — as recorded (every evaluation also scores the gates at init / removed,
 and at their test-set mean for instance gates) and with the counterfactuals switched off — after a warm-up run
-that fills the feature cache, and prints both wall times and their ratio. Alternating order over ``--repeats``
-pairs evens out a machine whose load changes.
+that fills the feature cache, and prints both times and their ratio: of the training call alone (the strict
+basis: everything the counterfactuals cost happens in it) and of the whole run in this process (building it, then
+training; a `ws record` adds its imports and the verdict on top). Alternating order over ``--repeats`` pairs
+evens out a machine whose load changes.
 
     python benchmarks/counterfactuals.py                     # the README default run (coop-gating, world, seed 1)
     python benchmarks/counterfactuals.py --set epochs=5 --repeats 1
@@ -19,11 +21,13 @@ from pathlib import Path
 from unittest import mock
 
 
-def timed_run(pairs: list[tuple[str, str]], out: Path, counterfactuals: bool) -> tuple[float, float]:
-    """(wall seconds, this process's CPU seconds) of one training run."""
+def timed_run(pairs: list[tuple[str, str]], out: Path, counterfactuals: bool) -> tuple[float, float, float]:
+    """(wall seconds, this process's CPU seconds) of one training call, and the wall seconds of the whole run in
+    this process (building it: backbone, task, cached features; then training)."""
     from recorders.train import evaluation, loop
     from recorders.train.config import build_config
 
+    built = time.perf_counter()
     cfg = build_config([*pairs, ("out", str(out))])
     run = loop.build_run(cfg)
     patch = mock.patch.object(loop, "counterfactual_kinds", lambda method: ())
@@ -34,7 +38,8 @@ def timed_run(pairs: list[tuple[str, str]], out: Path, counterfactuals: bool) ->
     else:
         with patch, off:
             loop.train(run)
-    return time.perf_counter() - start, time.process_time() - cpu
+    end = time.perf_counter()
+    return end - start, time.process_time() - cpu, end - built
 
 
 def main() -> None:
@@ -46,12 +51,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         timed_run(pairs, out / "warm.h5", True)  # feature cache and backbone load
-        times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        times: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
         for i in range(args.repeats):
             order = (True, False) if i % 2 == 0 else (False, True)
             for flag in order:
                 times[flag].append(timed_run(pairs, out / f"r{i}-{flag}.h5", flag))
-    for k, what in ((0, "wall"), (1, "CPU")):
+    for k, what in ((0, "train wall"), (1, "train CPU"), (2, "run wall")):
         a, b = (statistics.median(t[k] for t in times[flag]) for flag in (True, False))
         runs = {flag: ", ".join(f"{t[k]:.2f}" for t in times[flag]) for flag in (True, False)}
         print(f"{what}: with counterfactuals {a:.2f} s ({runs[True]}), without {b:.2f} s ({runs[False]})")

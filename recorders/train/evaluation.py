@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from recorders.data.types import Item
@@ -134,12 +135,11 @@ def evaluate(
     method.eval()
     task = data.task
     try:
-        right, values = _test_predictions(method, base, novel, data, cfg)
+        right, values, val = _test_predictions(method, base, novel, data, cfg, with_val=bool(task.val))
         n_base = len(task.test_base)
         result = Evaluation(_mean(right[:n_base]), _mean(right[n_base:]), correct={"trained": right}, n_base=n_base)
-        if task.val:
-            val = predictions(method, base, task.val, data.test_inputs.get("val"), cfg, task.dataset.load_image)
-            result.val = _mean(val[0])
+        if val is not None:
+            result.val = _mean(val)
         gates = find_gates(method)
         result.gate_stats = {name: group_spreads(v, task.test_base + task.test_novel) for name, v in values.items()}
         for kind, replacements in counterfactuals(gates, values, initial).items():
@@ -206,14 +206,78 @@ def _group_std(v: np.ndarray, groups: list[str]) -> np.ndarray:
 
 
 def _test_predictions(
-    method: PromptMethod, base: ClassPrompts, novel: ClassPrompts, data: TaskData, cfg: Config
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    method: PromptMethod,
+    base: ClassPrompts,
+    novel: ClassPrompts,
+    data: TaskData,
+    cfg: Config,
+    with_val: bool = False,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+    """Correctness of the test images ``(n_base + n_novel,)``, instance gate values on them ``(n, n_gates)`` by
+    gate name, and correctness of the validation images when ``with_val`` (else None)."""
     task = data.task
+    held = data.test_inputs
+    halves = [(task.test_base, held.get("base"), True), (task.test_novel, held.get("novel"), False)]
+    if with_val:
+        halves.append((task.val, held.get("val"), True))
+    if _one_forward(method, halves):
+        right = _joint_correct(
+            method, base, novel, [(items, x, is_base) for items, x, is_base in halves if x is not None]
+        )
+        return np.concatenate(right[:2]), {}, right[2] if with_val else None
     load = task.dataset.load_image
-    rb, vb = predictions(method, base, task.test_base, data.test_inputs.get("base"), cfg, load)
-    rn, vn = predictions(method, novel, task.test_novel, data.test_inputs.get("novel"), cfg, load)
+    rb, vb = predictions(method, base, task.test_base, held.get("base"), cfg, load)
+    rn, vn = predictions(method, novel, task.test_novel, held.get("novel"), cfg, load)
     values = {name: np.concatenate([vb[name], vn[name]]) for name in vb.keys() & vn.keys()}
-    return np.concatenate([rb, rn]), values
+    val = predictions(method, base, task.val, held.get("val"), cfg, load)[0] if with_val else None
+    return np.concatenate([rb, rn]), values, val
+
+
+def _one_forward(method: PromptMethod, halves: list[tuple[list[Item], torch.Tensor | None, bool]]) -> bool:
+    """Whether every image set can be scored in one forward pass: held features for each (non-empty) set, one text
+    feature per class (no per-input text, no pixels) and no instance gate whose values must be kept."""
+    if method.needs_pixels or method.text_per_input:
+        return False
+    if any(g.kind == "instance" for g in find_gates(method).values()):
+        return False
+    return all(items and x is not None and len(x) == len(items) for items, x, _ in halves)
+
+
+@torch.no_grad()
+def _joint_correct(
+    method: PromptMethod,
+    base: ClassPrompts,
+    novel: ClassPrompts,
+    sets: list[tuple[list[Item], torch.Tensor, bool]],
+) -> list[np.ndarray]:
+    """Per image set ``(items, held inputs, scored against the base classes?)`` its correctness ``(n,)`` bool, from
+    one forward of every image against the base and novel classes together, each image's argmax taken over its own
+    half's columns: the text encoder runs once per evaluation instead of once per image set and half."""
+    classes = _joined(base, novel)
+    with method.backbone.autocast():
+        logits = method(torch.cat([x for _, x, _ in sets]), classes).logits
+    out, start = [], 0
+    for items, x, is_base in sets:
+        block = logits[start : start + len(x)]
+        start += len(x)
+        columns = block[:, : len(base)] if is_base else block[:, len(base) :]
+        out.append(columns.argmax(-1).cpu().numpy() == np.array([item.label for item in items]))
+    return out
+
+
+def _joined(a: ClassPrompts, b: ClassPrompts) -> ClassPrompts:
+    """The classes of ``a`` then ``b`` as one set, the shorter token rows padded with id 0 and zero embeddings
+    after their end-of-text token (attention is causal, so padding after it changes no class feature)."""
+    length = max(a.input_ids.shape[1], b.input_ids.shape[1])
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, 0) * (t.dim() - 2) + (0, length - t.shape[1]))
+
+    return ClassPrompts(
+        a.names + b.names,
+        torch.cat([padded(a.input_ids), padded(b.input_ids)]),
+        torch.cat([padded(a.embeds), padded(b.embeds)]),
+    )
 
 
 def _mean(a: np.ndarray) -> float:

@@ -125,7 +125,7 @@ def test_a_file_killed_before_its_first_row_opens_empty(tmp_path: Path) -> None:
 
 def _recording_of(tmp_path: Path, rows: int, finish: bool) -> Path:
     """A recording with ``rows`` flushed rows whose writer either closed it (``complete``) or was killed."""
-    proc, path = _start(tmp_path, block=rows, mode="wait", blocks=1)
+    proc, path = _start(tmp_path, block=rows, mode="wait", blocks=1 if finish else 2)  # 2: waits, then is killed
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write("\n")
     proc.stdin.flush()

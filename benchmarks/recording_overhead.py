@@ -79,7 +79,7 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
     counter = itertools.count()
 
     def chunk(record: bool) -> tuple[float, float]:
-        for gate in find_gates(model).values():  # capture (logits, Gram hooks) is part of recording
+        for gate in find_gates(model).values():  # capture (logits, gated vectors) is part of recording
             gate.capture = record
         in_probe = 0.0
         start = time.perf_counter()
@@ -249,8 +249,13 @@ def main() -> None:
         help="torch CPU threads (1: steady figures on a machine whose cores are shared)",
     )
     parser.add_argument("--methods", default="cocoop-gating,adaptive-bimaple", help="comma-separated; '' skips")
-    parser.add_argument("--method-steps", type=int, default=4, help="steps per chunk for --methods")
-    parser.add_argument("--method-repeats", type=int, default=10, help="chunks each way for --methods")
+    parser.add_argument("--method-steps", type=int, default=8, help="steps per chunk for --methods")
+    parser.add_argument(
+        "--method-repeats",
+        type=int,
+        default=64,
+        help="chunks each way for --methods (the default 64 × 8 recorded steps span two 256-row blocks: flushes count)",
+    )
     args = parser.parse_args()
     import torch
 

@@ -143,13 +143,16 @@ def test_coop_gating_factors_equal_the_autograd_ratio(tmp_path: Path, backbone64
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("batch", "equilibrium"), [(1, False), (4, True)])
+@pytest.mark.parametrize(("batch", "equilibrium", "on_device"), [(1, False, False), (4, True, True)])
 def test_cocoop_gating_factors_are_of_the_gated_vector(
-    tmp_path: Path, backbone64, batch: int, equilibrium: bool
+    tmp_path: Path, backbone64, batch: int, equilibrium: bool, on_device: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The instance gate scales C_i + π(x): per input, |∂ℓ_b/∂g_{b,i}| / ‖∂ℓ_b/∂u_{b,i}‖ comes from a batch of one
     (C_i enters only through u_i, so ∂ℓ_b/∂C_i = ∂ℓ_b/∂u_{b,i}; ∂ℓ_b/∂bias_i = ∂ℓ_b/∂g_{b,i}); the recorded
-    product is its geometric mean over the batch, and ``grad_task`` the batch's through-part of the bias gradient."""
+    product is its geometric mean over the batch, and ``grad_task`` the batch's through-part of the bias gradient.
+    Small vectors are copied whole and reduced on the host; ``on_device`` forces the device reduction."""
+    if on_device:
+        monkeypatch.setattr("recorders.train.probes.RAW_GRADIENT_LIMIT", 0)
     method, cfg = _method(backbone64, "cocoop-gating", grad_equilibrium=equilibrium, gate_entropy=0.05)
     classes = method.encode_classes(CLASSES)
     batches = [_inputs(method, backbone64, batch, seed) for seed in range(2)]

@@ -37,6 +37,10 @@ from torch import nn
 from recorders import format as rf
 from recorders.methods.gates import Gate, find_gates
 
+#: What an instance gate's ratio factors need per input and gate, reduced on the device when its vectors ∂L/∂ũ and u
+#: exceed RAW_GRADIENT_LIMIT elements per step (smaller ones are copied whole and reduced on the host): ‖G‖², ⟨G, u⟩,
+#: ‖u‖²
+PRODUCTS = ("gg", "dot", "uu")
 RAW_GRADIENT_LIMIT = 4096  # parameters up to this many elements have their gradient copied, its norm taken on the host
 _EMPTY_PROMPTS: Mapping[str, nn.Parameter] = {}
 _EMPTY_TENSORS: Mapping[str, tuple[nn.Parameter, int]] = {}
@@ -196,16 +200,16 @@ class Probe:
     ``torch._foreach_copy_`` of everything into the row's preallocated views): loss terms, those norms, the whole
     gradients of smaller parameters, static gate logits and their gradients, the per-input logits and ∂L/∂g of
     instance gates, and the values and gradients of the prompt tokens; for gate sets with ratio factors, a static
-    gate's ∂L/∂ũ and u whole and an instance gate's per-input Gram matrices of (∂L/∂ũ, u) — the only statistic taken
-    on the device (a ``stack`` and a matmul per instance set: its vectors are ``batch × n_gates × D``) — and an
-    instance gate's weight and bias. Otherwise no statistic is computed on the device (right after backward the
+    gate's ∂L/∂ũ and u whole and an instance gate's per-input ‖∂L/∂ũ‖², ⟨∂L/∂ũ, u⟩ and ‖u‖² — the only statistic
+    taken on the device (three ``vecdot`` kernels per instance set: its vectors are ``batch × n_gates × D``) — and
+    an instance gate's weight and bias. Otherwise no statistic is computed on the device (right after backward the
     caches are cold and every dispatch is expensive): :meth:`flush` copies the block to the host once and derives
     the recorded series from it in float64 (σ, σ', group norms, batch means and stds, per-token norms, cosines, the
     ratio factors, movement, and the regulariser parts of ∂L/∂g from ``regularisers``).
 
     Memory: ``block × width × 4`` bytes on the device, where ``width`` counts twice every prompt element, once every
     element of a small parameter, and twice ``batch × n_gates`` per instance gate set (the batch is the largest seen
-    so far: a larger one flushes the buffered rows and reallocates); with factors, ``4 × batch × n_gates`` and the
+    so far: a larger one flushes the buffered rows and reallocates); with factors, ``3 × batch × n_gates`` and the
     gate's weight and bias per instance set, ``2 × n_gates × vector_dim`` per static set.
     """
 
@@ -239,7 +243,13 @@ class Probe:
         self._gate_plan = [
             (g.gate.logits, g.gate, f"gate/{g.spec.name}/logit", f"gate/{g.spec.name}/grad") for g in gates
         ]
-        self._gate_extra = [(f"gate/{g.spec.name}" if g.spec.factors else "", g.moves) for g in gates]
+        self._gate_extra = [  # the factor pieces' prefix, and an instance gate's (bias, weight) when it moves
+            (
+                f"gate/{g.spec.name}" if g.spec.factors else "",
+                (_projection(g.gate).bias, _projection(g.gate).weight) if g.moves else (),
+            )
+            for g in gates
+        ]
         in_row = {id(param): key for param, _, _, key in self._gate_plan if param is not None}
         in_row.update({id(param): f"prompt/{name}/grad" for name, param in prompts.items()})
         # where each parameter's gradient norm comes from: a gradient already in the row, the gradient of a small
@@ -258,7 +268,12 @@ class Probe:
         # per-input instance measurements stay float32 on the host (_batch_statistics sums them in float64)
         self._per_input_keys = {
             key for param, _, logit_key, grad_key in self._gate_plan if param is None for key in (logit_key, grad_key)
-        } | {f"gate/{g.spec.name}/gram" for g in gates if g.gate.logits is None and g.spec.factors}
+        } | {
+            f"gate/{g.spec.name}/{k}"
+            for g in gates
+            if g.gate.logits is None and g.spec.factors
+            for k in (*PRODUCTS, "G", "u")
+        }
         self._initial_weight = {
             g.spec.name: _projection(g.gate).weight.detach().double().cpu().numpy().copy() for g in gates if g.moves
         }
@@ -280,10 +295,11 @@ class Probe:
             pair = ("logit", "grad")
             shape: tuple[int, ...] = (n,) if g.gate.logits is not None else (next(rows), n)
             shapes.update({f"gate/{g.spec.name}/{k}": shape for k in pair})
-            if g.spec.factors and g.gate.logits is None:  # per input, reduced over the vector on the device
-                shapes[f"gate/{g.spec.name}/gram"] = (*shape, 2, 2)
-            elif g.spec.factors:  # ∂L/∂ũ and u whole (n × vector_dim each), reduced on the host
-                shapes[f"gate/{g.spec.name}/G"] = shapes[f"gate/{g.spec.name}/u"] = (n, g.spec.vector_dim)
+            whole = (*shape, g.spec.vector_dim)
+            if g.spec.factors and math.prod(whole) > RAW_GRADIENT_LIMIT:  # per input, reduced on the device
+                shapes.update({f"gate/{g.spec.name}/{k}": shape for k in PRODUCTS})
+            elif g.spec.factors:  # ∂L/∂ũ and u whole (``(batch ×) n × vector_dim`` each), reduced on the host
+                shapes[f"gate/{g.spec.name}/G"] = shapes[f"gate/{g.spec.name}/u"] = whole
             if g.moves:
                 shapes[f"gate/{g.spec.name}/bias"] = (n,)
                 shapes[f"gate/{g.spec.name}/weight"] = tuple(_projection(g.gate).weight.shape)
@@ -298,7 +314,11 @@ class Probe:
             start += width
         self._buffer = torch.full((self.block, start), float("nan"), dtype=torch.float32, device=self._device)
         self._shapes = shapes
-        self._rows: list[list[torch.Tensor] | None] = [None] * self.block  # built on first use, then reused
+        # every row's destination views, built here in one unbind per piece (built per row on first use they cost
+        # ~15 view dispatches a step for the whole first block)
+        columns = self._buffer.split([math.prod(shape) for shape in shapes.values()], dim=1)
+        pieces = [c.view(self.block, *shape).unbind(0) for c, shape in zip(columns, shapes.values(), strict=True)]
+        self._rows = [list(views) for views in zip(*pieces, strict=True)] if pieces else [[]] * self.block
         nan = torch.full(
             (max((math.prod(s) for s in shapes.values()), default=1),),
             float("nan"),
@@ -309,11 +329,13 @@ class Probe:
 
     def _row(self, i: int) -> list[torch.Tensor]:
         """Row ``i``'s destination views, one per piece, shaped like their sources."""
-        views = self._rows[i]
-        if views is None:
-            row = self._buffer[i]
-            views = self._rows[i] = [row[self._slots[key]].view(shape) for key, shape in self._shapes.items()]
-        return views
+        return self._rows[i]
+
+    def _vector_keys(self, prefix: str) -> tuple[str, ...]:
+        """The pieces holding a gate set's factor inputs: G and u whole, or the device-reduced products."""
+        return (
+            (f"{prefix}/G", f"{prefix}/u") if f"{prefix}/G" in self._slots else tuple(f"{prefix}/{k}" for k in PRODUCTS)
+        )
 
     def attach(self, writer: rf.RecordingWriter) -> None:
         """Send blocks to ``writer``; its layout must declare every series of :attr:`layout`.
@@ -355,7 +377,7 @@ class Probe:
             sources += norms
         for param, key in self._raw_plan:
             sources.append(nan[key] if param.grad is None else param.grad)
-        for (gate_param, gate, logit_key, grad_key), (factors, moves) in zip(
+        for (gate_param, gate, logit_key, grad_key), (factors, moved) in zip(
             self._gate_plan, self._gate_extra, strict=True
         ):
             if gate_param is not None:  # static gates
@@ -368,7 +390,7 @@ class Probe:
                 batch.append(0)
                 sources += (nan[logit_key], nan[grad_key])
                 if factors:
-                    sources.append(nan[f"{factors}/gram"])
+                    sources += [nan[key] for key in self._vector_keys(factors)]
             else:
                 grad = captured.grad
                 if captured.dim() != 2:  # (..., n_gates): one row per input
@@ -377,12 +399,12 @@ class Probe:
                 rows = captured.shape[0]
                 batch.append(rows)
                 sources += (captured, nan[grad_key][:rows] if grad is None else grad)
-                if factors:
-                    gram = _instance_gram(gate, rows)
-                    sources.append(nan[f"{factors}/gram"][:rows] if gram is None else gram)
-            if moves:
-                proj = _projection(gate)
-                sources += (proj.bias, proj.weight)
+                if factors and f"{factors}/G" in self._slots:
+                    sources += _gated_vectors(gate, nan[f"{factors}/G"][:rows], nan[f"{factors}/u"][:rows], rows)
+                elif factors:
+                    products = _instance_products(gate, rows)
+                    sources += products or [nan[f"{factors}/{k}"][:rows] for k in PRODUCTS]
+            sources += moved
         for param, grad_key in self._prompt_plan:
             grad = param.grad
             sources += (param, nan[grad_key] if grad is None else grad)
@@ -435,15 +457,15 @@ class Probe:
         ``batch`` ``(n, n_instance_sets)``: the captured rows of each instance gate set at each step.
         """
         n = len(raw)
-        col = {
-            key: raw[:, s] if key in self._per_input_keys else raw[:, s].astype(np.float64)
+        col = {  # wide pieces stay float32 views; every reduction over them accumulates in float64
+            key: raw[:, s] if key in self._per_input_keys or s.stop - s.start > 64 else raw[:, s].astype(np.float64)
             for key, s in self._slots.items()
         }
         out = {rf.loss_path(term): col[f"loss/{term}"][:, 0] for term in self.layout.loss_terms}
         squares = (
             np.stack(
                 [
-                    col[key][:, 0] ** 2 if key.startswith("norm/") else np.sum(col[key] ** 2, axis=1)
+                    col[key][:, 0].astype(np.float64) ** 2 if key.startswith("norm/") else _squares(col[key])
                     for key in self._norm_keys
                 ],
                 axis=1,
@@ -479,27 +501,26 @@ class Probe:
             else:
                 rows = next(batches)
                 series = _batch_statistics(logit.reshape(n, -1, n_gates), grad.reshape(n, -1, n_gates), rows)
-            if g.spec.factors and g.gate.logits is None:
-                gram = col[f"gate/{name}/gram"].reshape(n, -1, n_gates, 2, 2)
-                products = gram[..., 0, 0], gram[..., 0, 1], gram[..., 1, 1]
-                series.update(_factors(logit.reshape(n, -1, n_gates), *products, rows))
-            elif g.spec.factors:
-                grads, vectors = (col[f"gate/{name}/{k}"].reshape(n, 1, n_gates, -1) for k in ("G", "u"))
+            if g.spec.factors and f"gate/{name}/G" in self._slots:  # reduced here: (steps, batch or 1, n_gates)
+                grads, vectors = (col[f"gate/{name}/{k}"].reshape(n, -1, n_gates, g.spec.vector_dim) for k in "Gu")
                 pairs = ((grads, grads), (grads, vectors), (vectors, vectors))
                 gg, dot, uu = (np.einsum("sbnk,sbnk->sbn", a, b, dtype=np.float64) for a, b in pairs)
-                series.update(_factors(logit.reshape(n, 1, n_gates), gg, dot, uu, rows))
+                series.update(_factors(logit.reshape(n, -1, n_gates), gg, dot, uu, rows))
+            elif g.spec.factors:  # reduced on the device
+                gg, dot, uu = (col[f"gate/{name}/{k}"].reshape(n, -1, n_gates) for k in PRODUCTS)
+                series.update(_factors(logit.reshape(n, -1, n_gates), gg, dot, uu, rows))
             if g.moves:
                 params = col[f"gate/{name}/bias"], col[f"gate/{name}/weight"]
                 series.update(_movement(*params, self._initial_weight[name]))
             series.update({rf.term_series(t): v for t, v in terms.get(name, {}).items()})
             if g.spec.decomposition:
                 value, prompt_grad = tokens[g.spec.prompt]
-                series["prompt_norm"] = np.linalg.norm(value, axis=2)
+                series["prompt_norm"] = np.sqrt(_squares(value))
                 series["cosine"] = _cosine(prompt_grad, value)
             out.update({rf.gate_path(g.spec.name, k): v for k, v in series.items()})
         for name, (value, grad) in tokens.items():
-            out[rf.prompt_path(name, "grad_norm")] = np.linalg.norm(grad, axis=2)
-            out[rf.prompt_path(name, "norm")] = np.linalg.norm(value, axis=2)
+            out[rf.prompt_path(name, "grad_norm")] = np.sqrt(_squares(grad))
+            out[rf.prompt_path(name, "norm")] = np.sqrt(_squares(value))
         return out
 
     def _term_gradients(self, col: dict[str, np.ndarray], batch: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
@@ -609,7 +630,7 @@ def _factors(
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         log_uu = np.log(uu)
         per_input = {
-            "factor_sigma": -np.logaddexp(np.float32(0.0), logit),  # log(1 − σ), accurate where σ rounds to 1
+            "factor_sigma": _log_one_minus_sigmoid(logit),
             "factor_norm": 0.5 * log_uu,
             "factor_cos": np.log(np.abs(dot)) - 0.5 * (np.log(gg) + log_uu),
             "grad_task": rf.dsigmoid_from_logit(logit) * dot,
@@ -617,46 +638,58 @@ def _factors(
         if rows.min() < logit.shape[1]:  # short batches: the rest of the slot holds stale numbers
             valid = (np.arange(logit.shape[1])[None, :] < rows[:, None])[..., None]
             per_input = {k: np.where(valid, v, np.float32(0.0)) for k, v in per_input.items()}
-        sums = {k: v.sum(1, dtype=np.float64) for k, v in per_input.items()}
+        ones = np.ones((len(logit), 1, logit.shape[1]))  # a sum over inputs as a matmul: ~5× numpy's sum(axis=1)
+        sums = {k: np.matmul(ones, v, dtype=np.float64)[:, 0] for k, v in per_input.items()}
         out = {k: np.exp(v / rows[:, None]) for k, v in sums.items() if k != "grad_task"}
     out["grad_task"] = np.where(rows[:, None] > 0, sums["grad_task"], np.nan)
     return out
 
 
-def _gated_vectors(gate: Gate, nan_grad: torch.Tensor, nan_vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """∂L/∂ũ and u of a static gate, ``(n_gates, vector_dim)`` each (the parts of this step's :meth:`Gate.gated`
-    calls side by side: one ``cat`` each when there are several), or the NaN views when not captured."""
+def _log_one_minus_sigmoid(logit: np.ndarray) -> np.ndarray:
+    """log(1 − σ(g)) = −softplus(g) = −(max(g, 0) + log1p(e^{−|g|})), accurate where σ rounds to 1 (and ~10× faster
+    than ``-np.logaddexp(0, g)``), in the dtype of ``logit``."""
+    return -(np.maximum(logit, 0) + np.log1p(np.exp(-np.abs(logit))))
+
+
+def _gated_vectors(
+    gate: Gate, nan_grad: torch.Tensor, nan_vector: torch.Tensor, rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂L/∂ũ and u of a gate: ``(n_gates, vector_dim)`` each for a static gate, ``(rows, n_gates, vector_dim)`` for
+    an instance gate (the parts of this step's :meth:`Gate.gated` calls side by side:
+    one ``cat`` each when there are several), or the NaN views when not captured."""
     parts = gate.parts
     grads = [out.grad for out, _ in parts if out.grad is not None]
     if not parts or len(grads) < len(parts):
         return nan_grad, nan_vector
-    n = gate.n_gates
+    lead = (gate.n_gates,) if rows is None else (rows, gate.n_gates)
     if len(parts) == 1:
-        grad, vector = grads[0].reshape(n, -1), parts[0][1].reshape(n, -1)
+        grad, vector = grads[0].reshape(*lead, -1), parts[0][1].reshape(*lead, -1)
     else:
-        grad = torch.cat([g.reshape(n, -1) for g in grads], 1)
-        vector = torch.cat([u.reshape(n, -1) for _, u in parts], 1)
-    if vector.shape != nan_vector.shape:
+        grad = torch.cat([g.reshape(*lead, -1) for g in grads], -1)
+        vector = torch.cat([u.reshape(*lead, -1) for _, u in parts], -1)
+    if vector.shape[-1] != nan_vector.shape[-1]:
         raise ValueError(
-            f"gate vector_dim is {nan_vector.shape[1]} but gated() saw vectors of {vector.shape[1]} values per gate; "
-            "declare the length of everything the gate scales"
+            f"gate vector_dim is {nan_vector.shape[-1]} but gated() saw vectors of {vector.shape[-1]} values per "
+            "gate; declare the length of everything the gate scales"
         )
     return grad, vector
 
 
-def _instance_gram(gate: Gate, rows: int) -> torch.Tensor | None:
-    """Per input and gate, the Gram matrix [[‖G‖², ⟨G, u⟩], [⟨G, u⟩, ‖u‖²]] of G = ∂L/∂ũ and u, ``(rows, n_gates, 2,
-    2)``, reduced over the vector on the device (two kernels per :meth:`Gate.gated` call); None if not captured."""
-    gram = None
+def _instance_products(gate: Gate, rows: int) -> list[torch.Tensor] | None:
+    """Per input and gate, ‖G‖², ⟨G, u⟩ and ‖u‖² of G = ∂L/∂ũ and u (:data:`PRODUCTS` order), each ``(rows,
+    n_gates)`` in u's precision (at least float32), reduced over the vector on the device: three reductions per
+    :meth:`Gate.gated` call (no stacked copy; an expanded u stays a view); None if not captured."""
+    total: list[torch.Tensor] | None = None
     for out, vector in gate.parts:
         grad = out.grad
         if grad is None:
             return None
         u = vector.reshape(rows, gate.n_gates, -1)
-        pair = torch.stack((grad.reshape(u.shape).to(u.dtype), u), dim=-2)
-        part = pair @ pair.transpose(-1, -2)
-        gram = part if gram is None else gram + part
-    return gram
+        u = u.to(torch.promote_types(u.dtype, torch.float32))  # half precision is widened, float64 kept
+        g = grad.reshape(u.shape).to(u.dtype)
+        part = [torch.linalg.vecdot(g, g), (g * u).sum(-1), torch.linalg.vecdot(u, u)]  # ⟨G, u⟩ as autograd sums it
+        total = part if total is None else [a + b for a, b in zip(total, part, strict=True)]
+    return total
 
 
 def _movement(bias: np.ndarray, weight: np.ndarray, initial: np.ndarray) -> dict[str, np.ndarray]:
@@ -669,10 +702,15 @@ def _movement(bias: np.ndarray, weight: np.ndarray, initial: np.ndarray) -> dict
     return {"bias": bias.astype(np.float64), "weight_shift": np.linalg.norm(diff, axis=2), "weight_along_init": along}
 
 
+def _squares(x: np.ndarray) -> np.ndarray:
+    """Σ x² along the last axis, accumulated in float64 (~6× ``np.linalg.norm`` of a float64 copy)."""
+    return np.einsum("...d,...d->...", x, x, dtype=np.float64)
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """cos(a_i, b_i) along the last axis; 0 where either vector is zero."""
-    dot = np.einsum("...d,...d->...", a, b)
-    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    dot = np.einsum("...d,...d->...", a, b, dtype=np.float64)
+    norms = np.sqrt(_squares(a) * _squares(b))
     with np.errstate(divide="ignore", invalid="ignore"):
         cos = dot / norms
     cos[norms == 0] = 0.0  # NaN inputs (a missing gradient) stay NaN

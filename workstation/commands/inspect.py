@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from analyses.diagnostics import GateSetDiagnostics, RecordingDiagnostics
+    from recorders.format import Recording
 
 
 def inspect(
@@ -20,34 +26,43 @@ def inspect(
     summaries = []
     for path in iter_recordings(paths):
         with Recording.open(path) as rec:
-            found = {"diagnostics": _diagnostics(rec), "mechanism": _mechanism(rec)}
+            diagnosis, mechanism = _diagnostics(rec), _mechanism(rec)
             summary = rec.summary()  # after the analyses: their reads fill ``damaged`` and ``unchecked``
-            summaries.append({**summary, **found})
+            summaries.append((summary, diagnosis, mechanism))
     if as_json:
-        typer.echo(json.dumps(summaries if len(summaries) != 1 else summaries[0], indent=2))
+        dicts = [
+            {**summary, "diagnostics": _diagnostics_dict(diagnosis), "mechanism": mechanism}
+            for summary, diagnosis, mechanism in summaries
+        ]
+        typer.echo(json.dumps(dicts if len(dicts) != 1 else dicts[0], indent=2))
         return
     from workstation.render import print_summary
 
-    for summary in summaries:
+    for summary, diagnosis, mechanism in summaries:
         print_summary(summary)
-        _print_diagnostics(summary["diagnostics"])
-        _print_mechanism(summary["mechanism"])
+        _print_diagnostics(diagnosis)
+        _print_mechanism(mechanism)
 
 
 # ---------------------------------------------------------------------- collapse diagnostics (analyses)
-def _diagnostics(rec) -> dict:  # noqa: ANN001 (a Recording)
-    """JSON-ready collapse diagnostics and verdict per gate set (see ``analyses.diagnostics``); for a recording
-    damaged in a part the diagnostics need, ``{"unavailable": reason}``."""
+def _diagnostics(rec: Recording) -> RecordingDiagnostics | str:
+    """Collapse diagnostics and verdict per gate set (see ``analyses.diagnostics``), or, for a recording damaged in
+    a part the diagnostics need, the one-line reason."""
     from analyses.diagnostics import diagnose
     from recorders.format.errors import RecordingError
 
     try:
-        return diagnose(rec).to_dict()
+        return diagnose(rec)
     except RecordingError as exc:
-        return {"unavailable": str(exc)}
+        return str(exc)
 
 
-def _print_diagnostics(d: dict) -> None:
+def _diagnostics_dict(d: RecordingDiagnostics | str) -> dict[str, Any]:
+    """The JSON form: ``RecordingDiagnostics.to_dict()``, or ``{"unavailable": reason}``."""
+    return {"unavailable": d} if isinstance(d, str) else d.to_dict()
+
+
+def _print_diagnostics(d: RecordingDiagnostics | str) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -59,13 +74,13 @@ def _print_diagnostics(d: dict) -> None:
         return number(v, 3)
 
     console = Console()
-    if "unavailable" in d:
-        console.print(f"[red]diagnostics unavailable:[/] {escape(clean(d['unavailable']))}")
+    if isinstance(d, str):
+        console.print(f"[red]diagnostics unavailable:[/] {escape(clean(d))}")
         return
-    if not d["gate_sets"]:
+    if not d.gate_sets:
         console.print(
-            "diagnostics: no gate sets (non-gate facts only: final loss "
-            f"{fmt(d['final_loss'])}, non-finite events {d['nonfinite_events']})"
+            f"diagnostics: no gate sets (non-gate facts only: final loss {fmt(d.final_loss)}, "
+            f"non-finite events {d.nonfinite_events})"
         )
         return
     table = Table(title="collapse diagnostics", title_justify="left")
@@ -80,25 +95,21 @@ def _print_diagnostics(d: dict) -> None:
     ):
         table.add_column(column, no_wrap=column in ("gate set", "verdict"), overflow="fold")
     colours = {"collapsed": "red", "adaptive": "green", "inconclusive": "yellow"}
-    for name, g in d["gate_sets"].items():
-        final = g.get("final", {})
-        ph = g["phases"]
-        grad = max((abs(x) for x in g["grad_displacement"] if x is not None), default=None)
-        decay = max((abs(x) for x in g["decay_displacement"] if x is not None), default=None)
+    for name, g in d.gate_sets.items():
         table.add_row(
-            escape(f"{clean(name)} [{clean(g['kind'])}]"),
-            f"[{colours[g['verdict']]}]{g['verdict']}[/]",
-            "-" if g["onset_step"] is None else str(g["onset_step"]),
-            " / ".join(fmt(ph[k]) for k in ("early", "middle", "late")),
-            fmt(final.get("saturated_fraction")),
-            fmt(final.get("l_eff")),
-            f"{fmt(grad)} / {fmt(decay)}",
+            escape(f"{clean(name)} [{clean(g.kind)}]"),
+            f"[{colours[g.verdict]}]{g.verdict}[/]",
+            "-" if g.onset_step is None else str(g.onset_step),
+            " / ".join(fmt(g.phases[k]) for k in ("early", "middle", "late")),
+            fmt(_last(g.saturated_fraction)),
+            fmt(_last(g.l_eff)),
+            f"{fmt(_largest(g.grad_displacement))} / {fmt(_largest(g.decay_displacement))}",
         )
     console.print(table)
-    for name, g in d["gate_sets"].items():
-        for line in verdict_lines(name, g):
+    for g in d.gate_sets.values():
+        for line in verdict_lines(g):
             console.print(escape(clean(line)), highlight=False, soft_wrap=True)
-    best = d.get("best_eval")
+    best = d.best_eval
     if best is not None:
         console.print(
             f"best (validation {best['val_acc']:.2%} at step {best['step']}): base {best['base_acc']:.2%}  "
@@ -109,21 +120,34 @@ def _print_diagnostics(d: dict) -> None:
         console.print("best: not recorded (no validation scores in this recording)", highlight=False)
 
 
-def verdict_lines(name: str, g: dict) -> list[str]:
-    """The verdict of one gate set (a ``GateSetDiagnostics.to_dict()``) with one line per criterion."""
-    ev = g.get("evidence") or {}
-    onset = "" if g["onset_step"] is None else f", onset at step {g['onset_step']}"
-    lines = [f"{name}: {g['verdict']}{onset}"]
+def _last(series: np.ndarray) -> float | None:
+    """The series' last value (None for an empty series or a value that is not finite)."""
+    import math
+
+    return float(series[-1]) if len(series) and math.isfinite(series[-1]) else None
+
+
+def _largest(values: np.ndarray) -> float | None:
+    """The largest |value| that is measured (None when none is)."""
+    import numpy as np
+
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if len(finite) else None
+
+
+def verdict_lines(g: GateSetDiagnostics) -> list[str]:
+    """The verdict of one gate set with one line per criterion and one per missing piece of evidence."""
+    onset = "" if g.onset_step is None else f", onset at step {g.onset_step}"
+    lines = [f"{g.name}: {g.verdict}{onset}"]
     marks = {True: "yes", False: "no ", None: "n/a"}
-    for c in ev.get("criteria", []):
-        lines.append(f"  {marks[c['holds']]} {c['name']}: {c['text']}")
-    for m in ev.get("missing", []):
-        lines.append(f"  missing: {m}")
+    if g.evidence is not None:
+        lines += [f"  {marks[c.holds]} {c.name}: {c.text}" for c in g.evidence.criteria]
+        lines += [f"  missing: {m}" for m in g.evidence.missing]
     return lines
 
 
 # ---------------------------------------------------------------------- why the ratio is small (analyses.mechanism)
-def _mechanism(rec) -> dict:  # noqa: ANN001 (a Recording)
+def _mechanism(rec: Recording) -> dict[str, Any]:
     """JSON-ready ratio factors per phase, loss-term shares and movement attribution per gate set."""
     from analyses.mechanism import mechanism
     from recorders.format.errors import RecordingError
@@ -134,7 +158,7 @@ def _mechanism(rec) -> dict:  # noqa: ANN001 (a Recording)
         return {"unavailable": str(exc)}
 
 
-def _print_mechanism(m: dict) -> None:
+def _print_mechanism(m: dict[str, Any]) -> None:
     """One line per gate set naming the factor that holds the gate/prompt ratio down (late phase)."""
     from rich.console import Console
     from rich.markup import escape

@@ -188,8 +188,8 @@ def _print_verdict(path: Path, console) -> None:  # noqa: ANN001 (a rich Console
             f"(step {best['step']}, the best validation accuracy {best['val_acc']:.2%})",
             highlight=False,
         )
-    for name, g in d.gate_sets.items():
-        for line in verdict_lines(name, g.to_dict()):
+    for g in d.gate_sets.values():
+        for line in verdict_lines(g):
             console.print(escape(line), highlight=False, soft_wrap=True)
 
 

@@ -113,9 +113,9 @@ def _execute(
     poll_seconds: float,
     on_update: Callable[[Manifest], None] | None,
 ) -> SweepOutcome:
+    _remove_stubs(spec.directory)
     manifest, todo, done = plan(spec, retry_failed)
     manifest.save()
-    _remove_stubs(spec.directory)
     futures: dict[Future[ProcessResult], str] = {}
     started: dict[str, float] = {}
     try:
@@ -158,10 +158,13 @@ def _execute(
 
 
 def _remove_stubs(directory: Path) -> None:
-    """Delete temporary files a writer killed while creating its recording left (``.<run>.h5.<pid>.tmp``); only
-    the lock holder runs, so none of them belongs to a live writer of this sweep."""
-    for stub in directory.glob(".*.h5.*.tmp"):
-        stub.unlink(missing_ok=True)
+    """Delete the temporary files killed processes left: a recording's writer stopped while creating it
+    (``.<run>.h5.<pid>.tmp``), a driver stopped inside an atomic write of the manifest or of a run config
+    (``.<name>.<random>.tmp``, in the sweep folder and ``configs/``). Only the lock holder runs this, before it
+    starts any run, so none of them belongs to a live process."""
+    for pattern in (".*.tmp", "configs/.*.tmp"):
+        for stub in directory.glob(pattern):
+            stub.unlink(missing_ok=True)
 
 
 def _mark_started(

@@ -4,8 +4,10 @@ Runs the same config twice in this process — as recorded (every evaluation als
 and at their test-set mean for instance gates) and with the counterfactuals switched off — after a warm-up run
 that fills the feature cache, and prints both times and their ratio: of the training call alone (the strict
 basis: everything the counterfactuals cost happens in it) and of the whole run in this process (building it, then
-training; a `ws record` adds its imports and the verdict on top). Alternating order over ``--repeats`` pairs
-evens out a machine whose load changes.
+training; a `ws record` adds its imports and the verdict on top). The figure is the median over ``--repeats``
+back-to-back pairs of the with/without ratio (alternating which runs first), with a 95% bootstrap interval: a
+shared VM's speed drifts by tens of percent between pairs, which a ratio of the two sides' medians does not
+cancel.
 
     python benchmarks/counterfactuals.py                     # the README default run (coop-gating, world, seed 1)
     python benchmarks/counterfactuals.py --set epochs=5 --repeats 1
@@ -60,7 +62,22 @@ def main() -> None:
         a, b = (statistics.median(t[k] for t in times[flag]) for flag in (True, False))
         runs = {flag: ", ".join(f"{t[k]:.2f}" for t in times[flag]) for flag in (True, False)}
         print(f"{what}: with counterfactuals {a:.2f} s ({runs[True]}), without {b:.2f} s ({runs[False]})")
-        print(f"{what}: added {a / b - 1:+.1%}  (target <= +15%)")
+        ratio, low, high = paired_ratio([t[k] for t in times[True]], [t[k] for t in times[False]])
+        print(
+            f"{what}: added {ratio - 1:+.1%} [95% bootstrap {low - 1:+.1%}, {high - 1:+.1%}], median over "
+            f"{len(times[True])} back-to-back pairs  (target <= +15%)"
+        )
+
+
+def paired_ratio(with_: list[float], without: list[float], draws: int = 10_000) -> tuple[float, float, float]:
+    """Median over pairs of ``with_[i] / without[i]`` (each pair ran back to back, so a machine whose speed drifts
+    between pairs cancels out) and a 95% percentile bootstrap interval of that median."""
+    import numpy as np
+
+    ratios = np.asarray(with_) / np.asarray(without)
+    resampled = np.median(ratios[np.random.default_rng(0).integers(len(ratios), size=(draws, len(ratios)))], axis=1)
+    low, high = np.quantile(resampled, [0.025, 0.975])
+    return float(np.median(ratios)), float(low), float(high)
 
 
 if __name__ == "__main__":

@@ -250,20 +250,15 @@ def vit_b16(device: torch.device) -> Backbone:
         projection_dim=512,
     )
     model = CLIPModel(config).eval().requires_grad_(False).to(device)
-    return Backbone(
-        model=model,
+    return Backbone.of(
+        model,
         tokenizer=tokenizer,
         name="random-vit-b16",
         fingerprint="random",
         device=device,
         autocast_dtype=torch.bfloat16,
-        image_size=224,
         image_mean=(0.48145466, 0.4578275, 0.40821073),
         image_std=(0.26862954, 0.26130258, 0.27577711),
-        text_width=512,
-        vision_width=768,
-        embed_dim=512,
-        context_length=77,
     )
 
 

@@ -68,20 +68,15 @@ def vit_b16_backbone():
     config = vit_b16_config()
     with torch.device("meta"):
         model = CLIPModel(config)
-    return Backbone(
-        model=model,
+    return Backbone.of(
+        model,
         tokenizer=None,
         name="vit-b16-meta",
         fingerprint="",
         device=torch.device("cpu"),
         autocast_dtype=None,
-        image_size=224,
         image_mean=(0.0, 0.0, 0.0),
         image_std=(1.0, 1.0, 1.0),
-        text_width=512,
-        vision_width=768,
-        embed_dim=512,
-        context_length=77,
     )
 
 

@@ -61,6 +61,37 @@ class Backbone:
     embed_dim: int
     context_length: int
 
+    @classmethod
+    def of(
+        cls,
+        model: transformers.CLIPModel,
+        *,
+        tokenizer: Any,
+        name: str,
+        fingerprint: str,
+        device: torch.device,
+        autocast_dtype: torch.dtype | None,
+        image_mean: tuple[float, float, float],
+        image_std: tuple[float, float, float],
+    ) -> Backbone:
+        """A backbone around ``model`` whose image size and widths are read from the model's config."""
+        text_config, vision_config = clip_configs(model)
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            name=name,
+            fingerprint=fingerprint,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            image_size=image_size(model),
+            image_mean=image_mean,
+            image_std=image_std,
+            text_width=text_config.hidden_size,
+            vision_width=vision_config.hidden_size,
+            embed_dim=cast(int, model.config.projection_dim),
+            context_length=text_config.max_position_embeddings,
+        )
+
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids ``(N, context_length)`` int64 on ``device``: BOS, tokens, EOT, then padding (truncated to fit,
         keeping EOT)."""
@@ -209,8 +240,7 @@ def _load_directory(directory: Path, name: str, device: torch.device) -> Backbon
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()
-    text_config, vision_config = clip_configs(model)
-    vocab = text_config.vocab_size
+    vocab = clip_configs(model)[0].vocab_size
     if len(tokenizer) > vocab or tokenizer.eos_token_id is None or tokenizer.eos_token_id >= vocab:
         raise DataError(
             f"backbone {directory}: the tokenizer ({len(tokenizer)} tokens) does not fit the text encoder's "
@@ -222,20 +252,15 @@ def _load_directory(directory: Path, name: str, device: torch.device) -> Backbon
     autocast_dtype = None
     if device.type == "cuda":
         autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return Backbone(
-        model=model,
+    return Backbone.of(
+        model,
         tokenizer=tokenizer,
         name=name,
         fingerprint=fingerprint(directory),
         device=device,
         autocast_dtype=autocast_dtype,
-        image_size=image_size(model),
         image_mean=mean,
         image_std=std,
-        text_width=text_config.hidden_size,
-        vision_width=vision_config.hidden_size,
-        embed_dim=cast(int, model.config.projection_dim),
-        context_length=text_config.max_position_embeddings,
     )
 
 

@@ -326,16 +326,18 @@ class Probe:
             device=self._device,
         )
         self._nan = {key: nan[: math.prod(shape)].view(shape) for key, shape in shapes.items()}
+        # per gate set with factors: whether G and u go whole into the row, and the NaN views of its pieces
+        self._factor_pieces: dict[str, tuple[bool, list[torch.Tensor]]] = {}
+        for g in self._gates:
+            prefix = f"gate/{g.spec.name}"
+            if g.spec.factors:
+                copied = f"{prefix}/G" in shapes
+                keys = ("G", "u") if copied else PRODUCTS
+                self._factor_pieces[prefix] = (copied, [self._nan[f"{prefix}/{k}"] for k in keys])
 
     def _row(self, i: int) -> list[torch.Tensor]:
         """Row ``i``'s destination views, one per piece, shaped like their sources."""
         return self._rows[i]
-
-    def _vector_keys(self, prefix: str) -> tuple[str, ...]:
-        """The pieces holding a gate set's factor inputs: G and u whole, or the device-reduced products."""
-        return (
-            (f"{prefix}/G", f"{prefix}/u") if f"{prefix}/G" in self._slots else tuple(f"{prefix}/{k}" for k in PRODUCTS)
-        )
 
     def attach(self, writer: rf.RecordingWriter) -> None:
         """Send blocks to ``writer``; its layout must declare every series of :attr:`layout`.
@@ -383,14 +385,15 @@ class Probe:
             if gate_param is not None:  # static gates
                 sources += (gate_param, nan[grad_key] if gate_param.grad is None else gate_param.grad)
                 if factors:
-                    sources += _gated_vectors(gate, nan[f"{factors}/G"], nan[f"{factors}/u"])
+                    nan_grad, nan_vector = self._factor_pieces[factors][1]
+                    sources += _gated_vectors(gate, nan_grad, nan_vector)
                 continue
             captured = gate.last_logits
             if captured is None:
                 batch.append(0)
                 sources += (nan[logit_key], nan[grad_key])
                 if factors:
-                    sources += [nan[key] for key in self._vector_keys(factors)]
+                    sources += self._factor_pieces[factors][1]
             else:
                 grad = captured.grad
                 if captured.dim() != 2:  # (..., n_gates): one row per input
@@ -399,11 +402,12 @@ class Probe:
                 rows = captured.shape[0]
                 batch.append(rows)
                 sources += (captured, nan[grad_key][:rows] if grad is None else grad)
-                if factors and f"{factors}/G" in self._slots:
-                    sources += _gated_vectors(gate, nan[f"{factors}/G"][:rows], nan[f"{factors}/u"][:rows], rows)
-                elif factors:
-                    products = _instance_products(gate, rows)
-                    sources += products or [nan[f"{factors}/{k}"][:rows] for k in PRODUCTS]
+                if factors:
+                    copied, pieces = self._factor_pieces[factors]
+                    if copied:
+                        sources += _gated_vectors(gate, pieces[0][:rows], pieces[1][:rows], rows)
+                    else:
+                        sources += _instance_products(gate, rows) or [piece[:rows] for piece in pieces]
             sources += moved
         for param, grad_key in self._prompt_plan:
             grad = param.grad
@@ -501,7 +505,7 @@ class Probe:
             else:
                 rows = next(batches)
                 series = _batch_statistics(logit.reshape(n, -1, n_gates), grad.reshape(n, -1, n_gates), rows)
-            if g.spec.factors and f"gate/{name}/G" in self._slots:  # reduced here: (steps, batch or 1, n_gates)
+            if g.spec.factors and self._factor_pieces[f"gate/{name}"][0]:  # reduced here: (steps, batch or 1, n_gates)
                 grads, vectors = (col[f"gate/{name}/{k}"].reshape(n, -1, n_gates, g.spec.vector_dim) for k in "Gu")
                 pairs = ((grads, grads), (grads, vectors), (vectors, vectors))
                 gg, dot, uu = (np.einsum("sbnk,sbnk->sbn", a, b, dtype=np.float64) for a, b in pairs)

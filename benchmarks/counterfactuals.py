@@ -9,7 +9,7 @@ back-to-back pairs of the with/without ratio (alternating which runs first), wit
 shared VM's speed drifts by tens of percent between pairs, which a ratio of the two sides' medians does not
 cancel.
 
-    python benchmarks/counterfactuals.py                     # the README default run (coop-gating, world, seed 1)
+    python benchmarks/counterfactuals.py       # the README default run (coop-gating, world, seed 1), 12 pairs
     python benchmarks/counterfactuals.py --set epochs=5 --repeats 1
 """
 
@@ -47,7 +47,7 @@ def timed_run(pairs: list[tuple[str, str]], out: Path, counterfactuals: bool) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], help="config overrides key=value (as ws record)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=12)
     args = parser.parse_args()
     pairs = [tuple(item.split("=", 1)) for item in args.set]
     with tempfile.TemporaryDirectory() as tmp:

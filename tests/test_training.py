@@ -188,38 +188,48 @@ def test_train_reports_progress_to_the_callback_it_is_given(tiny_backbone, tiny_
 
 
 def test_one_forward_evaluation_equals_scoring_each_image_set_against_its_own_classes(tmp_path: Path) -> None:
-    """Static-gate methods on held features score test base, test novel and validation images in one forward
-    against the base and novel classes joined; each image's prediction must be the one it gets when its set is
-    scored alone against its own half's classes (predictions()), on a backbone that tells the classes apart."""
+    """Static-gate methods on held features score test base, test novel and validation images, for the trained model
+    and every counterfactual, in one text-encoder pass against the base and novel classes joined; each image's
+    prediction under each model must be the one it gets when its set is scored alone against its own half's classes
+    (predictions()) with that model's gates replaced, on a backbone that tells the classes apart."""
     from recorders.clip.backbone import load_backbone
     from recorders.data.fewshot import base_to_novel
     from recorders.data.world import load_world
-    from recorders.train.evaluation import _joined, _test_predictions, predictions
+    from recorders.methods.gates import find_gates, gate_states, replaced_gates
+    from recorders.train.evaluation import _joined, _test_predictions, counterfactuals, predictions
 
     task = base_to_novel(load_world(), shots=1, seed=1)
     task = replace(task, test_base=task.test_base[::3], test_novel=task.test_novel[::3], val=task.val[::3])
     cfg = config("coop-gating", tmp_path / "r.h5")
     run = build_run(cfg, backbone=load_backbone("builtin", device="cpu"), task=task)
     m = run.method
+    initial = gate_states(m)
     with torch.no_grad():  # a learned-looking context and gates away from init
         m.ctx.add_(torch.randn(m.ctx.shape, generator=torch.Generator().manual_seed(5)) * 0.05)
-        m.gate.logits.add_(1.0)
+        m.gate.logits.add_(torch.tensor([3.0, -3.0, 1.0, -1.0]).repeat(m.n_ctx)[: m.n_ctx])
     base, novel = m.encode_classes(task.base_classnames), m.encode_classes(task.novel_classnames)
     data = prepare_data(m, task, cfg, tmp_path)
     m.eval()
-    right, values, val = _test_predictions(m, base, novel, data, cfg, with_val=True)
+    correct, values, val = _test_predictions(m, base, novel, data, cfg, with_val=True, initial=initial)
+    assert set(correct) == {"trained", "init", "open"} and values == {}
     load, held = task.dataset.load_image, data.test_inputs
-    apart = [
-        predictions(m, classes, items, held[half], cfg, load)[0]
-        for classes, items, half in (
-            (base, task.test_base, "base"),
-            (novel, task.test_novel, "novel"),
-            (base, task.val, "val"),
-        )
-    ]
-    np.testing.assert_array_equal(right, np.concatenate(apart[:2]))
-    assert val is not None and values == {}
-    np.testing.assert_array_equal(val, apart[2])
+    models = {"trained": {}, **counterfactuals(find_gates(m), {}, initial)}
+    for kind, replacements in models.items():
+        with replaced_gates(m, replacements):
+            apart = [
+                predictions(m, classes, items, held[half], cfg, load)[0]
+                for classes, items, half in (
+                    (base, task.test_base, "base"),
+                    (novel, task.test_novel, "novel"),
+                    (base, task.val, "val"),
+                )
+            ]
+        np.testing.assert_array_equal(correct[kind], np.concatenate(apart[:2]), err_msg=kind)
+        if kind == "trained":
+            assert val is not None
+            np.testing.assert_array_equal(val, apart[2])
+    assert any((correct[kind] != correct["trained"]).any() for kind in ("init", "open"))  # the models differ
+    right = correct["trained"]
     n_classes = max(len(base), len(novel))
     assert right[: len(task.test_base)].mean() > 3 / n_classes and right[len(task.test_base) :].mean() > 3 / n_classes
     with torch.no_grad():

@@ -32,6 +32,14 @@ class CoOp(PromptMethod):
         text = self.text_features(classes, ctx)
         return MethodOutput(self.logit_scale() * image @ text.T, terms)
 
+    def logits_for_contexts(self, inputs: torch.Tensor, classes: ClassPrompts, contexts: torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, B, C)`` of ``inputs`` against ``classes`` with each of ``contexts`` ``(K, n_ctx, D_text)`` in
+        place of :meth:`context`'s, from one text-encoder pass for all K (:meth:`forward`'s logits are those of
+        ``context()``'s alone): the text side depends on the parameters only through the context."""
+        image = self.image_features(inputs)
+        text = self.text_features(classes, contexts)  # (K, C, E)
+        return self.logit_scale() * image @ text.transpose(1, 2)
+
     def _groups(self) -> list[ParamGroup]:
         return [ParamGroup("ctx", "prompt", [self.ctx])]
 

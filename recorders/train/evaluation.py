@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from PIL import Image
 from recorders.data.types import Item
 from recorders.format import harmonic_mean
 from recorders.methods.base import ClassPrompts, PromptMethod
+from recorders.methods.coop import CoOp
 from recorders.methods.gates import (
     Gate,
     Replacement,
@@ -135,16 +137,15 @@ def evaluate(
     method.eval()
     task = data.task
     try:
-        right, values, val = _test_predictions(method, base, novel, data, cfg, with_val=bool(task.val))
+        correct, values, val = _test_predictions(
+            method, base, novel, data, cfg, with_val=bool(task.val), initial=initial
+        )
         n_base = len(task.test_base)
-        result = Evaluation(_mean(right[:n_base]), _mean(right[n_base:]), correct={"trained": right}, n_base=n_base)
+        right = correct["trained"]
+        result = Evaluation(_mean(right[:n_base]), _mean(right[n_base:]), correct=correct, n_base=n_base)
         if val is not None:
             result.val = _mean(val)
-        gates = find_gates(method)
         result.gate_stats = {name: group_spreads(v, task.test_base + task.test_novel) for name, v in values.items()}
-        for kind, replacements in counterfactuals(gates, values, initial).items():
-            with replaced_gates(method, replacements):
-                result.correct[kind] = _test_predictions(method, base, novel, data, cfg)[0]
     finally:
         method.train()
     return result
@@ -212,19 +213,38 @@ def _test_predictions(
     data: TaskData,
     cfg: Config,
     with_val: bool = False,
-) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
-    """Correctness of the test images ``(n_base + n_novel,)``, instance gate values on them ``(n, n_gates)`` by
-    gate name, and correctness of the validation images when ``with_val`` (else None)."""
+    initial: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+    """Per model (``trained`` and each counterfactual of :func:`counterfactuals` with ``initial``) the correctness of
+    the test images ``(n_base + n_novel,)``; the trained model's instance gate values on them ``(n, n_gates)`` by gate
+    name; and its correctness on the validation images when ``with_val`` (else None)."""
     task = data.task
     held = data.test_inputs
     halves = [(task.test_base, held.get("base"), True), (task.test_novel, held.get("novel"), False)]
     if with_val:
         halves.append((task.val, held.get("val"), True))
+    gates = find_gates(method)
     if _one_forward(method, halves):
-        right = _joint_correct(
-            method, base, novel, [(items, x, is_base) for items, x, is_base in halves if x is not None]
-        )
-        return np.concatenate(right[:2]), {}, right[2] if with_val else None
+        variants = {"trained": {}, **counterfactuals(gates, {}, initial)}
+        sets = [(items, x, is_base) for items, x, is_base in halves if x is not None]
+        per_set = _joint_correct(method, base, novel, sets, variants)
+        val = per_set["trained"][2] if with_val else None
+        return {kind: np.concatenate(right[:2]) for kind, right in per_set.items()}, {}, val
+    right, values, val = _predictions_per_set(method, base, novel, data, cfg, with_val)
+    correct = {"trained": right}
+    for kind, replacements in counterfactuals(gates, values, initial).items():
+        with replaced_gates(method, replacements):
+            correct[kind] = _predictions_per_set(method, base, novel, data, cfg)[0]
+    return correct, values, val
+
+
+def _predictions_per_set(
+    method: PromptMethod, base: ClassPrompts, novel: ClassPrompts, data: TaskData, cfg: Config, with_val: bool = False
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+    """Correctness of the test images ``(n_base + n_novel,)``, instance gate values on them ``(n, n_gates)`` by
+    gate name, and correctness of the validation images when ``with_val`` (else None), scoring each image set
+    against its own half's classes with :func:`predictions`."""
+    task, held = data.task, data.test_inputs
     load = task.dataset.load_image
     rb, vb = predictions(method, base, task.test_base, held.get("base"), cfg, load)
     rn, vn = predictions(method, novel, task.test_novel, held.get("novel"), cfg, load)
@@ -233,10 +253,10 @@ def _test_predictions(
     return np.concatenate([rb, rn]), values, val
 
 
-def _one_forward(method: PromptMethod, halves: list[tuple[list[Item], torch.Tensor | None, bool]]) -> bool:
-    """Whether every image set can be scored in one forward pass: held features for each (non-empty) set, one text
-    feature per class (no per-input text, no pixels) and no instance gate whose values must be kept."""
-    if method.needs_pixels or method.text_per_input:
+def _one_forward(method: PromptMethod, halves: list[tuple[list[Item], torch.Tensor | None, bool]]) -> TypeGuard[CoOp]:
+    """Whether every image set can be scored in one forward pass: a CoOp-family method (one context for every input,
+    the only place its gates act), held features for each (non-empty) set, and no instance gate."""
+    if not isinstance(method, CoOp) or method.needs_pixels or method.text_per_input:
         return False
     if any(g.kind == "instance" for g in find_gates(method).values()):
         return False
@@ -245,23 +265,35 @@ def _one_forward(method: PromptMethod, halves: list[tuple[list[Item], torch.Tens
 
 @torch.no_grad()
 def _joint_correct(
-    method: PromptMethod,
+    method: CoOp,
     base: ClassPrompts,
     novel: ClassPrompts,
     sets: list[tuple[list[Item], torch.Tensor, bool]],
-) -> list[np.ndarray]:
-    """Per image set ``(items, held inputs, scored against the base classes?)`` its correctness ``(n,)`` bool, from
-    one forward of every image against the base and novel classes together, each image's argmax taken over its own
-    half's columns: the text encoder runs once per evaluation instead of once per image set and half."""
+    variants: Mapping[str, Mapping[str, Replacement]],
+) -> dict[str, list[np.ndarray]]:
+    """Per model of ``variants`` (its gate replacements by gate name; ``{}`` for the trained model) and per image set
+    ``(items, held inputs, scored against the base classes?)``, the correctness ``(n,)`` bool.
+
+    Each model's context is taken with its replacements in place; one text-encoder pass encodes the base and novel
+    classes together under every context (:meth:`~recorders.methods.coop.CoOp.logits_for_contexts`) and one matmul
+    scores every image against them, each image's argmax taken over its own half's columns: the text encoder runs
+    once per evaluation instead of once per model, image set and half."""
     classes = _joined(base, novel)
+    contexts = []
+    for replacements in variants.values():
+        with replaced_gates(method, replacements):
+            contexts.append(method.context()[0])
     with method.backbone.autocast():
-        logits = method(torch.cat([x for _, x, _ in sets]), classes).logits
-    out, start = [], 0
+        logits = method.logits_for_contexts(torch.cat([x for _, x, _ in sets]), classes, torch.stack(contexts))
+    out: dict[str, list[np.ndarray]] = {kind: [] for kind in variants}
+    start = 0
     for items, x, is_base in sets:
-        block = logits[start : start + len(x)]
+        block = logits[:, start : start + len(x)]  # (K, n, C_base + C_novel)
         start += len(x)
-        columns = block[:, : len(base)] if is_base else block[:, len(base) :]
-        out.append(columns.argmax(-1).cpu().numpy() == np.array([item.label for item in items]))
+        columns = block[..., : len(base)] if is_base else block[..., len(base) :]
+        right = columns.argmax(-1).cpu().numpy() == np.array([item.label for item in items])
+        for kind, row in zip(variants, right, strict=True):
+            out[kind].append(row)
     return out
 
 

@@ -322,9 +322,7 @@ class Recording:
         if VAL_ACC not in self._file:
             return np.full(n, np.nan)
         values = np.full(n, np.nan)
-        ds = self._dataset(VAL_ACC)
-        with self._guard(VAL_ACC):
-            stored = self._rows(ds, 0, min(n, ds.shape[0]))
+        stored = self._series_head(VAL_ACC, n)
         values[: len(stored)] = stored
         return values
 

@@ -224,7 +224,7 @@ def _test_predictions(
     if with_val:
         halves.append((task.val, held.get("val"), True))
     gates = find_gates(method)
-    if _one_forward(method, halves):
+    if _one_forward(method, gates, halves):
         variants = {"trained": {}, **counterfactuals(gates, {}, initial)}
         sets = [(items, x, is_base) for items, x, is_base in halves if x is not None]
         per_set = _joint_correct(method, base, novel, sets, variants)
@@ -253,12 +253,14 @@ def _predictions_per_set(
     return np.concatenate([rb, rn]), values, val
 
 
-def _one_forward(method: PromptMethod, halves: list[tuple[list[Item], torch.Tensor | None, bool]]) -> TypeGuard[CoOp]:
+def _one_forward(
+    method: PromptMethod, gates: Mapping[str, Gate], halves: list[tuple[list[Item], torch.Tensor | None, bool]]
+) -> TypeGuard[CoOp]:
     """Whether every image set can be scored in one forward pass: a CoOp-family method (one context for every input,
-    the only place its gates act), held features for each (non-empty) set, and no instance gate."""
+    the only place its ``gates`` act), held features for each (non-empty) set, and no instance gate."""
     if not isinstance(method, CoOp) or method.needs_pixels or method.text_per_input:
         return False
-    if any(g.kind == "instance" for g in find_gates(method).values()):
+    if any(g.kind == "instance" for g in gates.values()):
         return False
     return all(items and x is not None and len(x) == len(items) for items, x, _ in halves)
 

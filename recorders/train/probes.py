@@ -313,7 +313,6 @@ class Probe:
             self._slots[key] = slice(start, start + width)
             start += width
         self._buffer = torch.full((self.block, start), float("nan"), dtype=torch.float32, device=self._device)
-        self._shapes = shapes
         # every row's destination views, built here in one unbind per piece (built per row on first use they cost
         # ~15 view dispatches a step for the whole first block)
         columns = self._buffer.split([math.prod(shape) for shape in shapes.values()], dim=1)
@@ -334,10 +333,6 @@ class Probe:
                 copied = f"{prefix}/G" in shapes
                 keys = ("G", "u") if copied else PRODUCTS
                 self._factor_pieces[prefix] = (copied, [self._nan[f"{prefix}/{k}"] for k in keys])
-
-    def _row(self, i: int) -> list[torch.Tensor]:
-        """Row ``i``'s destination views, one per piece, shaped like their sources."""
-        return self._rows[i]
 
     def attach(self, writer: rf.RecordingWriter) -> None:
         """Send blocks to ``writer``; its layout must declare every series of :attr:`layout`.
@@ -424,7 +419,7 @@ class Probe:
         with torch.no_grad():
             sources = self._sources(losses, batch)
             if batch == self._capacity:
-                targets = self._row(len(self._host))
+                targets = self._rows[len(self._host)]
             else:
                 sources, targets = self._fit(batch, sources, losses)
             torch._foreach_copy_(targets, sources)
@@ -449,7 +444,7 @@ class Probe:
             sources = self._sources(losses, [])  # the NaN views of the new buffer
         targets = [
             t if t.shape == s.shape else t[: s.shape[0]]
-            for t, s in zip(self._row(len(self._host)), sources, strict=True)
+            for t, s in zip(self._rows[len(self._host)], sources, strict=True)
         ]
         return sources, targets
 
@@ -505,13 +500,12 @@ class Probe:
             else:
                 rows = next(batches)
                 series = _batch_statistics(logit.reshape(n, -1, n_gates), grad.reshape(n, -1, n_gates), rows)
-            if g.spec.factors and self._factor_pieces[f"gate/{name}"][0]:  # reduced here: (steps, batch or 1, n_gates)
-                grads, vectors = (col[f"gate/{name}/{k}"].reshape(n, -1, n_gates, g.spec.vector_dim) for k in "Gu")
-                pairs = ((grads, grads), (grads, vectors), (vectors, vectors))
-                gg, dot, uu = (np.einsum("sbnk,sbnk->sbn", a, b, dtype=np.float64) for a, b in pairs)
-                series.update(_factors(logit.reshape(n, -1, n_gates), gg, dot, uu, rows))
-            elif g.spec.factors:  # reduced on the device
-                gg, dot, uu = (col[f"gate/{name}/{k}"].reshape(n, -1, n_gates) for k in PRODUCTS)
+            if g.spec.factors:
+                if self._factor_pieces[f"gate/{name}"][0]:  # G and u whole: reduced here, (steps, batch or 1, n_gates)
+                    G, u = (col[f"gate/{name}/{k}"].reshape(n, -1, n_gates, g.spec.vector_dim) for k in "Gu")
+                    gg, dot, uu = _squares(G), _dot(G, u), _squares(u)
+                else:  # reduced on the device
+                    gg, dot, uu = (col[f"gate/{name}/{k}"].reshape(n, -1, n_gates) for k in PRODUCTS)
                 series.update(_factors(logit.reshape(n, -1, n_gates), gg, dot, uu, rows))
             if g.moves:
                 params = col[f"gate/{name}/bias"], col[f"gate/{name}/weight"]
@@ -706,14 +700,19 @@ def _movement(bias: np.ndarray, weight: np.ndarray, initial: np.ndarray) -> dict
     return {"bias": bias.astype(np.float64), "weight_shift": np.linalg.norm(diff, axis=2), "weight_along_init": along}
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ a·b along the last axis, accumulated in float64 (no float64 copy of float32 inputs)."""
+    return np.einsum("...d,...d->...", a, b, dtype=np.float64)
+
+
 def _squares(x: np.ndarray) -> np.ndarray:
     """Σ x² along the last axis, accumulated in float64 (~6× ``np.linalg.norm`` of a float64 copy)."""
-    return np.einsum("...d,...d->...", x, x, dtype=np.float64)
+    return _dot(x, x)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """cos(a_i, b_i) along the last axis; 0 where either vector is zero."""
-    dot = np.einsum("...d,...d->...", a, b, dtype=np.float64)
+    dot = _dot(a, b)
     norms = np.sqrt(_squares(a) * _squares(b))
     with np.errstate(divide="ignore", invalid="ignore"):
         cos = dot / norms

@@ -685,7 +685,7 @@ def _instance_products(gate: Gate, rows: int) -> list[torch.Tensor] | None:
         u = vector.reshape(rows, gate.n_gates, -1)
         u = u.to(torch.promote_types(u.dtype, torch.float32))  # half precision is widened, float64 kept
         g = grad.reshape(u.shape).to(u.dtype)
-        part = [torch.linalg.vecdot(g, g), (g * u).sum(-1), torch.linalg.vecdot(u, u)]  # ⟨G, u⟩ as autograd sums it
+        part = [torch.linalg.vecdot(g, g), torch.linalg.vecdot(g, u), torch.linalg.vecdot(u, u)]
         total = part if total is None else [a + b for a, b in zip(total, part, strict=True)]
     return total
 

@@ -6,6 +6,8 @@
    recording off and with every gate set, group and prompt recorded each step (blocks of 256 rows flushed to a
    real file), in one process, and prints the time ratio over all chunks (target <= 1.05) with a 95% bootstrap
    interval, and the time spent in ``Probe.after_backward``. Short chunks pair up under a shared machine's drift.
+   Then the same without the instance gate's per-input ratio factors, the part of the recording that grows with
+   the batch.
 2. Appends rows of 1024 float32 values (one prompt set of 512 tokens: ``grad_norm`` + ``norm``) with
    ``RecordingWriter.append_block`` in blocks of 256 and prints rows/s (target >= 100k rows/s), with the
    Fletcher-32 checksums every recording carries and, for comparison, without them.
@@ -55,9 +57,14 @@ class Overhead:
     ratio_high: float
 
 
-def training_overhead(device: str, directory: Path, steps: int, repeats: int) -> Overhead:
+def training_overhead(
+    device: str, directory: Path, steps: int, repeats: int, instance_factors: bool = True
+) -> Overhead:
     """Train the demo model in ``repeats`` pairs of chunks of ``steps`` steps, one without and one with full
     per-step recording, in ABBA order (so slow drifts of a shared machine hit both sides alike).
+
+    ``instance_factors=False`` records everything but the instance gate's per-input ratio factors (its
+    ``vector_dim`` set to 0), which shows what they cost.
 
     The recorded chunks call ``Probe.after_backward`` every step and flush blocks of 256 rows to a real file, so
     the recorded total includes every block flush; the unrecorded chunks also switch off the gates' capture (logits
@@ -69,6 +76,8 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
 
     cfg = DemoConfig()
     model = DemoModel(cfg, torch.Generator().manual_seed(0)).to(device)
+    if not instance_factors:
+        model.instance_gates.vector_dim = 0
     optimizer = demo_optimizer(model, cfg)
     probe = probes.watch(
         model, optimizer, prompts={"ctx": model.ctx}, loss_terms=("total", "ce"), tensors={"ctx": (model.ctx, 10)}
@@ -98,7 +107,7 @@ def training_overhead(device: str, directory: Path, steps: int, repeats: int) ->
 
     off, on, in_probe = np.zeros(repeats), np.zeros(repeats), np.zeros(repeats)
     with RecordingWriter(
-        directory / "overhead.h5", probe.layout, config={}, method="bench", seed=0, device=device
+        directory / f"overhead-{instance_factors}.h5", probe.layout, config={}, method="bench", seed=0, device=device
     ) as writer:
         probe.attach(writer)
         chunk(record=False)  # warm-up
@@ -267,6 +276,12 @@ def main() -> None:
             f"demo training on {args.device}, {args.repeats} × {args.steps} steps each way, alternating: "
             f"{o.off_us:,.0f} µs/step off, {o.on_us:,.0f} µs/step recorded, ratio {o.ratio:.3f} "
             f"[95% bootstrap {o.ratio_low:.3f}, {o.ratio_high:.3f}] (target <= 1.05); "
+            f"Probe.after_backward {o.probe_us:,.0f} µs/step"
+        )
+        o, demo = training_overhead(args.device, directory, args.steps, args.repeats, False), DemoConfig()
+        print(
+            f"  the same without the instance gate's per-input ratio factors ({demo.batch} inputs × {demo.n_ctx} "
+            f"gates × {demo.dim} values a step): ratio {o.ratio:.3f} [{o.ratio_low:.3f}, {o.ratio_high:.3f}]; "
             f"Probe.after_backward {o.probe_us:,.0f} µs/step"
         )
         recording = run_demo(directory / "demo.h5", steps=DEMO_STEPS, device=args.device)

@@ -278,7 +278,8 @@ def main() -> None:
             f"[95% bootstrap {o.ratio_low:.3f}, {o.ratio_high:.3f}] (target <= 1.05); "
             f"Probe.after_backward {o.probe_us:,.0f} µs/step"
         )
-        o, demo = training_overhead(args.device, directory, args.steps, args.repeats, False), DemoConfig()
+        o = training_overhead(args.device, directory, args.steps, args.repeats, instance_factors=False)
+        demo = DemoConfig()
         print(
             f"  the same without the instance gate's per-input ratio factors ({demo.batch} inputs × {demo.n_ctx} "
             f"gates × {demo.dim} values a step): ratio {o.ratio:.3f} [{o.ratio_low:.3f}, {o.ratio_high:.3f}]; "

@@ -106,9 +106,8 @@ def training_overhead(
         return time.perf_counter() - start, in_probe
 
     off, on, in_probe = np.zeros(repeats), np.zeros(repeats), np.zeros(repeats)
-    with RecordingWriter(
-        directory / f"overhead-{instance_factors}.h5", probe.layout, config={}, method="bench", seed=0, device=device
-    ) as writer:
+    path = directory / ("overhead.h5" if instance_factors else "overhead-no-instance-factors.h5")
+    with RecordingWriter(path, probe.layout, config={}, method="bench", seed=0, device=device) as writer:
         probe.attach(writer)
         chunk(record=False)  # warm-up
         for i in range(repeats):

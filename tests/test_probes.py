@@ -16,7 +16,7 @@ from torch import nn
 from recorders import format as rf
 from recorders.methods.gates import Gate
 from recorders.train.demo import run_demo
-from recorders.train.probes import watch
+from recorders.train.probes import _instance_products, watch
 
 
 class Tiny(nn.Module):
@@ -180,6 +180,32 @@ def test_dsigmoid_stays_accurate_for_saturated_gates(tmp_path: Path) -> None:
     e = np.exp(-30.0)
     np.testing.assert_allclose(recorded, e / (1 + e) ** 2, rtol=1e-6)
     assert np.float32(expit(np.float32(30.0))) * (1 - np.float32(expit(np.float32(30.0)))) == 0  # the trap
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_instance_products_are_the_gradient_autograd_computed(frozen: bool) -> None:
+    """Per input and gate, ‖G‖², ⟨G, u⟩ and ‖u‖² summed over two gated() calls, against float64 sums: ⟨G, u⟩ comes
+    from autograd's ∂L/∂σ of each call (a direct use of σ, like a regulariser, must not reach it) or, for a frozen
+    gate whose σ needs no gradient, from a reduction on the device."""
+    g = torch.Generator().manual_seed(0)
+    gate = Gate(3, "instance", feature_dim=5, vector_dim=4 + 6, generator=g)
+    gate.requires_grad_(not frozen)
+    gate.capture = True
+    x = torch.randn(7, 5, generator=g)
+    u1 = torch.randn(3, 4, generator=g).requires_grad_()  # shared by every input, as the demo's tokens are
+    u2 = torch.randn(7, 3, 2, 3, generator=g).requires_grad_()
+    w1, w2 = torch.randn(7, 3, 4, generator=g), torch.randn(7, 3, 2, 3, generator=g)
+    values = gate(x)
+    loss = (gate.gated(values, u1.expand(7, 3, 4)) * w1).sum() + (gate.gated(values, u2) * w2).sum()
+    (loss + 5.0 * values.sum()).backward()
+    assert [part.scale is None for part in gate.parts] == [frozen, frozen]
+    products = _instance_products(gate, 7)
+    assert products is not None
+    G = torch.cat([w1, w2.flatten(2)], -1).double()
+    u = torch.cat([u1.expand(7, 3, 4), u2.flatten(2)], -1).detach().double()
+    for got, want in zip(products, [(G * G).sum(-1), (G * u).sum(-1), (u * u).sum(-1)], strict=True):
+        assert got.shape == (7, 3) and got.dtype == torch.float32
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5)
 
 
 def test_probe_never_syncs_between_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

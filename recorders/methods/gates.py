@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -76,6 +77,17 @@ def equilibrium_scale(logit: torch.Tensor, eps: float = EQUILIBRIUM_EPS, cap: fl
     return torch.clamp(1.0 / (dsigmoid(logit) + eps), max=cap)
 
 
+class GatedPart(NamedTuple):
+    """One captured :meth:`Gate.gated` call: ``out`` = ũ (its ``grad`` is G = ∂L/∂ũ after backward), ``vector`` = u
+    (detached), and ``scale``, the view of an instance gate's values that multiplied u (its ``grad`` is ⟨G_i, u_i⟩
+    per input and gate, shape ``(*values.shape, 1, ...)``; None for static gates and when the values need no
+    gradient, e.g. a frozen gate)."""
+
+    out: torch.Tensor
+    vector: torch.Tensor
+    scale: torch.Tensor | None
+
+
 class Gate(nn.Module):
     """A set of ``n_gates`` sigmoid gates.
 
@@ -115,7 +127,7 @@ class Gate(nn.Module):
         self.vector_dim = vector_dim
         self.last_logits: torch.Tensor | None = None
         self.replacement: Replacement | None = None
-        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ũ, u) of every gated() call since forward
+        self.parts: list[GatedPart] = []  # every gated() call since forward
         self._values: torch.Tensor | None = None
         if kind == "instance":
             if not feature_dim:
@@ -158,12 +170,14 @@ class Gate(nn.Module):
         """ũ = σ(g)·u: ``values`` (this gate's last output, ``(n,)`` or ``(B, n)``) times ``vector`` of shape
         ``(*values.shape, ...)``; u_i is everything after the gate axis.
 
-        With ``capture`` on, the product keeps its gradient G = ∂L/∂ũ after backward and ``(ũ, u)`` is appended to
-        ``parts`` (no computation). Several calls in one forward (a gate acting on text and vision tokens) make the
-        gated vector their concatenation.
+        With ``capture`` on, the product keeps its gradient G = ∂L/∂ũ after backward, an instance gate's broadcast
+        view of the values keeps ∂L/∂σ of this call (⟨G_i, u_i⟩ per input, which autograd computes anyway), and a
+        :class:`GatedPart` is appended to ``parts`` (no computation). Several calls in one forward (a gate acting on
+        text and vision tokens) make the gated vector their concatenation.
         """
         lead = values.dim()
-        out = values.reshape(*values.shape, *(1,) * (vector.dim() - lead)) * vector
+        scale = values.reshape(*values.shape, *(1,) * (vector.dim() - lead))  # a new tensor even when no axis is added
+        out = scale * vector
         if self.capture and out.requires_grad:
             if values is not self._values or tuple(vector.shape[:lead]) != tuple(values.shape):
                 raise ValueError(
@@ -171,7 +185,10 @@ class Gate(nn.Module):
                     f"got values of shape {tuple(values.shape)} and a vector of {tuple(vector.shape)}"
                 )
             out.retain_grad()
-            self.parts.append((out, vector.detach()))
+            keep = self.proj is not None and scale.requires_grad  # static gates' G and u go whole to the probe
+            if keep:
+                scale.retain_grad()
+            self.parts.append(GatedPart(out, vector.detach(), scale if keep else None))
         return out
 
     def __getstate__(self) -> dict[str, object]:

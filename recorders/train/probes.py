@@ -200,8 +200,9 @@ class Probe:
     ``torch._foreach_copy_`` of everything into the row's preallocated views): loss terms, those norms, the whole
     gradients of smaller parameters, static gate logits and their gradients, the per-input logits and ∂L/∂g of
     instance gates, and the values and gradients of the prompt tokens; for gate sets with ratio factors, a static
-    gate's ∂L/∂ũ and u whole and an instance gate's per-input ‖∂L/∂ũ‖², ⟨∂L/∂ũ, u⟩ and ‖u‖² — the only statistic
-    taken on the device (three ``vecdot`` kernels per instance set: its vectors are ``batch × n_gates × D``) — and
+    gate's ∂L/∂ũ and u whole and an instance gate's per-input ‖∂L/∂ũ‖², ⟨∂L/∂ũ, u⟩ and ‖u‖² — the only statistics
+    taken on the device (two ``vecdot`` kernels per instance set, as its vectors are ``batch × n_gates × D``;
+    ⟨∂L/∂ũ, u⟩ = ∂L/∂σ is read from autograd) — and
     an instance gate's weight and bias. Otherwise no statistic is computed on the device (right after backward the
     caches are cold and every dispatch is expensive): :meth:`flush` copies the block to the host once and derives
     the recorded series from it in float64 (σ, σ', group norms, batch means and stds, per-token norms, cosines, the
@@ -656,15 +657,15 @@ def _gated_vectors(
     an instance gate (the parts of this step's :meth:`Gate.gated` calls side by side:
     one ``cat`` each when there are several), or the NaN views when not captured."""
     parts = gate.parts
-    grads = [out.grad for out, _ in parts if out.grad is not None]
+    grads = [part.out.grad for part in parts if part.out.grad is not None]
     if not parts or len(grads) < len(parts):
         return nan_grad, nan_vector
     lead = (gate.n_gates,) if rows is None else (rows, gate.n_gates)
     if len(parts) == 1:
-        grad, vector = grads[0].reshape(*lead, -1), parts[0][1].reshape(*lead, -1)
+        grad, vector = grads[0].reshape(*lead, -1), parts[0].vector.reshape(*lead, -1)
     else:
         grad = torch.cat([g.reshape(*lead, -1) for g in grads], -1)
-        vector = torch.cat([u.reshape(*lead, -1) for _, u in parts], -1)
+        vector = torch.cat([part.vector.reshape(*lead, -1) for part in parts], -1)
     if vector.shape[-1] != nan_vector.shape[-1]:
         raise ValueError(
             f"gate vector_dim is {nan_vector.shape[-1]} but gated() saw vectors of {vector.shape[-1]} values per "
@@ -675,19 +676,36 @@ def _gated_vectors(
 
 def _instance_products(gate: Gate, rows: int) -> list[torch.Tensor] | None:
     """Per input and gate, ‖G‖², ⟨G, u⟩ and ‖u‖² of G = ∂L/∂ũ and u (:data:`PRODUCTS` order), each ``(rows,
-    n_gates)`` in u's precision (at least float32), reduced over the vector on the device: three reductions per
-    :meth:`Gate.gated` call (no stacked copy; an expanded u stays a view); None if not captured."""
+    n_gates)`` in u's precision (at least float32): ⟨G, u⟩ is ∂L/∂σ of the call, which autograd computed (the
+    gradient of :attr:`GatedPart.scale`), ‖G‖² and ‖u‖² are two reductions over the vector on the device per
+    :meth:`Gate.gated` call (no stacked copy; an expanded u stays a view); None if not captured.
+
+    Every dispatch counts right after backward (a few µs each on a CPU), so views and casts are only taken where
+    the shapes and dtypes differ."""
     total: list[torch.Tensor] | None = None
-    for out, vector in gate.parts:
+    lead = (rows, gate.n_gates)
+    for out, vector, scale in gate.parts:
         grad = out.grad
         if grad is None:
             return None
-        u = vector.reshape(rows, gate.n_gates, -1)
-        u = u.to(torch.promote_types(u.dtype, torch.float32))  # half precision is widened, float64 kept
-        g = grad.reshape(u.shape).to(u.dtype)
-        part = [torch.linalg.vecdot(g, g), torch.linalg.vecdot(g, u), torch.linalg.vecdot(u, u)]
+        dtype = torch.promote_types(vector.dtype, torch.float32)  # half precision is widened, float64 kept
+        u = _as(vector, lead, dtype)
+        g = _as(grad, lead, dtype)
+        dot = None if scale is None or scale.grad is None else scale.grad
+        part = [
+            torch.linalg.vecdot(g, g),
+            torch.linalg.vecdot(g, u) if dot is None else _as(dot, lead, dtype, vector=False),
+            torch.linalg.vecdot(u, u),
+        ]
         total = part if total is None else [a + b for a, b in zip(total, part, strict=True)]
     return total
+
+
+def _as(x: torch.Tensor, lead: tuple[int, int], dtype: torch.dtype, vector: bool = True) -> torch.Tensor:
+    """``x`` as ``(*lead, D)`` (``vector``) or ``lead`` in ``dtype``, dispatching only what differs."""
+    if (x.dim() != 3 or x.shape[:2] != lead) if vector else x.shape != lead:
+        x = x.reshape(*lead, -1) if vector else x.reshape(lead)
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _movement(bias: np.ndarray, weight: np.ndarray, initial: np.ndarray) -> dict[str, np.ndarray]:

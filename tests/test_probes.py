@@ -208,6 +208,18 @@ def test_instance_products_are_the_gradient_autograd_computed(frozen: bool) -> N
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5)
 
 
+def test_gated_keeps_nothing_without_a_declared_vector() -> None:
+    """A gate without ``vector_dim`` records no ratio factors, so capture keeps neither ũ nor its gradient (only the
+    logits, for ∂L/∂g)."""
+    gate = Gate(3, "instance", feature_dim=5)
+    gate.capture = True
+    values = gate(torch.randn(2, 5))
+    out = gate.gated(values, torch.randn(2, 3, 4))
+    out.sum().backward()
+    assert gate.parts == [] and out.grad is None and gate.last_logits is not None
+    assert gate.last_logits.grad is not None
+
+
 def test_probe_never_syncs_between_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = Tiny()
     optimizer = _optimizer(model)

@@ -95,10 +95,11 @@ class Gate(nn.Module):
     ``(B, n_gates)`` for ``instance`` gates given ``features`` of shape ``(B, feature_dim)``.
 
     With ``capture = True`` (set by probes) the last logits tensor is kept in ``last_logits`` with its gradient
-    retained after backward, so ∂L/∂g can be read for instance gates too, and every :meth:`gated` call of the
-    forward is kept in ``parts`` (see :meth:`gated`). ``equilibrium = True`` rescales the gradient flowing into the
-    logits by :func:`equilibrium_scale`. ``vector_dim`` is the length of the gated vector u_i (summed over every
-    vector the gate scales; 0 = not declared): a method declares it so that probes record the ratio factors.
+    retained after backward, so ∂L/∂g can be read for instance gates too, and, when ``vector_dim`` is declared,
+    every :meth:`gated` call of the forward is kept in ``parts`` (see :meth:`gated`). ``equilibrium = True``
+    rescales the gradient flowing into the logits by :func:`equilibrium_scale`. ``vector_dim`` is the length of the
+    gated vector u_i (summed over every vector the gate scales; 0 = not declared): a method declares it so that
+    probes record the ratio factors.
     """
 
     def __init__(
@@ -184,6 +185,8 @@ class Gate(nn.Module):
                     f"gated() takes this gate's last output and a vector of shape {tuple(values.shape)} + (...), "
                     f"got values of shape {tuple(values.shape)} and a vector of {tuple(vector.shape)}"
                 )
+            if not self.vector_dim:  # no ratio factors declared: nothing of ũ is recorded
+                return out
             out.retain_grad()
             keep = self.proj is not None and scale.requires_grad  # static gates' G and u go whole to the probe
             if keep:

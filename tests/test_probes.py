@@ -16,7 +16,7 @@ from torch import nn
 from recorders import format as rf
 from recorders.methods.gates import Gate
 from recorders.train.demo import run_demo
-from recorders.train.probes import _instance_products, watch
+from recorders.train.probes import _batch_statistics, _instance_products, _Logistic, watch
 
 
 class Tiny(nn.Module):
@@ -180,6 +180,38 @@ def test_dsigmoid_stays_accurate_for_saturated_gates(tmp_path: Path) -> None:
     e = np.exp(-30.0)
     np.testing.assert_allclose(recorded, e / (1 + e) ** 2, rtol=1e-6)
     assert np.float32(expit(np.float32(30.0))) * (1 - np.float32(expit(np.float32(30.0)))) == 0  # the trap
+
+
+def test_instance_batch_statistics_hold_for_saturated_and_collapsed_gates() -> None:
+    """Per-input σ, σ', log(1 − σ) in float32 and the batch statistics, against float64 on the same float32 logits:
+    saturated logits (σ' and 1 − σ underflow naively), a collapsed set (σ equal to 1e-6 across the batch: the std
+    of the measured σ must not be lost to cancellation), a short batch and a step without inputs (NaN)."""
+    rng = np.random.default_rng(0)
+    logit = np.stack(
+        [
+            rng.uniform(-60, 60, (16, 3)),  # saturated both ways
+            np.full((16, 3), 0.7) + rng.normal(0, 4e-6, (16, 3)),  # collapsed: σ' ≈ 0.22, std(σ) ≈ 1e-6
+            rng.normal(0, 1, (16, 3)),
+            rng.normal(0, 1, (16, 3)),
+        ]
+    ).astype(np.float32)
+    grad = rng.normal(size=logit.shape).astype(np.float32)
+    rows = np.array([16, 16, 5, 0])
+    logistic = _Logistic.of(logit)
+    ref = expit(logit.astype(np.float64))
+    np.testing.assert_allclose(logistic.value, ref, rtol=5e-7)
+    np.testing.assert_array_equal(logistic.dsigmoid, rf.dsigmoid_from_logit(logit))
+    np.testing.assert_allclose(logistic.dsigmoid, ref * expit(-logit.astype(np.float64)), rtol=5e-7)
+    np.testing.assert_allclose(logistic.log_one_minus, -np.logaddexp(0, logit.astype(np.float64)), rtol=5e-7)
+    series, _ = _batch_statistics(logit, grad, rows)
+    measured = logistic.value.astype(np.float64)  # σ as measured, in float32: the std is of these numbers
+    for s, r in enumerate(rows[:3]):
+        np.testing.assert_allclose(series["value"][s], measured[s, :r].mean(0), rtol=1e-6)
+        np.testing.assert_allclose(series["value_std"][s], measured[s, :r].std(0), rtol=1e-5, atol=1e-12)
+        np.testing.assert_allclose(series["logit"][s], logit[s, :r].astype(np.float64).mean(0), rtol=1e-6)
+        np.testing.assert_allclose(series["grad"][s], grad[s, :r].astype(np.float64).sum(0), rtol=1e-5)
+    assert 5e-7 < series["value_std"][1].min() and series["value_std"][1].max() < 2e-6
+    assert all(np.isnan(v[3]).all() for v in series.values())
 
 
 @pytest.mark.parametrize("frozen", [False, True])

@@ -5,7 +5,8 @@
 1. Trains the synthetic demo model (``recorders.train.demo``) in alternating (ABBA) chunks of ``--steps`` steps with
    recording off and with every gate set, group and prompt recorded each step (blocks of 256 rows flushed to a
    real file), in one process, and prints the time ratio over all chunks (target <= 1.05) with a 95% bootstrap
-   interval, and the time spent in ``Probe.after_backward``. Short chunks pair up under a shared machine's drift.
+   interval, and the time spent in ``Probe.after_backward`` (and of that in block flushes). Short chunks pair up
+   under a shared machine's drift.
    Then the same without the instance gate's per-input ratio factors, the part of the recording that grows with
    the batch.
 2. Appends rows of 1024 float32 values (one prompt set of 512 tokens: ``grad_norm`` + ``norm``) with
@@ -46,8 +47,9 @@ DEMO_STEPS = 1000
 
 @dataclass
 class Overhead:
-    """µs per training step without and with recording, µs per ``after_backward``, and the time ratio (recorded /
-    plain, over all chunks) with a 95% bootstrap interval over chunk pairs."""
+    """µs per training step without and with recording, µs per ``after_backward`` and of that in block flushes
+    (device → host copy, derived series, file write), and the time ratio (recorded / plain, over all chunks) with a
+    95% bootstrap interval over chunk pairs."""
 
     off_us: float
     on_us: float
@@ -55,6 +57,7 @@ class Overhead:
     ratio: float
     ratio_low: float
     ratio_high: float
+    flush_us: float = math.nan
 
 
 def training_overhead(
@@ -105,6 +108,14 @@ def training_overhead(
             torch.cuda.synchronize()
         return time.perf_counter() - start, in_probe
 
+    flush, in_flush = probe.flush, [0.0]
+
+    def timed_flush() -> None:
+        t = time.perf_counter()
+        flush()
+        in_flush[0] += time.perf_counter() - t
+
+    probe.flush = timed_flush  # type: ignore[method-assign]
     off, on, in_probe = np.zeros(repeats), np.zeros(repeats), np.zeros(repeats)
     path = directory / ("overhead.h5" if instance_factors else "overhead-no-instance-factors.h5")
     with RecordingWriter(path, probe.layout, config={}, method="bench", seed=0, device=device) as writer:
@@ -116,6 +127,7 @@ def training_overhead(
                     on[i], in_probe[i] = chunk(record=True)
                 else:
                     off[i] = chunk(record=False)[0]
+        flushed = in_flush[0]  # the chunks' block flushes, not the last one in close()
         probe.close()
     pairs = np.random.default_rng(0).integers(repeats, size=(10_000, repeats))
     low, high = np.quantile(on[pairs].sum(1) / off[pairs].sum(1), [0.025, 0.975])
@@ -127,6 +139,7 @@ def training_overhead(
         float(on.sum() / off.sum()),
         float(low),
         float(high),
+        flushed * per_step,
     )
 
 
@@ -275,14 +288,14 @@ def main() -> None:
             f"demo training on {args.device}, {args.repeats} × {args.steps} steps each way, alternating: "
             f"{o.off_us:,.0f} µs/step off, {o.on_us:,.0f} µs/step recorded, ratio {o.ratio:.3f} "
             f"[95% bootstrap {o.ratio_low:.3f}, {o.ratio_high:.3f}] (target <= 1.05); "
-            f"Probe.after_backward {o.probe_us:,.0f} µs/step"
+            f"Probe.after_backward {o.probe_us:,.0f} µs/step, of which block flushes {o.flush_us:,.0f}"
         )
         o = training_overhead(args.device, directory, args.steps, args.repeats, instance_factors=False)
         demo = DemoConfig()
         print(
             f"  the same without the instance gate's per-input ratio factors ({demo.batch} inputs × {demo.n_ctx} "
             f"gates × {demo.dim} values a step): ratio {o.ratio:.3f} [{o.ratio_low:.3f}, {o.ratio_high:.3f}]; "
-            f"Probe.after_backward {o.probe_us:,.0f} µs/step"
+            f"Probe.after_backward {o.probe_us:,.0f} µs/step, of which block flushes {o.flush_us:,.0f}"
         )
         recording = run_demo(directory / "demo.h5", steps=DEMO_STEPS, device=args.device)
         print(

@@ -179,14 +179,14 @@ class Gate(nn.Module):
         lead = values.dim()
         scale = values.reshape(*values.shape, *(1,) * (vector.dim() - lead))  # a new tensor even when no axis is added
         out = scale * vector
-        if self.capture and out.requires_grad:
-            if values is not self._values or tuple(vector.shape[:lead]) != tuple(values.shape):
-                raise ValueError(
-                    f"gated() takes this gate's last output and a vector of shape {tuple(values.shape)} + (...), "
-                    f"got values of shape {tuple(values.shape)} and a vector of {tuple(vector.shape)}"
-                )
-            if not self.vector_dim:  # no ratio factors declared: nothing of ũ is recorded
-                return out
+        if not (self.capture and out.requires_grad):
+            return out
+        if values is not self._values or tuple(vector.shape[:lead]) != tuple(values.shape):
+            raise ValueError(
+                f"gated() takes this gate's last output and a vector of shape {tuple(values.shape)} + (...), "
+                f"got values of shape {tuple(values.shape)} and a vector of {tuple(vector.shape)}"
+            )
+        if self.vector_dim:  # without a declared vector no ratio factors are recorded: nothing of ũ is kept
             out.retain_grad()
             keep = self.proj is not None and scale.requires_grad  # static gates' G and u go whole to the probe
             if keep:

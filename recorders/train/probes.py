@@ -591,9 +591,9 @@ def _projection(gate: Gate) -> nn.Linear:
 
 @dataclass(frozen=True)
 class _Logistic:
-    """σ(g), σ'(g) and log(1 − σ(g)) elementwise, in the logit's dtype: σ' exactly as
-    :func:`~recorders.format.dsigmoid_from_logit` defines it for every reader and log(1 − σ) = −softplus(g) =
-    −(max(g, 0) + log1p(e^{−|g|})) from one e^{−|g|}, both accurate where σ rounds to 0 or 1."""
+    """σ(g), σ'(g) and log(1 − σ(g)) elementwise, in the logit's dtype: σ' by
+    :func:`~recorders.format.dsigmoid_from_logit` (as every reader computes it) and log(1 − σ) = −softplus(g) =
+    −(max(g, 0) + log1p(e^{−|g|})), both accurate where σ rounds to 0 or 1."""
 
     value: np.ndarray
     dsigmoid: np.ndarray
@@ -601,10 +601,10 @@ class _Logistic:
 
     @classmethod
     def of(cls, logit: np.ndarray) -> _Logistic:
-        e = np.exp(-np.abs(logit))
         with np.errstate(over="ignore"):  # σ = 1/(1 + e^{−g}) → 0 below g ≈ −88 in float32, as expit's; 5× faster
             value = 1.0 / (1.0 + np.exp(-logit))
-        return cls(value, e / (1.0 + e) ** 2, -(np.maximum(logit, 0) + np.log1p(e)))
+        softplus = np.maximum(logit, 0) + np.log1p(np.exp(-np.abs(logit)))
+        return cls(value, rf.dsigmoid_from_logit(logit), -softplus)
 
 
 def _batch_statistics(logit: np.ndarray, grad: np.ndarray, rows: np.ndarray) -> tuple[dict[str, np.ndarray], _Logistic]:
@@ -711,22 +711,22 @@ def _instance_products(gate: Gate, rows: int) -> list[torch.Tensor] | None:
         if grad is None:
             return None
         dtype = torch.promote_types(vector.dtype, torch.float32)  # half precision is widened, float64 kept
-        u = _as(vector, lead, dtype)
-        g = _as(grad, lead, dtype)
-        dot = None if scale is None or scale.grad is None else scale.grad
+        u, g = _as(vector, (*lead, -1), dtype), _as(grad, (*lead, -1), dtype)
+        dot = scale.grad if scale is not None else None
         part = [
             torch.linalg.vecdot(g, g),
-            torch.linalg.vecdot(g, u) if dot is None else _as(dot, lead, dtype, vector=False),
+            torch.linalg.vecdot(g, u) if dot is None else _as(dot, lead, dtype),
             torch.linalg.vecdot(u, u),
         ]
         total = part if total is None else [a + b for a, b in zip(total, part, strict=True)]
     return total
 
 
-def _as(x: torch.Tensor, lead: tuple[int, int], dtype: torch.dtype, vector: bool = True) -> torch.Tensor:
-    """``x`` as ``(*lead, D)`` (``vector``) or ``lead`` in ``dtype``, dispatching only what differs."""
-    if (x.dim() != 3 or x.shape[:2] != lead) if vector else x.shape != lead:
-        x = x.reshape(*lead, -1) if vector else x.reshape(lead)
+def _as(x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``x`` reshaped to ``shape`` (``(rows, n_gates)`` or ``(rows, n_gates, -1)``) in ``dtype``, dispatching only
+    what differs."""
+    if x.dim() != len(shape) or x.shape[:2] != shape[:2]:
+        x = x.reshape(shape)
     return x if x.dtype == dtype else x.to(dtype)
 
 

@@ -117,8 +117,14 @@ def _product(rec: rf.Recording, name: str, i: int) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("equilibrium", [False, True])
-def test_coop_gating_factors_equal_the_autograd_ratio(tmp_path: Path, backbone64, equilibrium: bool) -> None:
+@pytest.mark.parametrize(("equilibrium", "on_device"), [(False, False), (True, True)])
+def test_coop_gating_factors_equal_the_autograd_ratio(
+    tmp_path: Path, backbone64, equilibrium: bool, on_device: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``on_device``: the gate's ∂L/∂ũ and u are reduced on the device, as for a real CLIP's context (16 × 512
+    values exceed RAW_GRADIENT_LIMIT), instead of copied whole."""
+    if on_device:
+        monkeypatch.setattr("recorders.train.probes.RAW_GRADIENT_LIMIT", 0)
     method, cfg = _method(backbone64, "coop-gating", grad_equilibrium=equilibrium, gate_entropy=0.05)
     classes = method.encode_classes(CLASSES)
     batches = [_inputs(method, backbone64, 4, seed) for seed in range(3)]
@@ -181,13 +187,18 @@ def test_cocoop_gating_factors_are_of_the_gated_vector(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("equilibrium", [False, True])
-def test_adaptive_bimaple_length_and_depth_factors(tmp_path: Path, backbone64, equilibrium: bool) -> None:
+@pytest.mark.parametrize(("equilibrium", "on_device"), [(False, False), (True, True)])
+def test_adaptive_bimaple_length_and_depth_factors(
+    tmp_path: Path, backbone64, equilibrium: bool, on_device: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Length gate i of layer d scales token i's bimodal prompt B_i^(d) = [P̂_t ‖ P̂_v] (built in the forward pass);
     depth gate d scales the layer's length-gated prompts u_d = σ(g^(d))·B^(d), whose gradient is ∂L/∂B^(d) divided
     row-wise by σ(g^(d)). Autograd gives ∂L/∂B^(d) = [∂L/∂P̂_t ‖ ∂L/∂P̂_v] on a reference whose bimodal prompts are
     leaf copies. With the sparse, smooth and entropy regularisers and the cycle loss on (the cycle loss reads the
-    prompt parameters, not the gated prompts, so it does not reach the gates)."""
+    prompt parameters, not the gated prompts, so it does not reach the gates). ``on_device``: the gates' vectors are
+    reduced on the device, as for a real CLIP's depth gate (9 layers × 2 tokens × (512 + 768) values)."""
+    if on_device:
+        monkeypatch.setattr("recorders.train.probes.RAW_GRADIENT_LIMIT", 0)
     method, cfg = _method(
         backbone64,
         "adaptive-bimaple",

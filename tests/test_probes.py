@@ -16,7 +16,7 @@ from torch import nn
 from recorders import format as rf
 from recorders.methods.gates import Gate
 from recorders.train.demo import run_demo
-from recorders.train.probes import _batch_statistics, _instance_products, _Logistic, watch
+from recorders.train.probes import _batch_statistics, _Logistic, _products, watch
 
 
 class Tiny(nn.Module):
@@ -214,29 +214,30 @@ def test_instance_batch_statistics_hold_for_saturated_and_collapsed_gates() -> N
     assert all(np.isnan(v[3]).all() for v in series.values())
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_instance_products_are_the_gradient_autograd_computed(frozen: bool) -> None:
-    """Per input and gate, ‖G‖², ⟨G, u⟩ and ‖u‖² summed over two gated() calls, against float64 sums: ⟨G, u⟩ comes
-    from autograd's ∂L/∂σ of each call (a direct use of σ, like a regulariser, must not reach it) or, for a frozen
-    gate whose σ needs no gradient, from a reduction on the device."""
+@pytest.mark.parametrize("kind", ["instance", "frozen", "length"])
+def test_products_are_the_gradient_autograd_computed(kind: str) -> None:
+    """Per gate (and input), ‖G‖², ⟨G, u⟩ and ‖u‖² summed over two gated() calls, against float64 sums: an instance
+    gate's ⟨G, u⟩ comes from autograd's ∂L/∂σ of each call (a direct use of σ, like a regulariser, must not reach
+    it); a frozen instance gate, whose σ needs no gradient, and a static gate reduce it on the device."""
     g = torch.Generator().manual_seed(0)
-    gate = Gate(3, "instance", feature_dim=5, vector_dim=4 + 6, generator=g)
-    gate.requires_grad_(not frozen)
+    static = kind == "length"
+    gate = Gate(3, kind if static else "instance", feature_dim=None if static else 5, vector_dim=4 + 6, generator=g)
+    gate.requires_grad_(kind != "frozen")
     gate.capture = True
-    x = torch.randn(7, 5, generator=g)
+    lead = (3,) if static else (7, 3)
     u1 = torch.randn(3, 4, generator=g).requires_grad_()  # shared by every input, as the demo's tokens are
-    u2 = torch.randn(7, 3, 2, 3, generator=g).requires_grad_()
-    w1, w2 = torch.randn(7, 3, 4, generator=g), torch.randn(7, 3, 2, 3, generator=g)
-    values = gate(x)
-    loss = (gate.gated(values, u1.expand(7, 3, 4)) * w1).sum() + (gate.gated(values, u2) * w2).sum()
+    u2 = torch.randn(*lead, 2, 3, generator=g).requires_grad_()
+    w1, w2 = torch.randn(*lead, 4, generator=g), torch.randn(*lead, 2, 3, generator=g)
+    values = gate() if static else gate(torch.randn(7, 5, generator=g))
+    loss = (gate.gated(values, u1.expand(*lead, 4)) * w1).sum() + (gate.gated(values, u2) * w2).sum()
     (loss + 5.0 * values.sum()).backward()
-    assert [part.scale is None for part in gate.parts] == [frozen, frozen]
-    products = _instance_products(gate, 7)
+    assert [part.scale is None for part in gate.parts] == [kind != "instance"] * 2
+    products = _products(gate, lead)
     assert products is not None
-    G = torch.cat([w1, w2.flatten(2)], -1).double()
-    u = torch.cat([u1.expand(7, 3, 4), u2.flatten(2)], -1).detach().double()
+    G = torch.cat([w1, w2.flatten(-2)], -1).double()
+    u = torch.cat([u1.expand(*lead, 4), u2.flatten(-2)], -1).detach().double()
     for got, want in zip(products, [(G * G).sum(-1), (G * u).sum(-1), (u * u).sum(-1)], strict=True):
-        assert got.shape == (7, 3) and got.dtype == torch.float32
+        assert got.shape == lead and got.dtype == torch.float32
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5)
 
 

@@ -37,7 +37,7 @@ from torch import nn
 from recorders import format as rf
 from recorders.methods.gates import Gate, find_gates
 
-#: What an instance gate's ratio factors need per input and gate, reduced on the device when its vectors ∂L/∂ũ and u
+#: What a gate set's ratio factors need per gate (and input), reduced on the device when its vectors ∂L/∂ũ and u
 #: exceed RAW_GRADIENT_LIMIT elements per step (smaller ones are copied whole and reduced on the host): ‖G‖², ⟨G, u⟩,
 #: ‖u‖²
 PRODUCTS = ("gg", "dot", "uu")
@@ -199,19 +199,19 @@ class Probe:
     (one ``torch._foreach_norm`` over the gradients of parameters larger than :data:`RAW_GRADIENT_LIMIT`, one
     ``torch._foreach_copy_`` of everything into the row's preallocated views): loss terms, those norms, the whole
     gradients of smaller parameters, static gate logits and their gradients, the per-input logits and ∂L/∂g of
-    instance gates, and the values and gradients of the prompt tokens; for gate sets with ratio factors, a static
-    gate's ∂L/∂ũ and u whole and an instance gate's per-input ‖∂L/∂ũ‖², ⟨∂L/∂ũ, u⟩ and ‖u‖² — the only statistics
-    taken on the device (two ``vecdot`` kernels per instance set, as its vectors are ``batch × n_gates × D``;
-    ⟨∂L/∂ũ, u⟩ = ∂L/∂σ is read from autograd) — and
-    an instance gate's weight and bias. Otherwise no statistic is computed on the device (right after backward the
-    caches are cold and every dispatch is expensive): :meth:`flush` copies the block to the host once and derives
-    the recorded series from it in float64 (σ, σ', group norms, batch means and stds, per-token norms, cosines, the
-    ratio factors, movement, and the regulariser parts of ∂L/∂g from ``regularisers``).
+    instance gates, and the values and gradients of the prompt tokens; for gate sets with ratio factors, ∂L/∂ũ and
+    u whole while they hold at most :data:`RAW_GRADIENT_LIMIT` values, else per gate (and input) ‖∂L/∂ũ‖²,
+    ⟨∂L/∂ũ, u⟩ and ‖u‖² — the only statistics taken on the device (``vecdot`` kernels; an instance gate's
+    ⟨∂L/∂ũ, u⟩ = ∂L/∂σ is read from autograd) — and an instance gate's weight and bias. Otherwise no statistic is
+    computed on the device (right after backward the caches are cold and every dispatch is expensive):
+    :meth:`flush` copies the block to the host once and derives the recorded series from it in float64 (σ, σ',
+    group norms, batch means and stds, per-token norms, cosines, the ratio factors, movement, and the regulariser
+    parts of ∂L/∂g from ``regularisers``).
 
     Memory: ``block × width × 4`` bytes on the device, where ``width`` counts twice every prompt element, once every
     element of a small parameter, and twice ``batch × n_gates`` per instance gate set (the batch is the largest seen
-    so far: a larger one flushes the buffered rows and reallocates); with factors, ``3 × batch × n_gates`` and the
-    gate's weight and bias per instance set, ``2 × n_gates × vector_dim`` per static set.
+    so far: a larger one flushes the buffered rows and reallocates); with factors, per set, twice its ∂L/∂ũ's size up
+    to :data:`RAW_GRADIENT_LIMIT` or three per gate (and input) above it, and an instance gate's weight and bias.
     """
 
     def __init__(
@@ -381,8 +381,11 @@ class Probe:
             if gate_param is not None:  # static gates
                 sources += (gate_param, nan[grad_key] if gate_param.grad is None else gate_param.grad)
                 if factors:
-                    nan_grad, nan_vector = self._factor_pieces[factors][1]
-                    sources += _gated_vectors(gate, nan_grad, nan_vector)
+                    copied, pieces = self._factor_pieces[factors]
+                    if copied:
+                        sources += _gated_vectors(gate, pieces[0], pieces[1])
+                    else:
+                        sources += _products(gate, (gate.n_gates,)) or pieces
                 continue
             captured = gate.last_logits
             if captured is None:
@@ -403,7 +406,7 @@ class Probe:
                     if copied:
                         sources += _gated_vectors(gate, pieces[0][:rows], pieces[1][:rows], rows)
                     else:
-                        sources += _instance_products(gate, rows) or [piece[:rows] for piece in pieces]
+                        sources += _products(gate, (rows, gate.n_gates)) or [piece[:rows] for piece in pieces]
             sources += moved
         for param, grad_key in self._prompt_plan:
             grad = param.grad
@@ -696,22 +699,22 @@ def _gated_vectors(
     return grad, vector
 
 
-def _instance_products(gate: Gate, rows: int) -> list[torch.Tensor] | None:
-    """Per input and gate, ‖G‖², ⟨G, u⟩ and ‖u‖² of G = ∂L/∂ũ and u (:data:`PRODUCTS` order), each ``(rows,
-    n_gates)`` in u's precision (at least float32): ⟨G, u⟩ is ∂L/∂σ of the call, which autograd computed (the
-    gradient of :attr:`GatedPart.scale`), ‖G‖² and ‖u‖² are two reductions over the vector on the device per
-    :meth:`Gate.gated` call (no stacked copy; an expanded u stays a view); None if not captured.
+def _products(gate: Gate, lead: tuple[int, ...]) -> list[torch.Tensor] | None:
+    """Per gate (and input), ‖G‖², ⟨G, u⟩ and ‖u‖² of G = ∂L/∂ũ and u (:data:`PRODUCTS` order), each of shape
+    ``lead`` (``(n_gates,)`` for a static gate, ``(rows, n_gates)`` for an instance gate) in u's precision (at
+    least float32): two or three reductions over the vector on the device per :meth:`Gate.gated` call (no stacked
+    copy; an expanded u stays a view). An instance gate's ⟨G, u⟩ is ∂L/∂σ of the call, which autograd computed
+    (the gradient of :attr:`GatedPart.scale`). None if not captured.
 
     Every dispatch counts right after backward (a few µs each on a CPU), so views and casts are only taken where
     the shapes and dtypes differ."""
     total: list[torch.Tensor] | None = None
-    lead = (rows, gate.n_gates)
     for out, vector, scale in gate.parts:
         grad = out.grad
         if grad is None:
             return None
         dtype = torch.promote_types(vector.dtype, torch.float32)  # half precision is widened, float64 kept
-        u, g = _as(vector, (*lead, -1), dtype), _as(grad, (*lead, -1), dtype)
+        u, g = _as(vector, lead, dtype, flat=True), _as(grad, lead, dtype, flat=True)
         dot = scale.grad if scale is not None else None
         part = [
             torch.linalg.vecdot(g, g),
@@ -722,11 +725,11 @@ def _instance_products(gate: Gate, rows: int) -> list[torch.Tensor] | None:
     return total
 
 
-def _as(x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """``x`` reshaped to ``shape`` (``(rows, n_gates)`` or ``(rows, n_gates, -1)``) in ``dtype``, dispatching only
-    what differs."""
-    if x.dim() != len(shape) or x.shape[:2] != shape[:2]:
-        x = x.reshape(shape)
+def _as(x: torch.Tensor, lead: tuple[int, ...], dtype: torch.dtype, flat: bool = False) -> torch.Tensor:
+    """``x`` of shape ``lead`` (``flat``: ``(*lead, -1)``, the vector after the lead axes flattened) in ``dtype``,
+    dispatching only what differs."""
+    if x.dim() != len(lead) + flat or x.shape[: len(lead)] != lead:
+        x = x.reshape((*lead, -1) if flat else lead)
     return x if x.dtype == dtype else x.to(dtype)
 
 

@@ -2,11 +2,14 @@
 
     python benchmarks/batch_kill.py --kills 10 [--runs 3] [--seed 17]
 
-A small sweep (the world, a random-init tiny CLIP, 1 shot, 1 epoch) is started with ``ws batch``; after a random
-delay the driver gets SIGKILL (its ``ws record`` children die with it). This repeats ``--kills`` times, the last
-attempt is then allowed to finish, and the script checks: exit 0, every manifest entry ``complete``, one
-recording per run and no other ``.h5`` (or temporary) file, every recording opens, reads ``complete`` and is
-consistent. Prints one line per kill and a final verdict; exits 1 when a check fails.
+A small sweep (the world, a random-init tiny CLIP, 1 shot, 1 epoch, ``--runs`` seeds) is started with ``ws batch``
+and its driver gets SIGKILL (its ``ws record`` children die with it): on odd attempts at a random moment up to
+``--max-delay`` seconds after the start (mid-run), on even ones at a random moment within a second after a run
+completes (the manifest update and the next run's start). This repeats ``--kills`` times, the last attempt is then
+allowed to finish, and the script checks: exit 0, every manifest entry ``complete``, one recording per run and no
+other ``.h5`` (or temporary) file, every recording opens, reads ``complete`` and is consistent. A kill only tests
+something while the sweep has work left, so the script also fails when a kill found the sweep finished (raise
+``--runs`` on a fast machine). Prints one line per kill and a final verdict; exits 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ FAST = {"dataset": "world", "shots": 1, "epochs": 1, "warmup_epochs": 0, "views"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=17)
-    parser.add_argument("--max-delay", type=float, default=25.0, help="latest kill, seconds after the start")
+    parser.add_argument("--max-delay", type=float, default=4.0, help="latest mid-run kill, seconds after the start")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="ws-batch-kill-") as tmp:
@@ -47,27 +50,40 @@ def main() -> int:
         env = {**os.environ, "WS_CACHE": str(root / "cache")}
         command = [sys.executable, "-m", "workstation", "batch", str(spec), "--no-summary"]
         sweep = root / "sweeps" / "s"
+        idle = 0  # kills that found nothing left to interrupt
         for kill in range(args.kills):
+            before = _complete(sweep) or 0
             proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            delay = rng.uniform(0.5, args.max_delay)
-            time.sleep(delay)
+            start = time.monotonic()
+            moment = "after a run completed" if kill % 2 else "mid-run"
+            if kill % 2:
+                while (_complete(sweep) or 0) <= before and proc.poll() is None and time.monotonic() - start < 300:
+                    time.sleep(0.05)
+                time.sleep(rng.uniform(0.0, 1.0))
+            else:
+                time.sleep(rng.uniform(0.5, args.max_delay))
+            delay = time.monotonic() - start
             ended = proc.poll() is not None
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             time.sleep(0.3)  # its children die with it (PR_SET_PDEATHSIG)
             done = _complete(sweep)
-            print(f"kill {kill + 1}: after {delay:.1f}s{' (had already ended)' if ended else ''}; {done} complete")
+            idle += ended or done == args.runs
+            print(f"kill {kill + 1}: {moment}, {delay:.1f}s{' (had already ended)' if ended else ''}; {done} complete")
         final = subprocess.run(command, env=env, capture_output=True, text=True)
         problems = _check(sweep, args.runs, final)
+        if idle:
+            problems.append(f"{idle} of {args.kills} kills found the sweep finished: raise --runs or lower --max-delay")
         print("result:", "every run complete exactly once, every file readable" if not problems else problems)
         return 1 if problems else 0
 
 
-def _complete(sweep: Path) -> int:
+def _complete(sweep: Path) -> int | None:
+    """Runs the sweep's manifest marks complete; None while it cannot be read (not yet written, or mid-replace)."""
     try:
         return sum(e["status"] == "complete" for e in json.loads((sweep / "manifest.json").read_text())["runs"])
     except (OSError, ValueError, KeyError):
-        return 0
+        return None
 
 
 def _check(sweep: Path, runs: int, final: subprocess.CompletedProcess[str]) -> list[str]:

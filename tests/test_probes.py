@@ -236,7 +236,7 @@ def test_products_are_the_gradient_autograd_computed(kind: str) -> None:
     loss = (gate.gated(values, u1.expand(*lead, 4)) * w1).sum() + (gate.gated(values, u2) * w2).sum()
     (loss + 5.0 * values.sum()).backward()
     assert [part.scale is None for part in gate.parts] == [kind != "instance"] * 2
-    products = _products(gate, lead)
+    products = _products(gate.parts, lead)
     assert products is not None
     G = torch.cat([w1, w2.flatten(-2)], -1).double()
     u = torch.cat([u1.expand(*lead, 4), u2.flatten(-2)], -1).detach().double()
@@ -351,8 +351,8 @@ def test_block_boundaries_and_missing_gradients(tmp_path: Path, norm_path: str) 
 
 def test_instance_gates_with_changing_batch_sizes(tmp_path: Path) -> None:
     """Batches of 4, then 6 (the buffer grows mid-block), 2 (a short last batch over stale rows), none (the gate
-    is not called: NaN, not the previous step's numbers), 6: each step's instance statistics equal a float64
-    computation on that step's inputs alone."""
+    is not called: NaN, not the previous step's numbers, nor those of a no-grad evaluation of 9 inputs run just
+    before), 6: each step's instance statistics equal a float64 computation on that step's inputs alone."""
     model = Tiny()
     optimizer = _optimizer(model)
     probe = watch(model, optimizer, block=8)
@@ -380,11 +380,13 @@ def test_instance_gates_with_changing_batch_sizes(tmp_path: Path) -> None:
                 )
                 F.cross_entropy(model(x), y).backward()
             else:
-                model.inst.last_logits = None  # as after a step whose forward skipped the gate
-                F.cross_entropy(model.head(x), y).backward()
+                with torch.no_grad():
+                    model(torch.randn(9, 8, generator=g))  # an evaluation: neither recorded nor growing the buffer
+                F.cross_entropy(model.head(x), y).backward()  # a step whose forward skips the gates
                 expected.append(None)
             probe.after_backward(step, 0, 0.1, {})
             optimizer.step()
+        assert probe._capacity == [6]
         probe.close()
     with rf.Recording.open(tmp_path / "r.h5") as rec:
         recorded = [rec.read(rf.gate_path("inst", k)) for k in ("logit", "value", "dsigmoid", "value_std", "grad")]
@@ -394,6 +396,45 @@ def test_instance_gates_with_changing_batch_sizes(tmp_path: Path) -> None:
             continue
         for series, value in zip(recorded, want, strict=True):
             np.testing.assert_allclose(series[step], value.numpy(), rtol=1e-4, atol=1e-7, err_msg=f"step {step}")
+
+
+def test_a_step_that_skips_a_gate_records_nan_factors(tmp_path: Path) -> None:
+    """A static gate with ratio factors, applied at steps 0 and 2 and skipped at step 1 (the context is used
+    ungated): step 1's factors and gradient are NaN, not the last step's ∂L/∂ũ against this step's u."""
+    g = torch.Generator().manual_seed(0)
+    ctx = nn.Parameter(torch.randn(4, 8, generator=g))
+    gate = Gate(4, "length", prompt="ctx", init="uniform", vector_dim=8, generator=g)
+    model = nn.ModuleDict({"gate": gate})
+    optimizer = torch.optim.SGD([ctx, *gate.parameters()], lr=0.1)
+    probe = watch(model, optimizer, prompts={"ctx": ctx})
+    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, **WRITER) as w:
+        probe.attach(w)
+        for step, use_gate in enumerate((True, False, True)):
+            tokens = gate.gated(gate(), ctx) if use_gate else ctx
+            optimizer.zero_grad()
+            (torch.randn(3, 8, generator=g) @ tokens.T).logsumexp(1).mean().backward()
+            probe.after_backward(step, 0, 0.1, {})
+            optimizer.step()
+        probe.close()
+    with rf.Recording.open(tmp_path / "r.h5") as rec:
+        for k in ("factor_cos", "grad_task", "grad"):
+            series = rec.read(rf.gate_path("gate", k))
+            assert np.isfinite(series[[0, 2]]).all() and np.isnan(series[1]).all(), k
+
+
+def test_a_wrong_vector_dim_is_one_line_naming_the_gate_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A declared vector_dim other than what gated() scales is refused on both the whole-copy and the device path
+    (a real CLIP's 16 × 512 context takes the latter), naming the gate set and the length to declare."""
+    for limit in (4096, 0):
+        monkeypatch.setattr("recorders.train.probes.RAW_GRADIENT_LIMIT", limit)
+        ctx = nn.Parameter(torch.randn(4, 8))
+        gate = Gate(4, "length", prompt="ctx", vector_dim=6)
+        probe = watch(nn.ModuleDict({"gate": gate}), torch.optim.SGD([ctx, *gate.parameters()], lr=0.1))
+        with rf.RecordingWriter(tmp_path / f"{limit}.h5", probe.layout, **WRITER) as w:
+            probe.attach(w)
+            gate.gated(gate(), ctx).sum().backward()
+            with pytest.raises(ValueError, match=r"gate set 'gate' declares vector_dim 6 .* declare vector_dim=8"):
+                probe.after_backward(0, 0, 0.1, {})
 
 
 def test_slow_steps_are_flushed_after_flush_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,9 +94,10 @@ class Gate(nn.Module):
     ``forward(features=None)`` returns gate values σ(g): shape ``(n_gates,)`` for ``length``/``depth`` gates,
     ``(B, n_gates)`` for ``instance`` gates given ``features`` of shape ``(B, feature_dim)``.
 
-    With ``capture = True`` (set by probes) the last logits tensor is kept in ``last_logits`` with its gradient
-    retained after backward, so ∂L/∂g can be read for instance gates too, and, when ``vector_dim`` is declared,
-    every :meth:`gated` call of the forward is kept in ``parts`` (see :meth:`gated`). ``equilibrium = True``
+    With ``capture = True`` (set by probes) the last logits tensor of a forward in grad mode is kept in
+    ``last_logits`` with its gradient retained after backward, so ∂L/∂g can be read for instance gates too, and,
+    when ``vector_dim`` is declared, every :meth:`gated` call of that forward is kept in ``parts`` (see
+    :meth:`gated`); a forward under ``torch.no_grad()`` (an evaluation) leaves them as they were. ``equilibrium = True``
     rescales the gradient flowing into the logits by :func:`equilibrium_scale`. ``vector_dim`` is the length of the
     gated vector u_i (summed over every vector the gate scales; 0 = not declared): a method declares it so that
     probes record the ratio factors.
@@ -161,10 +162,11 @@ class Gate(nn.Module):
                 logits.register_hook(lambda grad: grad * scale)
             if self.capture:
                 logits.retain_grad()
-        self.last_logits = logits if self.capture else None
-        self.parts = []
         values = torch.sigmoid(logits)
-        self._values = values if self.capture else None
+        if torch.is_grad_enabled():  # a no-grad pass (an evaluation) leaves the last training forward's capture
+            self.last_logits = logits if self.capture else None
+            self.parts = []
+            self._values = values if self.capture else None
         return values
 
     def gated(self, values: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
@@ -181,10 +183,15 @@ class Gate(nn.Module):
         out = scale * vector
         if not (self.capture and out.requires_grad):
             return out
-        if values is not self._values or tuple(vector.shape[:lead]) != tuple(values.shape):
+        if values is not self._values:
             raise ValueError(
-                f"gated() takes this gate's last output and a vector of shape {tuple(values.shape)} + (...), "
-                f"got values of shape {tuple(values.shape)} and a vector of {tuple(vector.shape)}"
+                "gated() takes the tensor this gate's last forward returned as its values (not a copy or a view of "
+                "it); pass that output unchanged"
+            )
+        if tuple(vector.shape[:lead]) != tuple(values.shape):
+            raise ValueError(
+                f"gated() takes a vector of shape {tuple(values.shape)} + (...) for values of shape "
+                f"{tuple(values.shape)}, got a vector of {tuple(vector.shape)}"
             )
         if self.vector_dim:  # without a declared vector no ratio factors are recorded: nothing of ũ is kept
             out.retain_grad()

@@ -35,7 +35,7 @@ from scipy.special import expit
 from torch import nn
 
 from recorders import format as rf
-from recorders.methods.gates import Gate, find_gates
+from recorders.methods.gates import Gate, GatedPart, find_gates
 
 #: What a gate set's ratio factors need per gate (and input), reduced on the device when its vectors ∂L/∂ũ and u
 #: exceed RAW_GRADIENT_LIMIT elements per step (smaller ones are copied whole and reduced on the host): ‖G‖², ⟨G, u⟩,
@@ -279,6 +279,9 @@ class Probe:
             g.spec.name: _projection(g.gate).weight.detach().double().cpu().numpy().copy() for g in gates if g.moves
         }
         self._strided_plan = [(name, param, stride) for name, (param, stride) in tensors.items()]
+        # per gate, the captured logits and gated() parts the last step read (a gate whose forward did not run since
+        # still holds them: its step records NaN, not the last step's numbers)
+        self._seen: list[tuple[torch.Tensor | None, list[GatedPart] | None]] = [(None, None)] * len(gates)
         self._allocate([0] * len(self._instance))
 
     def _allocate(self, capacity: list[int]) -> None:
@@ -375,19 +378,23 @@ class Probe:
             sources += norms
         for param, key in self._raw_plan:
             sources.append(nan[key] if param.grad is None else param.grad)
-        for (gate_param, gate, logit_key, grad_key), (factors, moved) in zip(
-            self._gate_plan, self._gate_extra, strict=True
+        for (gate_param, gate, logit_key, grad_key), (factors, moved), (seen_logits, seen_parts) in zip(
+            self._gate_plan, self._gate_extra, self._seen, strict=True
         ):
+            # what the gate captured since the last step: a gate skipped this step holds the last step's tensors
+            parts = [] if gate.parts is seen_parts else gate.parts
+            if factors:
+                _check_vector_dim(factors, gate, parts)
             if gate_param is not None:  # static gates
                 sources += (gate_param, nan[grad_key] if gate_param.grad is None else gate_param.grad)
                 if factors:
                     copied, pieces = self._factor_pieces[factors]
                     if copied:
-                        sources += _gated_vectors(gate, pieces[0], pieces[1])
+                        sources += _gated_vectors(gate, parts, pieces[0], pieces[1])
                     else:
-                        sources += _products(gate, (gate.n_gates,)) or pieces
+                        sources += _products(parts, (gate.n_gates,)) or pieces
                 continue
-            captured = gate.last_logits
+            captured = None if gate.last_logits is seen_logits else gate.last_logits
             if captured is None:
                 batch.append(0)
                 sources += (nan[logit_key], nan[grad_key])
@@ -404,9 +411,9 @@ class Probe:
                 if factors:
                     copied, pieces = self._factor_pieces[factors]
                     if copied:
-                        sources += _gated_vectors(gate, pieces[0][:rows], pieces[1][:rows], rows)
+                        sources += _gated_vectors(gate, parts, pieces[0][:rows], pieces[1][:rows], rows)
                     else:
-                        sources += _products(gate, (rows, gate.n_gates)) or [piece[:rows] for piece in pieces]
+                        sources += _products(parts, (rows, gate.n_gates)) or [piece[:rows] for piece in pieces]
             sources += moved
         for param, grad_key in self._prompt_plan:
             grad = param.grad
@@ -427,6 +434,7 @@ class Probe:
             else:
                 sources, targets = self._fit(batch, sources, losses)
             torch._foreach_copy_(targets, sources)
+        self._seen = [(g.gate.last_logits, g.gate.parts) for g in self._gates]
         step = int(step)
         self._host.append((step, int(epoch), float(lr), tuple(batch)))
         for name, param, stride in self._strided_plan:
@@ -675,41 +683,49 @@ def _factors(
     return out
 
 
+def _check_vector_dim(prefix: str, gate: Gate, parts: list[GatedPart]) -> None:
+    """Raise a one-line ValueError when this step's :meth:`Gate.gated` calls scaled vectors of another length per
+    gate than the gate's declared ``vector_dim`` (the factors and the analyses' random-cosine reference use it)."""
+    if not parts:
+        return
+    values = gate.n_gates if gate.last_logits is None or gate.logits is not None else gate.last_logits.numel()
+    total = sum(part.vector.numel() for part in parts)
+    if total != gate.vector_dim * values:
+        seen = f"{total / values:g}"
+        raise ValueError(
+            f"gate set {prefix.removeprefix('gate/')!r} declares vector_dim {gate.vector_dim} but gated() scaled "
+            f"{seen} values per gate this step; declare vector_dim={seen} (the length of everything the gate scales)"
+        )
+
+
 def _gated_vectors(
-    gate: Gate, nan_grad: torch.Tensor, nan_vector: torch.Tensor, rows: int | None = None
+    gate: Gate, parts: list[GatedPart], nan_grad: torch.Tensor, nan_vector: torch.Tensor, rows: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """∂L/∂ũ and u of a gate: ``(n_gates, vector_dim)`` each for a static gate, ``(rows, n_gates, vector_dim)`` for
-    an instance gate (the parts of this step's :meth:`Gate.gated` calls side by side:
-    one ``cat`` each when there are several), or the NaN views when not captured."""
-    parts = gate.parts
+    """∂L/∂ũ and u of a gate's ``parts`` (this step's :meth:`Gate.gated` calls): ``(n_gates, vector_dim)`` each for
+    a static gate, ``(rows, n_gates, vector_dim)`` for an instance gate (the parts side by side: one ``cat`` each
+    when there are several), or the NaN views when not captured."""
     grads = [part.out.grad for part in parts if part.out.grad is not None]
     if not parts or len(grads) < len(parts):
         return nan_grad, nan_vector
     lead = (gate.n_gates,) if rows is None else (rows, gate.n_gates)
     if len(parts) == 1:
-        grad, vector = grads[0].reshape(*lead, -1), parts[0].vector.reshape(*lead, -1)
-    else:
-        grad = torch.cat([g.reshape(*lead, -1) for g in grads], -1)
-        vector = torch.cat([part.vector.reshape(*lead, -1) for part in parts], -1)
-    if vector.shape[-1] != nan_vector.shape[-1]:
-        raise ValueError(
-            f"gate vector_dim is {nan_vector.shape[-1]} but gated() saw vectors of {vector.shape[-1]} values per "
-            "gate; declare the length of everything the gate scales"
-        )
+        return grads[0].reshape(*lead, -1), parts[0].vector.reshape(*lead, -1)
+    grad = torch.cat([g.reshape(*lead, -1) for g in grads], -1)
+    vector = torch.cat([part.vector.reshape(*lead, -1) for part in parts], -1)
     return grad, vector
 
 
-def _products(gate: Gate, lead: tuple[int, ...]) -> list[torch.Tensor] | None:
-    """Per gate (and input), ‖G‖², ⟨G, u⟩ and ‖u‖² of G = ∂L/∂ũ and u (:data:`PRODUCTS` order), each of shape
-    ``lead`` (``(n_gates,)`` for a static gate, ``(rows, n_gates)`` for an instance gate) in u's precision (at
-    least float32): two or three reductions over the vector on the device per :meth:`Gate.gated` call (no stacked
-    copy; an expanded u stays a view). An instance gate's ⟨G, u⟩ is ∂L/∂σ of the call, which autograd computed
-    (the gradient of :attr:`GatedPart.scale`). None if not captured.
+def _products(parts: list[GatedPart], lead: tuple[int, ...]) -> list[torch.Tensor] | None:
+    """Per gate (and input), ‖G‖², ⟨G, u⟩ and ‖u‖² of G = ∂L/∂ũ and u of a gate's ``parts`` (:data:`PRODUCTS`
+    order), each of shape ``lead`` (``(n_gates,)`` for a static gate, ``(rows, n_gates)`` for an instance gate) in
+    u's precision (at least float32): two or three reductions over the vector on the device per :meth:`Gate.gated`
+    call (no stacked copy; an expanded u stays a view). An instance gate's ⟨G, u⟩ is ∂L/∂σ of the call, which
+    autograd computed (the gradient of :attr:`GatedPart.scale`). None if not captured.
 
     Every dispatch counts right after backward (a few µs each on a CPU), so views and casts are only taken where
     the shapes and dtypes differ."""
     total: list[torch.Tensor] | None = None
-    for out, vector, scale in gate.parts:
+    for out, vector, scale in parts:
         grad = out.grad
         if grad is None:
             return None

@@ -437,6 +437,62 @@ def test_a_wrong_vector_dim_is_one_line_naming_the_gate_set(tmp_path: Path, monk
                 probe.after_backward(0, 0, 0.1, {})
 
 
+def _steps(model: Tiny, optimizer: torch.optim.Optimizer, probe, n: int) -> None:
+    for step, (x, y) in enumerate(_batches(n)):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        probe.after_backward(step, 0, 0.1, {})
+        optimizer.step()
+
+
+def test_the_steps_before_a_failure_reach_the_file(tmp_path: Path) -> None:
+    """An exception inside the documented ``with RecordingWriter(...)`` block ends the recording ``failed`` with the
+    probe's buffered rows in it (the steps that led to the failure), not an empty file."""
+    model = Tiny()
+    optimizer = _optimizer(model)
+    probe = watch(model, optimizer, prompts={"ctx": model.ctx}, tensors={"ctx": (model.ctx, 4)})
+    with pytest.raises(FloatingPointError), rf.RecordingWriter(tmp_path / "r.h5", probe.layout, **WRITER) as w:
+        probe.attach(w)
+        _steps(model, optimizer, probe, 10)
+        raise FloatingPointError("loss diverged")
+    with rf.Recording.open(tmp_path / "r.h5") as rec:
+        assert rec.status == "failed" and "loss diverged" in rec.attrs["error"]
+        np.testing.assert_array_equal(rec.steps(), np.arange(10))
+        assert np.isfinite(rec.read(rf.gate_path("ctx_gates", "value"))).all()
+        np.testing.assert_array_equal(rec.tensor("ctx")[0], [0, 4, 8])
+
+
+def test_a_probe_closed_after_its_writer_loses_nothing(tmp_path: Path) -> None:
+    """The writer takes the probe's rows when it closes, so ``probe.close()`` after the with block has nothing left
+    to write and raises nothing; writing to a closed writer is a one-line error saying so (not a disk error)."""
+    model = Tiny()
+    optimizer = _optimizer(model)
+    probe = watch(model, optimizer)
+    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, **WRITER) as w:
+        probe.attach(w)
+        _steps(model, optimizer, probe, 3)
+    probe.close()
+    assert not model.inst.capture
+    with pytest.raises(rf.RecordingError, match="already closed; write to it .* inside its with block"):
+        w.add_event(3, "note")
+    with rf.Recording.open(tmp_path / "r.h5") as rec:
+        assert rec.status == "complete" and rec.n_steps == 3
+
+
+def test_after_backward_before_attach_is_refused_without_breaking_the_probe(tmp_path: Path) -> None:
+    model = Tiny()
+    optimizer = _optimizer(model)
+    probe = watch(model, optimizer, block=2)
+    with pytest.raises(RuntimeError, match=r"attach a RecordingWriter before recording"):
+        _steps(model, optimizer, probe, 1)
+    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, **WRITER) as w:
+        probe.attach(w)
+        _steps(model, optimizer, probe, 5)
+        probe.close()
+    with rf.Recording.open(tmp_path / "r.h5") as rec:
+        assert rec.n_steps == 5
+
+
 def test_slow_steps_are_flushed_after_flush_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A partial block goes out once the writer's flush_seconds have passed (the clock is faked, not waited on)."""
     now = [0.0]

@@ -162,6 +162,8 @@ def test_on_nan_stop_fails_the_run_and_skip_continues(tiny_backbone, tiny_task, 
             events = [e for e in rec.events() if e.kind == "nonfinite"]
             assert rec.status == ("failed" if policy == "stop" else "complete")
             assert len(events) == (1 if policy == "stop" else 4)
+            if policy == "stop":  # the failed step's row reaches the file with the failure
+                assert rec.n_steps == 1 and np.isnan(rec.read("steps/loss/total")[0])
             assert "non-finite" in rec.attrs["error"] if policy == "stop" else rec.attrs["error"] == ""
 
 

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,6 +227,7 @@ class RecordingWriter:
         self._tensors: dict[str, list[tuple[int, np.ndarray]]] = {t.name: [] for t in layout.tensors}
         self._last_flush = time.monotonic()
         self._closed = False
+        self._close_hooks: list[Callable[[], None]] = []
         check_writable(self.path, overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._overwrite = overwrite
@@ -411,6 +412,7 @@ class RecordingWriter:
     # ------------------------------------------------------------------ appending
     def append_step(self, row: Mapping[str, Any]) -> None:
         """Buffer one step's row. ``row[STEP]`` is required; unknown paths raise ``KeyError``."""
+        self._check_open()
         unknown = set(row) - self._series.keys()
         if unknown:
             raise KeyError(f"paths not declared in the layout: {sorted(unknown)}")
@@ -431,6 +433,7 @@ class RecordingWriter:
 
     def append_block(self, block: Mapping[str, np.ndarray]) -> None:
         """Buffer ``n`` rows at once: every array has a leading axis of length ``n``."""
+        self._check_open()
         unknown = set(block) - self._series.keys()
         if unknown:
             raise KeyError(f"paths not declared in the layout: {sorted(unknown)}")
@@ -466,6 +469,7 @@ class RecordingWriter:
         the spec a ``(n_base + n_novel,)`` bool array) and ``gate_stats`` (per declared instance gate set, each
         statistic ``(n_gates,)``; missing ones are written as NaN).
         """
+        self._check_open()
         if hm is None:
             hm = harmonic_mean(base_acc, novel_acc)
         self._evals.append((int(step), int(epoch), float(base_acc), float(novel_acc), float(hm)))
@@ -492,11 +496,30 @@ class RecordingWriter:
 
     def add_event(self, step: int, kind: str, message: str = "") -> None:
         """Record an event (``kind`` is usually one of :data:`EVENT_KINDS`)."""
+        self._check_open()
         self._events.append((int(step), str(kind), str(message)))
 
     def add_tensor(self, name: str, step: int, value: np.ndarray) -> None:
         """Record a full tensor (a gradient) of a declared :class:`TensorSpec` at ``step``."""
+        self._check_open()
         self._tensors[name].append((int(step), np.asarray(value, dtype=np.float32)))
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (nothing more can be written)."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecordingError(
+                f"{self.path}: the recording is already closed; write to it (and close a probe) inside its with block"
+            )
+
+    def before_close(self, callback: Callable[[], None]) -> None:
+        """Have :meth:`close` call ``callback`` before its final flush, also when the run failed: a probe hands over
+        the rows it still buffers, which would otherwise be lost with the exception that ends the ``with`` block
+        (exactly the steps before a failure). A callback that raises makes the recording ``failed``."""
+        self._close_hooks.append(callback)
 
     def _maybe_flush(self) -> None:
         if self._pending >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
@@ -508,6 +531,7 @@ class RecordingWriter:
         A failed write (a full disk) raises a one-line :class:`RecordingError`; the writer is then broken: later
         flushes raise the same error and :meth:`close` can only record ``failed`` (or leave ``running``).
         """
+        self._check_open()
         if self._broken is not None:
             raise self._broken
         need = self._flush_bytes()
@@ -581,7 +605,8 @@ class RecordingWriter:
         return ds
 
     def close(self, status: str = "complete", error: str = "") -> None:
-        """Flush, set the final ``status`` (``complete`` or ``failed``) and close. Idempotent.
+        """Hand over what :meth:`before_close` callbacks hold, flush, set the final ``status`` (``complete`` or
+        ``failed``) and close. Idempotent.
 
         ``complete`` is written only after the final flush succeeded; if it fails the file ends ``failed`` with
         the error (or stays ``running`` when even that cannot be written) and the flush error is raised.
@@ -590,15 +615,17 @@ class RecordingWriter:
             return
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {STATUSES}")
-        self._closed = True
         requested = status
         failure: BaseException | None = None
         try:
+            for callback in self._close_hooks:
+                callback()
             self.flush()
         except BaseException as exc:  # noqa: BLE001 - recorded as the failure, raised below
             failure = exc
             if status == "complete" or not error:
                 status, error = "failed", _one_line(exc)
+        self._closed = True
         try:  # after a disk error this usually cannot reach the disk: the file then stays ``running``
             _append(self._file[STATUS_LOG], status_attr(status)[None])  # what a live reader sees
             self._file.attrs["error"] = status_attr(error)

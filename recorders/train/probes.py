@@ -342,13 +342,20 @@ class Probe:
         """Send blocks to ``writer``; its layout must declare every series of :attr:`layout`.
 
         Blocks go out when ``block`` rows are buffered or ``writer.flush_seconds`` have passed since the last one,
-        so slow steps still reach the file (and a live viewer) in time.
+        so slow steps still reach the file (and a live viewer) in time, and when the writer closes (also on an
+        exception, so the steps before a failure are in the file).
         """
         missing = set(self.layout.step_series()) - set(writer.layout.step_series())
         if missing:
             raise ValueError(f"the writer's layout lacks {sorted(missing)}; create it with probe.layout")
         self._writer = writer
         self._flush_seconds = writer.flush_seconds
+
+        def hand_over() -> None:  # the buffered rows reach the file even when an exception ends the with block
+            if self._writer is writer:
+                self.flush()
+
+        writer.before_close(hand_over)
 
     # ------------------------------------------------------------------ per step, on the device
     def _sources(self, losses: Mapping[str, torch.Tensor | float], batch: list[int]) -> list[torch.Tensor]:
@@ -426,6 +433,8 @@ class Probe:
         ``losses`` maps loss term → scalar tensor (terms missing from it are NaN). ``step``, ``epoch`` and ``lr``
         are Python numbers. A full buffer is flushed (the only point where data moves to the host).
         """
+        if self._writer is None:
+            raise RuntimeError("attach a RecordingWriter before recording (probe.attach(writer))")
         batch: list[int] = []
         with torch.no_grad():
             sources = self._sources(losses, batch)
@@ -570,27 +579,35 @@ class Probe:
         if self._writer is None:
             raise RuntimeError("attach a RecordingWriter before recording (probe.attach(writer))")
         n = len(self._host)
-        if n:
-            steps, epochs, lrs, batch = zip(*self._host, strict=True)
-            block = self._derive(self._buffer[:n].cpu().numpy(), np.asarray(batch, np.int64).reshape(n, -1))
-            block.update({rf.STEP: np.asarray(steps, np.int64), rf.EPOCH: np.asarray(epochs), rf.LR: np.asarray(lrs)})
-            self._writer.append_block(block)
+        try:
+            if n:
+                steps, epochs, lrs, batch = zip(*self._host, strict=True)
+                block = self._derive(self._buffer[:n].cpu().numpy(), np.asarray(batch, np.int64).reshape(n, -1))
+                block.update(
+                    {rf.STEP: np.asarray(steps, np.int64), rf.EPOCH: np.asarray(epochs), rf.LR: np.asarray(lrs)}
+                )
+                self._writer.append_block(block)
+            for name, step, grad in self._strided:
+                self._writer.add_tensor(name, step, grad.cpu().numpy())
+        finally:  # written or not (a full disk, a closed writer: the error says so), the buffer starts over
             self._host.clear()
-        for name, step, grad in self._strided:
-            self._writer.add_tensor(name, step, grad.cpu().numpy())
-        self._strided.clear()
-        self._last_flush = time.monotonic()
+            self._strided.clear()
+            self._last_flush = time.monotonic()
 
     def close(self) -> None:
         """Flush the remaining rows and the writer's file, and give the gates back as :func:`watch` found them
         (their ``capture`` flag restored, no captured graph tensor kept alive)."""
-        self.flush()
-        if self._writer is not None:
-            self._writer.flush()
-        for g, capture in zip(self._gates, self._capture_before, strict=True):
-            g.gate.capture = capture
-            g.gate.last_logits = None
-            g.gate.parts = []
+        try:
+            if self._host or self._strided:
+                self.flush()
+            if self._writer is not None and not self._writer.closed:
+                self._writer.flush()
+        finally:
+            for g, capture in zip(self._gates, self._capture_before, strict=True):
+                g.gate.capture = capture
+                g.gate.last_logits = None
+                g.gate.parts = []
+            self._seen = [(None, None)] * len(self._gates)
 
 
 def _projection(gate: Gate) -> nn.Linear:

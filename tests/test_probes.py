@@ -475,6 +475,8 @@ def test_a_probe_closed_after_its_writer_loses_nothing(tmp_path: Path) -> None:
     assert not model.inst.capture
     with pytest.raises(rf.RecordingError, match="already closed; write to it .* inside its with block"):
         w.add_event(3, "note")
+    with pytest.raises(RuntimeError, match="this probe is closed"):  # its gates no longer capture: NaN rows
+        _steps(model, optimizer, probe, 1)
     with rf.Recording.open(tmp_path / "r.h5") as rec:
         assert rec.status == "complete" and rec.n_steps == 3
 

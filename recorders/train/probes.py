@@ -236,6 +236,7 @@ class Probe:
         self._host: list[tuple[int, int, float, tuple[int, ...]]] = []  # step, epoch, lr, instance batch sizes
         self._strided: list[tuple[str, int, torch.Tensor]] = []
         self._writer: rf.RecordingWriter | None = None
+        self._closed = False
         self._flush_seconds = float("inf")
         self._last_flush = time.monotonic()
         self._capture_before = [g.gate.capture for g in gates]  # restored by close()
@@ -433,8 +434,12 @@ class Probe:
         ``losses`` maps loss term → scalar tensor (terms missing from it are NaN). ``step``, ``epoch`` and ``lr``
         are Python numbers. A full buffer is flushed (the only point where data moves to the host).
         """
-        if self._writer is None:
-            raise RuntimeError("attach a RecordingWriter before recording (probe.attach(writer))")
+        if self._writer is None or self._closed:
+            raise RuntimeError(
+                "this probe is closed; watch() the model again to record more"
+                if self._closed
+                else "attach a RecordingWriter before recording (probe.attach(writer))"
+            )
         batch: list[int] = []
         with torch.no_grad():
             sources = self._sources(losses, batch)
@@ -596,7 +601,8 @@ class Probe:
 
     def close(self) -> None:
         """Flush the remaining rows and the writer's file, and give the gates back as :func:`watch` found them
-        (their ``capture`` flag restored, no captured graph tensor kept alive)."""
+        (their ``capture`` flag restored, no captured graph tensor kept alive). A closed probe records no more
+        steps."""
         try:
             if self._host or self._strided:
                 self.flush()
@@ -608,6 +614,7 @@ class Probe:
                 g.gate.last_logits = None
                 g.gate.parts = []
             self._seen = [(None, None)] * len(self._gates)
+            self._closed = True
 
 
 def _projection(gate: Gate) -> nn.Linear:

@@ -179,13 +179,16 @@ def decay_only_logits(rec: Recording, spec: GateSetSpec, lr: np.ndarray, logits:
 
 def sign_consistency(grad: np.ndarray, window: int, th: VerdictThresholds) -> tuple[float, float]:
     """(mean S², its ``sign_quantile`` under random signs) over the non-overlapping windows of ``grad``
-    ``(rows, n_gates)``; S² = (Σ g)² / Σ g² per window and gate. NaN when no window has a nonzero gradient."""
+    ``(rows, n_gates)``; S² = (Σ g)² / Σ g² per window and gate. A step without a finite gradient (a gate the
+    step did not call, a skipped non-finite step) is missing: it adds nothing to its window's sums. NaN when no
+    window has a nonzero gradient."""
     g = np.asarray(grad, np.float64)
     k = (len(g) // window) * window
     if k == 0:
         return math.nan, math.nan
     w = g[:k].reshape(k // window, window, -1).transpose(0, 2, 1).reshape(-1, window)  # (windows·gates, window)
-    w = w[np.isfinite(w).all(1) & (np.abs(w).sum(1) > 0)]
+    w = np.where(np.isfinite(w), w, 0.0)
+    w = w[np.abs(w).sum(1) > 0]
     if not len(w):
         return math.nan, math.nan
     energy = (w**2).sum(1)

@@ -226,6 +226,20 @@ def test_sign_consistency_separates_constant_from_random_signs():
     assert s2 < ref
 
 
+def test_sign_consistency_skips_steps_without_a_gradient():
+    """Every 5th step NaN (a step that did not call the gate): each window's S² is that of its 16 finite steps,
+    not the window dropped (before, every window held a NaN and the measure was n/a)."""
+    rng = np.random.default_rng(8)
+    th = VerdictThresholds()
+    grad = np.abs(rng.normal(size=(200, 3)))
+    grad[3::5] = np.nan
+    s2, ref = sign_consistency(grad, 20, th)
+    finite = grad[~np.isnan(grad[:, 0])].reshape(10, 16, 3)  # 16 finite steps in each 20-step window
+    assert s2 == pytest.approx(((finite.sum(1) ** 2) / (finite**2).sum(1)).mean())
+    assert s2 > 5 * ref
+    assert math.isnan(sign_consistency(np.full((40, 2), np.nan), 20, th)[0])
+
+
 # ------------------------------------------------------------------------------------------------ version 1
 @pytest.mark.parametrize("name", ["demo.h5", "coop-gating-world.h5"])
 def test_version_1_recordings_open_and_their_verdict_names_the_missing_evidence(name):

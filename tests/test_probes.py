@@ -17,7 +17,7 @@ from torch import nn
 from recorders import format as rf
 from recorders.methods.gates import Gate
 from recorders.train.demo import run_demo
-from recorders.train.probes import _batch_statistics, _Logistic, _products, watch
+from recorders.train.probes import _batch_statistics, _factors, _Logistic, _products, watch
 
 
 class Tiny(nn.Module):
@@ -216,6 +216,25 @@ def test_instance_batch_statistics_hold_for_saturated_and_collapsed_gates() -> N
         np.testing.assert_allclose(series["grad"][s], grad[s, :r].astype(np.float64).sum(0), rtol=1e-5)
     assert 5e-7 < series["value_std"][1].min() and series["value_std"][1].max() < 2e-6
     assert all(np.isnan(v[3]).all() for v in series.values())
+
+
+def test_factors_leave_out_an_input_without_gradient() -> None:
+    """An input whose ∂L/∂ũ is 0 (a loss that ignores it: its ratio is 0/0) is left out of the geometric means
+    instead of making the whole step NaN; the other inputs' factors are those of a float64 computation."""
+    rng = np.random.default_rng(0)
+    logit = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    G, u = rng.normal(size=(2, 4, 3, 5)), rng.normal(size=(2, 4, 3, 5))
+    G[0, 1] = 0.0
+    gg, dot, uu = (np.einsum("sbgd,sbgd->sbg", a, b) for a, b in ((G, G), (G, u), (u, u)))
+    rows = np.array([4, 4])
+    out = _factors(_Logistic.of(logit), gg, dot, uu, rows)
+    for step, inputs in ((0, [0, 2, 3]), (1, [0, 1, 2, 3])):
+        g, a, b = logit[step, inputs].astype(np.float64), G[step, inputs], u[step, inputs]
+        cos = np.abs(np.einsum("bgd,bgd->bg", a, b)) / np.linalg.norm(a, axis=2) / np.linalg.norm(b, axis=2)
+        want = {"factor_sigma": 1 - expit(g), "factor_norm": np.linalg.norm(b, axis=2), "factor_cos": cos}
+        for k, v in want.items():
+            np.testing.assert_allclose(out[k][step], np.exp(np.log(v).mean(0)), rtol=1e-5, err_msg=f"{k} {step}")
+    np.testing.assert_allclose(out["grad_task"][0], (rf.dsigmoid_from_logit(logit[0]) * dot[0]).sum(0), rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["instance", "frozen", "length"])

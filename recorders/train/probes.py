@@ -685,25 +685,33 @@ def _factors(
     valid (static gates: capacity 1).
 
     Per input, |σ'(g)·⟨G, u⟩| / ‖σ(g)·G‖ = (1 − σ)·‖u‖·|cos(G, u)|; each factor is the geometric mean over the
-    valid inputs (so their product is the geometric mean of the per-input ratio), ``grad_task`` = Σ σ'·⟨G, u⟩.
-    Per-input logs are taken in float32 (where instance numbers were measured), sums in float64.
+    valid inputs whose G is nonzero (so their product is the geometric mean of the per-input ratio; an input the
+    loss ignores carries no gradient and its ratio 0/0 is undefined), ``grad_task`` = Σ σ'·⟨G, u⟩ over the valid
+    inputs. Per-input logs are taken in float32 (where instance numbers were measured), sums in float64.
     """
     gg, dot, uu = (np.asarray(a, np.float32) for a in (gg, dot, uu))
+    ones = np.ones((len(gg), 1, gg.shape[1]))  # a sum over inputs as a matmul: ~5× numpy's sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         log_uu = np.log(uu)
-        per_input = {
+        logs = {
             "factor_sigma": logistic.log_one_minus,
             "factor_norm": 0.5 * log_uu,
             "factor_cos": np.log(np.abs(dot)) - 0.5 * (np.log(gg) + log_uu),
-            "grad_task": logistic.dsigmoid * dot,
         }
-        if rows.min() < gg.shape[1]:  # short batches: the rest of the slot holds stale numbers
-            valid = (np.arange(gg.shape[1])[None, :] < rows[:, None])[..., None]
-            per_input = {k: np.where(valid, v, np.float32(0.0)) for k, v in per_input.items()}
-        ones = np.ones((len(gg), 1, gg.shape[1]))  # a sum over inputs as a matmul: ~5× numpy's sum(axis=1)
-        sums = {k: np.matmul(ones, v, dtype=np.float64)[:, 0] for k, v in per_input.items()}
-        out = {k: np.exp(v / rows[:, None]) for k, v in sums.items() if k != "grad_task"}
-    out["grad_task"] = np.where(rows[:, None] > 0, sums["grad_task"], np.nan)
+        task = logistic.dsigmoid * dot
+        short = rows.min() < gg.shape[1]  # short batches: the rest of the slot holds stale numbers
+        inputs = np.arange(gg.shape[1])[None, :, None] < rows[:, None, None]  # (steps, capacity, 1)
+        if short:
+            task = np.where(inputs, task, np.float32(0.0))
+        carried = gg > 0  # False where G = 0 or not measured (NaN)
+        count: np.ndarray = rows[:, None]
+        if short or not carried.all():
+            mask = inputs & carried
+            logs = {k: np.where(mask, v, np.float32(0.0)) for k, v in logs.items()}
+            count = mask.sum(1)
+        out = {k: np.exp(np.matmul(ones, v, dtype=np.float64)[:, 0] / count) for k, v in logs.items()}
+        total = np.matmul(ones, task, dtype=np.float64)[:, 0]
+    out["grad_task"] = np.where(rows[:, None] > 0, total, np.nan)
     return out
 
 

@@ -500,6 +500,13 @@ def test_a_probe_closed_after_its_writer_loses_nothing(tmp_path: Path) -> None:
         assert rec.status == "complete" and rec.n_steps == 3
 
 
+def test_a_module_with_sparse_gradients_is_refused_at_watch() -> None:
+    model = nn.ModuleDict({"emb": nn.Embedding(10, 4, sparse=True), "gate": Gate(4, "length")})
+    with pytest.raises(ValueError, match="module 'emb' makes sparse gradients.*sparse=False"):
+        watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    watch(model, torch.optim.SGD(model["gate"].parameters(), lr=0.1))  # the embedding is not optimised: accepted
+
+
 def test_after_backward_before_attach_is_refused_without_breaking_the_probe(tmp_path: Path) -> None:
     model = Tiny()
     optimizer = _optimizer(model)

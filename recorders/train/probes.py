@@ -128,6 +128,13 @@ def watch(
     """
     if block < 1:
         raise ValueError("block must be >= 1")
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for name, module in model.named_modules():  # nn.Embedding(sparse=True) and the like
+        if getattr(module, "sparse", False) is True and any(id(p) in optimized for p in module.parameters(False)):
+            raise ValueError(
+                f"module {name or type(module).__name__!r} makes sparse gradients, which the probe does not record; "
+                "construct it with sparse=False"
+            )
     gates = find_gates(model)
     gate_params = {id(p) for g in gates.values() for p in g.parameters()}
     prompt_params = {id(p) for p in prompts.values()}

@@ -515,10 +515,30 @@ def test_after_backward_before_attach_is_refused_without_breaking_the_probe(tmp_
         _steps(model, optimizer, probe, 1)
     with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, **WRITER) as w:
         probe.attach(w)
-        _steps(model, optimizer, probe, 5)
+        with pytest.warns(UserWarning, match="ran 2 forward passes"):  # the refused step's forward was not read
+            _steps(model, optimizer, probe, 5)
         probe.close()
     with rf.Recording.open(tmp_path / "r.h5") as rec:
         assert rec.n_steps == 5
+
+
+def test_gradient_accumulation_is_named_once(tmp_path: Path) -> None:
+    """Two micro-batches per optimiser step: the probe can only record the last forward's per-input series and
+    factors, and says so once (not every step)."""
+    model = Tiny()
+    optimizer = _optimizer(model)
+    probe = watch(model, optimizer)
+    with rf.RecordingWriter(tmp_path / "r.h5", probe.layout, **WRITER) as w:
+        probe.attach(w)
+        with pytest.warns(UserWarning) as caught:
+            for step, (x, y) in enumerate(_batches(6)[::2]):
+                optimizer.zero_grad()
+                for xs, ys in ((x[:3], y[:3]), (x[3:], y[3:])):
+                    F.cross_entropy(model(xs), ys).backward()
+                probe.after_backward(step, 0, 0.1, {})
+                optimizer.step()
+        probe.close()
+    assert len(caught) == 1 and "gate set 'inst' ran 2 forward passes" in str(caught[0].message)
 
 
 def test_slow_steps_are_flushed_after_flush_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -130,6 +130,7 @@ class Gate(nn.Module):
         self.last_logits: torch.Tensor | None = None
         self.replacement: Replacement | None = None
         self.parts: list[GatedPart] = []  # every gated() call since forward
+        self.forwards = 0  # captured forwards since a probe last read the capture (2+: gradient accumulation)
         self._values: torch.Tensor | None = None
         if kind == "instance":
             if not feature_dim:
@@ -167,6 +168,7 @@ class Gate(nn.Module):
             self.last_logits = logits if self.capture else None
             self.parts = []
             self._values = values if self.capture else None
+            self.forwards += self.capture
         return values
 
     def gated(self, values: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -244,6 +245,7 @@ class Probe:
         self._strided: list[tuple[str, int, torch.Tensor]] = []
         self._writer: rf.RecordingWriter | None = None
         self._closed = False
+        self._warned = False  # about gradient accumulation, once
         self._flush_seconds = float("inf")
         self._last_flush = time.monotonic()
         self._capture_before = [g.gate.capture for g in gates]  # restored by close()
@@ -456,6 +458,16 @@ class Probe:
                 sources, targets = self._fit(batch, sources, losses)
             torch._foreach_copy_(targets, sources)
         self._seen = [(g.gate.last_logits, g.gate.parts) for g in self._gates]
+        for g in self._gates:
+            if g.gate.forwards > 1 and not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"gate set {g.spec.name!r} ran {g.gate.forwards} forward passes before this after_backward "
+                    "(gradient accumulation?): its per-input series and ratio factors describe the last one only; "
+                    "call after_backward after each backward to record every micro-batch",
+                    stacklevel=2,
+                )
+            g.gate.forwards = 0
         step = int(step)
         self._host.append((step, int(epoch), float(lr), tuple(batch)))
         for name, param, stride in self._strided_plan:

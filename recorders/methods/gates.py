@@ -131,6 +131,7 @@ class Gate(nn.Module):
         self.replacement: Replacement | None = None
         self.parts: list[GatedPart] = []  # every gated() call since forward
         self.forwards = 0  # captured forwards since a probe last read the capture (2+: gradient accumulation)
+        self.gated_dim = 0  # values per gate that this forward's captured gated() calls scaled (vs vector_dim)
         self._values: torch.Tensor | None = None
         if kind == "instance":
             if not feature_dim:
@@ -169,6 +170,7 @@ class Gate(nn.Module):
             self.parts = []
             self._values = values if self.capture else None
             self.forwards += self.capture
+            self.gated_dim = 0
         return values
 
     def gated(self, values: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
@@ -201,6 +203,7 @@ class Gate(nn.Module):
             if keep:
                 scale.retain_grad()
             self.parts.append(GatedPart(out, vector.detach(), scale if keep else None))
+            self.gated_dim += vector.numel() // max(values.numel(), 1)
         return out
 
     def __getstate__(self) -> dict[str, object]:

@@ -289,9 +289,6 @@ class Probe:
             g.spec.name: _projection(g.gate).weight.detach().double().cpu().numpy().copy() for g in gates if g.moves
         }
         self._strided_plan = [(name, param, stride) for name, (param, stride) in tensors.items()]
-        # per gate, the captured logits and gated() parts the last step read (a gate whose forward did not run since
-        # still holds them: its step records NaN, not the last step's numbers)
-        self._seen: list[tuple[torch.Tensor | None, list[GatedPart] | None]] = [(None, None)] * len(gates)
         self._allocate([0] * len(self._instance))
 
     def _allocate(self, capacity: list[int]) -> None:
@@ -395,13 +392,14 @@ class Probe:
             sources += norms
         for param, key in self._raw_plan:
             sources.append(nan[key] if param.grad is None else param.grad)
-        for (gate_param, gate, logit_key, grad_key), (factors, moved), (seen_logits, seen_parts) in zip(
-            self._gate_plan, self._gate_extra, self._seen, strict=True
+        for (gate_param, gate, logit_key, grad_key), (factors, moved) in zip(
+            self._gate_plan, self._gate_extra, strict=True
         ):
-            # what the gate captured since the last step: a gate skipped this step holds the last step's tensors
-            parts = [] if gate.parts is seen_parts else gate.parts
-            if factors:
-                _check_vector_dim(factors, gate, parts)
+            # a gate without a captured forward since the last step still holds that step's tensors: NaN, not those
+            fresh = gate.forwards > 0
+            parts = gate.parts if fresh else []
+            if parts and gate.gated_dim != gate.vector_dim:
+                _wrong_vector_dim(factors, gate)
             if gate_param is not None:  # static gates
                 sources += (gate_param, nan[grad_key] if gate_param.grad is None else gate_param.grad)
                 if factors:
@@ -411,7 +409,7 @@ class Probe:
                     else:
                         sources += _products(parts, (gate.n_gates,)) or pieces
                 continue
-            captured = None if gate.last_logits is seen_logits else gate.last_logits
+            captured = gate.last_logits if fresh else None
             if captured is None:
                 batch.append(0)
                 sources += (nan[logit_key], nan[grad_key])
@@ -457,8 +455,7 @@ class Probe:
             else:
                 sources, targets = self._fit(batch, sources, losses)
             torch._foreach_copy_(targets, sources)
-        self._seen = [(g.gate.last_logits, g.gate.parts) for g in self._gates]
-        for g in self._gates:
+        for g in self._gates:  # the captures are read
             if g.gate.forwards > 1 and not self._warned:
                 self._warned = True
                 warnings.warn(
@@ -632,7 +629,7 @@ class Probe:
                 g.gate.capture = capture
                 g.gate.last_logits = None
                 g.gate.parts = []
-            self._seen = [(None, None)] * len(self._gates)
+                g.gate.forwards = 0
             self._closed = True
 
 
@@ -734,19 +731,14 @@ def _factors(
     return out
 
 
-def _check_vector_dim(prefix: str, gate: Gate, parts: list[GatedPart]) -> None:
-    """Raise a one-line ValueError when this step's :meth:`Gate.gated` calls scaled vectors of another length per
-    gate than the gate's declared ``vector_dim`` (the factors and the analyses' random-cosine reference use it)."""
-    if not parts:
-        return
-    values = gate.n_gates if gate.last_logits is None or gate.logits is not None else gate.last_logits.numel()
-    total = sum(part.vector.numel() for part in parts)
-    if total != gate.vector_dim * values:
-        seen = f"{total / values:g}"
-        raise ValueError(
-            f"gate set {prefix.removeprefix('gate/')!r} declares vector_dim {gate.vector_dim} but gated() scaled "
-            f"{seen} values per gate this step; declare vector_dim={seen} (the length of everything the gate scales)"
-        )
+def _wrong_vector_dim(prefix: str, gate: Gate) -> None:
+    """Raise a one-line ValueError: this step's :meth:`Gate.gated` calls scaled vectors of another length per gate
+    than the gate's declared ``vector_dim`` (the factors and the analyses' random-cosine reference use it)."""
+    raise ValueError(
+        f"gate set {prefix.removeprefix('gate/')!r} declares vector_dim {gate.vector_dim} but gated() scaled "
+        f"{gate.gated_dim} values per gate this step; declare vector_dim={gate.gated_dim} (the length of everything "
+        "the gate scales)"
+    )
 
 
 def _gated_vectors(

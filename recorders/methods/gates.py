@@ -199,12 +199,17 @@ class Gate(nn.Module):
             )
         if self.vector_dim:  # without a declared vector no ratio factors are recorded: nothing of ũ is kept
             out.retain_grad()
-            keep = self.proj is not None and scale.requires_grad  # static gates' G and u go whole to the probe
+            keep = self.proj is not None and scale.requires_grad  # ⟨G, u⟩ per input from autograd (instance gates)
             if keep:
                 scale.retain_grad()
             self.parts.append(GatedPart(out, vector.detach(), scale if keep else None))
             self.gated_dim += vector.numel() // max(values.numel(), 1)
         return out
+
+    def release(self) -> None:
+        """Drop the captured tensors and counts (a probe's close: no graph tensor stays alive through the gate)."""
+        self.last_logits, self.parts, self._values = None, [], None
+        self.forwards = self.gated_dim = 0
 
     def __getstate__(self) -> dict[str, object]:
         """Copies and pickles leave the captured tensors behind (a graph tensor cannot be deep-copied)."""

@@ -627,9 +627,7 @@ class Probe:
         finally:
             for g, capture in zip(self._gates, self._capture_before, strict=True):
                 g.gate.capture = capture
-                g.gate.last_logits = None
-                g.gate.parts = []
-                g.gate.forwards = 0
+                g.gate.release()
             self._closed = True
 
 
@@ -715,14 +713,13 @@ def _factors(
             "factor_cos": np.log(np.abs(dot)) - 0.5 * (np.log(gg) + log_uu),
         }
         task = logistic.dsigmoid * dot
-        short = rows.min() < gg.shape[1]  # short batches: the rest of the slot holds stale numbers
-        inputs = np.arange(gg.shape[1])[None, :, None] < rows[:, None, None]  # (steps, capacity, 1)
-        if short:
+        mask = gg > 0  # False where G = 0 or not measured (NaN)
+        if rows.min() < gg.shape[1]:  # short batches: the rest of the slot holds stale numbers
+            inputs = np.arange(gg.shape[1])[None, :, None] < rows[:, None, None]  # (steps, capacity, 1)
             task = np.where(inputs, task, np.float32(0.0))
-        carried = gg > 0  # False where G = 0 or not measured (NaN)
+            mask &= inputs
         count: np.ndarray = rows[:, None]
-        if short or not carried.all():
-            mask = inputs & carried
+        if not mask.all():
             logs = {k: np.where(mask, v, np.float32(0.0)) for k, v in logs.items()}
             count = mask.sum(1)
         out = {k: np.exp(np.matmul(ones, v, dtype=np.float64)[:, 0] / count) for k, v in logs.items()}
